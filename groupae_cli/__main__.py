@@ -1,0 +1,3 @@
+from groupae_cli.app import main
+
+main()

@@ -1,0 +1,44 @@
+"""The `groupae` command line: a thin Typer root; each command lives in groupae_cli/cli/.
+
+Heavy imports (torch, rdkit, h5py, ...) happen inside the commands, so `groupae --help` is instant.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from groupae_cli import __version__
+from groupae_cli.cli import info
+
+app = typer.Typer(
+    name="groupae",
+    help="Learn what a 3D structure is apart from its pose and atom order (SE(3) x S_n group autoencoder).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"groupae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = None,
+) -> None:
+    """Learn what a 3D structure is apart from its pose and atom order (SE(3) x S_n group autoencoder)."""
+
+
+app.command("info")(info.info)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""One module per `groupae` subcommand; each parses and validates, the library does the work."""

@@ -1,0 +1,80 @@
+"""`groupae info PATH`: what a structure file or a groupae HDF5 file holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from groupae_cli.cli.common import Format, Json, Quiet, Strict, handle_errors, print_json, progress
+
+_HDF5 = (".h5", ".hdf5")
+_SHOWN_FAILURES = 10
+
+
+def _print_structures(path: str, fmt: str, s: dict) -> None:
+    typer.echo(f"{path}  ({'format sniffed' if fmt == 'auto' else fmt})")
+    typer.echo(f"  records:       {s['records']} ({s['failed']} failed)")
+    a = s["atoms_per_record"]
+    if a:
+        typer.echo(f"  atoms/record:  min {a['min']}, median {a['median']:g}, max {a['max']} ({a['total']} in all)")
+    if s["elements"]:
+        typer.echo("  elements:      " + ", ".join(f"{sym} {n}" for sym, n in s["elements"].items()))
+    typer.echo(f"  bonds:         {'yes' if s['records_with_bonds'] else 'no'} ({s['records_with_bonds']} of {s['records']} records)")
+    if s["point_features"]:
+        typer.echo("  point features: " + ", ".join(s["point_features"]))
+    for f in s["failures"][:_SHOWN_FAILURES]:
+        where = "file" if f["index"] is None else f"record {f['index']}"
+        typer.echo(f"  failed {where}{' (' + f['name'] + ')' if f['name'] else ''}: {f['reason']}")
+    if s["failed"] > _SHOWN_FAILURES:
+        typer.echo(f"  ... and {s['failed'] - _SHOWN_FAILURES} more failures (--json lists all)")
+
+
+def _print_hdf5(d: dict) -> None:
+    typer.echo(f"{d['path']}  (HDF5)")
+    for key, value in d["attrs"].items():
+        typer.echo(f"  @{key}: {value}")
+    width = max((len(n) for n in d["datasets"]), default=0)
+    for name, ds in d["datasets"].items():
+        typer.echo(f"  /{name:<{width}}  {tuple(ds['shape'])}  {ds['dtype']}")
+    for f in d["failed"][:_SHOWN_FAILURES]:
+        typer.echo(f"  failed: file {f['source_file']} record {f['source_index']} ({f['name']}): {f['reason']}")
+    if len(d["failed"]) > _SHOWN_FAILURES:
+        typer.echo(f"  ... and {len(d['failed']) - _SHOWN_FAILURES} more failures (--json lists all)")
+
+
+@handle_errors
+def info(
+    path: Annotated[str, typer.Argument(help="A structure file (XYZ, SDF/MOL, PLY; .gz; '-' for stdin) or a groupae HDF5 file.")],
+    fmt: Format = None,
+    json: Json = False,
+    strict: Strict = False,
+    quiet: Quiet = False,
+) -> None:
+    """Show what a file holds: records, atoms, elements, bonds and failures; or an HDF5 file's datasets."""
+    from groupae_cli.errors import FailureReport, UsageError
+
+    if path != "-" and Path(path).suffix.lower() in _HDF5:
+        if not Path(path).is_file():
+            raise UsageError(f"{path}: no such file")
+        from groupae_cli.io.hdf5 import describe
+
+        try:
+            described = describe(path)
+        except OSError as exc:
+            raise UsageError(f"{path}: not a readable HDF5 file ({exc})") from None
+        print_json(described) if json else _print_hdf5(described)
+        return
+
+    from groupae_cli.io import read_structures
+    from groupae_cli.io.formats import resolve
+    from groupae_cli.io.summary import summarise
+
+    resolved = resolve(path, fmt)
+    # the failures are part of this command's result (stdout), so no second summary on stderr
+    report = FailureReport(strict=strict)
+    records = progress(read_structures(path, fmt), quiet, desc="reading", unit=" rec")
+    summary = summarise(records, on_failure=report.add)
+    print_json({"path": path, "format": resolved, **summary}) if json else _print_structures(path, resolved, summary)
+    raise typer.Exit(report.exit_code())

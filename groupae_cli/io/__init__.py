@@ -1,0 +1,119 @@
+"""Structure files in and out: readers (XYZ, SDF/MOL, PLY), writers, the HDF5 output.
+
+Every reader streams and yields, per record, either a `Structure` or a `Failure`; nothing stops at
+a bad record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from groupae_cli.errors import Failure, UsageError
+from groupae_cli.io.formats import STDIN, format_from_name, open_binary, peek_head, resolve, sniff
+from groupae_cli.io.records import POINT_TYPE, Structure, check
+
+__all__ = [
+    "Failure",
+    "POINT_TYPE",
+    "Structure",
+    "check",
+    "read_structures",
+    "read_inputs",
+    "resolve_inputs",
+    "write_structures",
+]
+
+
+def _reader(fmt: str):
+    if fmt == "xyz":
+        from groupae_cli.io.xyz import read_xyz
+
+        return read_xyz
+    if fmt == "sdf":
+        from groupae_cli.io.sdf import read_sdf
+
+        return read_sdf
+    from groupae_cli.io.ply import read_ply
+
+    return read_ply
+
+
+def read_structures(path: str | Path, fmt: str | None = None) -> Iterator[Structure | Failure]:
+    """Stream the records of one file (or "-" for stdin) as Structures or Failures.
+
+    Raises UsageError only for what stops a command before it starts (no such file, unknown
+    format); everything found while reading becomes a Failure: an empty file, binary garbage,
+    a broken record (and reading goes on), a stream that breaks off (reading stops there).
+    """
+    source = str(path)
+    fmt = resolve(source, fmt)
+    stream = open_binary(source)
+    seen = 0
+    try:
+        if not peek_head(stream):
+            yield Failure(source, None, "empty file: no records")
+            return
+        if fmt == "auto":
+            fmt = sniff(peek_head(stream))
+            if fmt is None:
+                yield Failure(source, None, "cannot tell the format of standard input; pass --format")
+                return
+        for item in _reader(fmt)(stream, source):
+            seen += 1
+            yield item
+    except (OSError, EOFError) as exc:  # e.g. a .gz cut short or corrupt
+        yield Failure(source, seen if seen else None, f"unreadable after {seen} records: {exc}")
+        return
+    finally:
+        stream.close()
+    if seen == 0:
+        yield Failure(source, None, "no records found")
+
+
+def resolve_inputs(paths: Iterable[str | Path], fmt: str | None = None) -> list[str]:
+    """Check every input before any work starts; UsageError names the first bad one."""
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise UsageError("no input files")
+    if paths.count(STDIN) > 1:
+        raise UsageError("standard input ('-') can be read only once")
+    for path in paths:
+        resolve(path, fmt)
+    return paths
+
+
+def read_inputs(paths: Iterable[str | Path], fmt: str | None = None) -> Iterator[tuple[int, Structure | Failure]]:
+    """(file number, record or failure) over several inputs, in order."""
+    for number, path in enumerate(resolve_inputs(paths, fmt)):
+        for item in read_structures(path, fmt):
+            yield number, item
+
+
+def write_structures(structures: Iterable[Structure], path: str | Path, fmt: str | None = None) -> int:
+    """Write structures to a file whose format comes from `fmt` or its extension ("-": stdout, XYZ).
+
+    PLY holds one structure per file; XYZ and SDF hold many. Returns the number written.
+    """
+    import sys
+
+    path = str(path)
+    fmt = fmt or ("xyz" if path == STDIN else format_from_name(path))
+    if fmt not in ("xyz", "sdf", "ply"):
+        raise UsageError(f"{path}: cannot tell the output format from the extension; use .xyz, .sdf or .ply")
+    out = sys.stdout if path == STDIN else path
+    if fmt == "xyz":
+        from groupae_cli.io.xyz import write_xyz
+
+        return write_xyz(structures, out)
+    if fmt == "sdf":
+        from groupae_cli.io.sdf import write_sdf
+
+        return write_sdf(structures, out)
+    from groupae_cli.io.ply import write_ply
+
+    items = list(structures)
+    if len(items) != 1:
+        raise UsageError(f"{path}: a PLY file holds one structure, not {len(items)}")
+    write_ply(items[0], path)
+    return 1

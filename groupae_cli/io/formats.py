@@ -1,0 +1,99 @@
+"""Which reader a path needs, and opening it: plain or gzip'ed files, or stdin ("-")."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import sys
+from pathlib import Path
+from typing import BinaryIO
+
+from groupae_cli.errors import UsageError
+
+FORMATS = ("xyz", "sdf", "ply")
+EXTENSIONS = {
+    ".xyz": "xyz",
+    ".extxyz": "xyz",
+    ".sdf": "sdf",
+    ".sd": "sdf",
+    ".mol": "sdf",
+    ".mdl": "sdf",
+    ".ply": "ply",
+}
+GZIP_MAGIC = b"\x1f\x8b"
+STDIN = "-"
+_SNIFF_BYTES = 4096
+
+
+def _known() -> str:
+    return ", ".join(sorted(EXTENSIONS)) + " (each also as .gz)"
+
+
+def format_from_name(path: str) -> str | None:
+    """The format an extension names (".gz" looked through), or None."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return EXTENSIONS.get(suffixes[-1]) if suffixes else None
+
+
+def sniff(head: bytes) -> str | None:
+    """Guess a format from the first bytes of a (decompressed) file."""
+    if head.startswith(b"ply"):
+        return "ply"
+    text = head.decode("utf-8", errors="replace")
+    if "V2000" in text or "V3000" in text or "M  END" in text or "$$$$" in text:
+        return "sdf"
+    for line in text.splitlines():
+        if line.strip():
+            return "xyz" if line.strip().isdigit() else None
+    return None
+
+
+def resolve(path: str, fmt: str | None = None) -> str:
+    """Check that `path` can be read and return its format; raise UsageError otherwise.
+
+    Called for every input before a command starts work, so a typo never costs a half-done run.
+    For stdin without `fmt` the format is sniffed when reading starts and "auto" is returned.
+    """
+    if fmt is not None:
+        fmt = fmt.lower()
+        if fmt not in FORMATS:
+            raise UsageError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    if path == STDIN:
+        return fmt or "auto"
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{path}: no such file")
+    if p.is_dir():
+        raise UsageError(f"{path}: is a directory, not a structure file")
+    if fmt is None:
+        fmt = format_from_name(path)
+        if fmt is None:
+            raise UsageError(
+                f"{path}: unknown file extension {''.join(p.suffixes) or '(none)'!r}; "
+                f"known: {_known()}; or pass --format"
+            )
+    try:
+        with open(p, "rb"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot open ({exc.strerror})") from None
+    return fmt
+
+
+def open_binary(path: str) -> BinaryIO:
+    """A binary stream over the file's (decompressed) bytes; gzip is detected by its magic."""
+    raw: BinaryIO
+    if path == STDIN:
+        raw = io.BufferedReader(sys.stdin.buffer, 1 << 16)  # type: ignore[arg-type]
+    else:
+        raw = open(path, "rb", buffering=1 << 16)
+    if raw.peek(2)[:2] == GZIP_MAGIC:
+        return io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), 1 << 16)  # type: ignore[arg-type]
+    return raw
+
+
+def peek_head(stream: BinaryIO) -> bytes:
+    """Up to a few KB from the start of a buffered stream, without consuming them."""
+    return stream.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]

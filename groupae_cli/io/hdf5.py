@@ -1,0 +1,171 @@
+"""The HDF5 output of `groupae embed` (DESIGN §4), written batch by batch.
+
+Per-record datasets have one row per record; per-atom datasets are the records' atoms
+concatenated, record i owning `offsets[i]:offsets[i+1]`. Everything is chunked, compressed and
+resizable, so memory stays flat however many records pass through. The file is written under a
+hidden temporary name beside the target and renamed only by `close()`; an interrupted run leaves
+no file under the final name, and a finished file carries `complete = True`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from groupae_cli import __version__
+
+STRING = h5py.string_dtype("utf-8")
+GROUP = "SE(3) x S_n"
+_RECORD_CHUNK = 1024
+_ATOM_CHUNK = 1 << 15
+_FAILED_DTYPE = np.dtype([("source_file", np.int32), ("source_index", np.int64), ("name", STRING), ("reason", STRING)])
+
+
+def embedding_schema(dim: int) -> tuple[dict, dict]:
+    """(per-record, per-atom) datasets of an embed file: name -> (trailing shape, dtype)."""
+    per_record = {
+        "embedding": ((dim,), np.float32),
+        "rotation": ((3, 3), np.float32),
+        "translation": ((3,), np.float32),
+        "n_atoms": ((), np.int32),
+        "name": ((), STRING),
+        "source_file": ((), np.int32),  # index into attrs["input_files"]
+        "source_index": ((), np.int64),  # record index within that file
+        "degenerate": ((), np.bool_),
+    }
+    per_atom = {"permutation": np.int32, "atomic_numbers": np.int16}
+    return per_record, per_atom
+
+
+class RecordWriter:
+    """Append-only writer of per-record and ragged per-atom datasets plus a `failed` table."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        per_record: Mapping[str, tuple[tuple[int, ...], object]],
+        per_atom: Mapping[str, object],
+        attrs: Mapping[str, object] | None = None,
+    ):
+        self.path = Path(path)
+        self.tmp_path = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        self.per_record = dict(per_record)
+        self.per_atom = dict(per_atom)
+        self.n_records = 0
+        self.n_atoms = 0
+        self.n_failed = 0
+        self._file = h5py.File(self.tmp_path, "w")
+        f = self._file
+        for name, (shape, dtype) in self.per_record.items():
+            f.create_dataset(name, (0, *shape), dtype=dtype, maxshape=(None, *shape),
+                             chunks=(_RECORD_CHUNK, *shape), compression="gzip", shuffle=True)
+        for name, dtype in self.per_atom.items():
+            f.create_dataset(name, (0,), dtype=dtype, maxshape=(None,), chunks=(_ATOM_CHUNK,),
+                             compression="gzip", shuffle=True)
+        f.create_dataset("offsets", data=np.zeros(1, np.int64), maxshape=(None,), chunks=(_RECORD_CHUNK,), compression="gzip")
+        f.create_dataset("failed", (0,), dtype=_FAILED_DTYPE, maxshape=(None,), chunks=(256,))
+        f.attrs["groupae_version"] = __version__
+        f.attrs["group"] = GROUP
+        f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        f.attrs["complete"] = False
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = value
+
+    @staticmethod
+    def _grow(dataset: h5py.Dataset, rows: np.ndarray) -> None:
+        start = dataset.shape[0]
+        dataset.resize(start + len(rows), axis=0)
+        dataset[start:] = rows
+
+    def append(self, records: Mapping[str, Sequence | np.ndarray], atoms: Mapping[str, Sequence[np.ndarray]]) -> None:
+        """Add a batch: `records[name]` has one row per record, `atoms[name]` one array per record."""
+        if set(records) != set(self.per_record) or set(atoms) != set(self.per_atom):
+            raise ValueError(f"batch keys {sorted(records)} + {sorted(atoms)} do not match the schema")
+        counts = np.array([len(a) for a in next(iter(atoms.values()))], dtype=np.int64) if atoms else None
+        size = len(next(iter(records.values())))
+        for name, value in records.items():
+            rows = np.asarray(value, dtype=object if self.per_record[name][1] is STRING else self.per_record[name][1])
+            if len(rows) != size:
+                raise ValueError(f"{name}: {len(rows)} rows in a batch of {size}")
+            self._grow(self._file[name], rows)
+        for name, arrays in atoms.items():
+            if not np.array_equal([len(a) for a in arrays], counts):
+                raise ValueError(f"{name}: per-record lengths differ from the other per-atom datasets")
+            self._grow(self._file[name], np.concatenate(arrays).astype(self.per_atom[name]) if len(arrays) else np.zeros(0))
+        if counts is not None:
+            self._grow(self._file["offsets"], self.n_atoms + np.cumsum(counts))
+            self.n_atoms += int(counts.sum())
+        self.n_records += size
+
+    def fail(self, source_file: int, source_index: int | None, name: str, reason: str) -> None:
+        """Record a failed input record (source_index -1: the whole file)."""
+        row = np.array([(source_file, -1 if source_index is None else source_index, name, reason)], dtype=_FAILED_DTYPE)
+        self._grow(self._file["failed"], row)
+        self.n_failed += 1
+
+    def close(self) -> Path:
+        """Finish the file and move it to its final name."""
+        f = self._file
+        f.attrs["n_records"] = self.n_records
+        f.attrs["n_failed"] = self.n_failed
+        f.attrs["complete"] = True
+        f.close()
+        os.replace(self.tmp_path, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        try:
+            self._file.close()
+        finally:
+            self.tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def embedding_writer(path: str | Path, dim: int, attrs: Mapping[str, object] | None = None) -> RecordWriter:
+    """A RecordWriter with the embed schema; `attrs` adds provenance (model, sha256, inputs)."""
+    per_record, per_atom = embedding_schema(dim)
+    return RecordWriter(path, per_record, per_atom, {"embedding_dim": dim, **(attrs or {})})
+
+
+def describe(path: str | Path) -> dict:
+    """What an HDF5 file holds: attributes, and shape and dtype of every dataset."""
+
+    def plain(value):
+        if isinstance(value, bytes):
+            return value.decode()
+        if isinstance(value, np.ndarray):
+            return [plain(v) for v in value.tolist()]
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    datasets: dict[str, dict] = {}
+    with h5py.File(path, "r") as f:
+        attrs = {k: plain(v) for k, v in f.attrs.items()}
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                datasets[name] = {"shape": list(obj.shape), "dtype": str(obj.dtype) if obj.dtype.names is None
+                                  else ", ".join(obj.dtype.names)}
+
+        f.visititems(visit)
+        failed = [
+            {"source_file": int(r["source_file"]), "source_index": int(r["source_index"]),
+             "name": plain(r["name"]), "reason": plain(r["reason"])}
+            for r in (f["failed"][:] if "failed" in f else [])
+        ]
+    return {"path": str(path), "attrs": attrs, "datasets": datasets, "failed": failed}

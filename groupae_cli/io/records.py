@@ -1,0 +1,88 @@
+"""The one record type every reader yields, and the checks every record passes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from groupae_cli.errors import Failure
+
+#: Atomic number given to the points of a plain point cloud (ase's dummy element "X").
+POINT_TYPE = 0
+#: Largest accepted absolute coordinate, in Å (or the point cloud's unit).
+MAX_ABS_COORDINATE = 1e6
+#: Two atoms closer than this (Å) are taken to coincide.
+MIN_DISTANCE = 1e-3
+
+
+@dataclass
+class Structure:
+    """One structure: a molecule or a point cloud.
+
+    numbers:   (n,) int64 — atomic numbers; POINT_TYPE (0) for untyped points
+    positions: (n, 3) float64 — Å
+    name:      the record's title, or "<file stem>:<index>" when it has none
+    source:    the file it came from ("-" for stdin)
+    index:     0-based record index in that file
+    bonds:     (m, 2) int64 atom index pairs, or None when the format has no bonds
+    bond_orders: (m,) float64, 1 / 1.5 (aromatic) / 2 / 3, present with bonds
+    charges:   (n,) int64 formal charges (SDF), or None
+    features:  (n, f) float64 per-point features (extra PLY vertex properties), or None
+    feature_names: names of the feature columns
+    """
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    name: str
+    source: str
+    index: int
+    bonds: np.ndarray | None = None
+    bond_orders: np.ndarray | None = None
+    charges: np.ndarray | None = None
+    features: np.ndarray | None = None
+    feature_names: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        self.numbers = np.asarray(self.numbers, dtype=np.int64).reshape(-1)
+        self.positions = np.asarray(self.positions, dtype=np.float64).reshape(-1, 3)
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    @property
+    def has_bonds(self) -> bool:
+        return self.bonds is not None
+
+
+def check(structure: Structure) -> str | None:
+    """The reason this structure cannot be used, or None when it is fine.
+
+    Every reader applies this, so no command ever sees a record with fewer than two atoms, a
+    non-finite or absurd coordinate, or two atoms in the same place.
+    """
+    n = len(structure)
+    if n < 2:
+        return f"{n} atom{'s' if n != 1 else ''}: a structure needs at least 2"
+    pos = structure.positions
+    finite = np.isfinite(pos)
+    if not finite.all():
+        atom = int(np.argwhere(~finite)[0, 0])
+        return f"non-finite coordinate ({pos[atom].tolist()}) at atom {atom}"
+    biggest = float(np.abs(pos).max())
+    if biggest > MAX_ABS_COORDINATE:
+        return f"absurd coordinate {biggest:.3g} (limit {MAX_ABS_COORDINATE:.0e})"
+    pairs = cKDTree(pos).query_pairs(MIN_DISTANCE, output_type="ndarray")
+    if len(pairs):
+        i, j = sorted(int(a) for a in pairs[0])
+        return f"atoms {i} and {j} coincide (closer than {MIN_DISTANCE} Å)"
+    return None
+
+
+def checked(structure: Structure) -> Structure | Failure:
+    """The structure itself, or the failure that replaces it."""
+    reason = check(structure)
+    if reason is None:
+        return structure
+    return Failure(structure.source, structure.index, reason, structure.name)

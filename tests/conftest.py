@@ -1,0 +1,24 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
+
+
+@pytest.fixture
+def sample() -> Path:
+    return SAMPLE
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20221130)
+
+
+def split(items):
+    """(structures, failures) of a reader's output, order kept."""
+    from groupae_cli.io import Failure
+
+    items = list(items)
+    return [i for i in items if not isinstance(i, Failure)], [i for i in items if isinstance(i, Failure)]

@@ -1,0 +1,67 @@
+"""The command-line shell: help, version, info on every format, stdin, and a light start-up."""
+
+import json
+import subprocess
+import sys
+
+from rdkit import Chem
+from typer.testing import CliRunner
+
+from groupae_cli import __version__
+from groupae_cli.app import app
+
+runner = CliRunner()
+
+
+def test_help_lists_working_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "info" in result.stdout
+    bare = runner.invoke(app, [])  # no_args_is_help: the help, as a usage error
+    assert bare.exit_code == 2 and "Commands" in bare.output and "info" in bare.output
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"groupae {__version__}"
+
+
+def test_help_imports_no_heavy_library():
+    code = ("import sys; from groupae_cli.app import app; "
+            "print(sorted(m for m in ('torch', 'rdkit', 'h5py', 'e3nn', 'ase', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_info_on_sdf_counts_what_rdkit_counts(sample):
+    path = sample / "molecules.sdf"
+    result = runner.invoke(app, ["info", str(path), "--json"])
+    assert result.exit_code == 0
+    info = json.loads(result.stdout)
+    mols = [m for m in Chem.SDMolSupplier(str(path), removeHs=False)]
+    sizes = sorted(m.GetNumAtoms() for m in mols)
+    assert info["records"] == len(mols) and info["failed"] == 0
+    assert info["atoms_per_record"]["min"] == sizes[0] and info["atoms_per_record"]["max"] == sizes[-1]
+    assert info["records_with_bonds"] == len(mols)
+    assert info["elements"]["H"] == sum(a.GetAtomicNum() == 1 for m in mols for a in m.GetAtoms())
+
+
+def test_info_human_output_on_each_format(sample):
+    for rel, expect in [("xyz/molecules_10.xyz", "records:       10 (0 failed)"),
+                        ("point_clouds/cube.ply", "point features: nx, ny, nz"),
+                        ("tetris.xyz", "elements:      X 32")]:
+        result = runner.invoke(app, ["info", str(sample / rel)])
+        assert result.exit_code == 0 and expect in result.stdout, result.output
+
+
+def test_info_reads_stdin_with_and_without_format(sample):
+    data = (sample / "molecules.sdf").read_bytes()
+    sniffed = runner.invoke(app, ["info", "-", "--json"], input=data)
+    told = runner.invoke(app, ["info", "-", "--format", "sdf", "--json"], input=data)
+    assert sniffed.exit_code == told.exit_code == 0
+    assert json.loads(sniffed.stdout)["records"] == json.loads(told.stdout)["records"] > 250
+
+
+def test_console_script_runs(sample):
+    result = subprocess.run([sys.executable, "-m", "groupae_cli", "info", str(sample / "tetris.xyz"), "--json"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and json.loads(result.stdout)["records"] == 8

@@ -1,0 +1,158 @@
+"""Readers round-trip with their writers, agree across formats, and stream."""
+
+import gzip
+import io
+import shutil
+
+import numpy as np
+import pytest
+from rdkit import Chem
+
+from conftest import split
+from groupae_cli.io import POINT_TYPE, read_structures, write_structures
+from groupae_cli.io.formats import sniff
+from groupae_cli.io.ply import write_ply
+from groupae_cli.io.xyz import write_xyz
+
+
+def assert_same(a, b, atol):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.name == y.name
+        np.testing.assert_array_equal(x.numbers, y.numbers)
+        np.testing.assert_allclose(x.positions, y.positions, atol=atol, rtol=0)
+
+
+def test_sdf_matches_rdkit_and_keeps_hydrogens_bonds_charges(sample):
+    path = sample / "molecules.sdf"
+    structures, failures = split(read_structures(path))
+    mols = list(Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False))
+    assert not failures and len(structures) == len(mols) > 250
+    for s, m in zip(structures, mols):
+        assert s.name == m.GetProp("_Name")
+        assert s.numbers.tolist() == [a.GetAtomicNum() for a in m.GetAtoms()]
+        np.testing.assert_array_equal(s.positions, m.GetConformer().GetPositions())
+        assert len(s.bonds) == m.GetNumBonds()
+        assert s.charges.tolist() == [a.GetFormalCharge() for a in m.GetAtoms()]
+    assert all((s.numbers == 1).any() for s in structures)
+
+
+def test_sdf_round_trip(sample, tmp_path):
+    original, _ = split(read_structures(sample / "molecules.sdf"))
+    assert write_structures(original, tmp_path / "out.sdf") == len(original)
+    again, failures = split(read_structures(tmp_path / "out.sdf"))
+    assert not failures
+    assert_same(original, again, atol=1e-4)  # the MDL format keeps 4 decimals
+    for x, y in zip(original, again):
+        np.testing.assert_array_equal(x.bonds, y.bonds)
+        np.testing.assert_array_equal(x.bond_orders, y.bond_orders)
+        np.testing.assert_array_equal(x.charges, y.charges)
+
+
+def test_gzipped_sdf_reads_like_plain(sample, tmp_path):
+    gz = tmp_path / "molecules.sdf.gz"
+    with open(sample / "molecules.sdf", "rb") as src, gzip.open(gz, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    plain, _ = split(read_structures(sample / "molecules.sdf"))
+    zipped, failures = split(read_structures(gz))
+    assert not failures
+    assert_same(plain, zipped, atol=0)
+
+
+@pytest.mark.parametrize("extended", [True, False])
+def test_xyz_round_trip(sample, tmp_path, extended):
+    original, failures = split(read_structures(sample / "xyz" / "molecules_10.extxyz"))
+    assert len(original) == 10 and not failures
+    out = tmp_path / "out.xyz"
+    write_xyz(original, out, extended=extended)
+    again, failures = split(read_structures(out))
+    assert not failures
+    assert_same(original, again, atol=1e-6)
+
+
+def test_xyz_and_extxyz_equal_the_sdf_records(sample):
+    sdf, _ = split(read_structures(sample / "molecules.sdf"))
+    for name in ("molecules_10.xyz", "molecules_10.extxyz"):
+        xyz, failures = split(read_structures(sample / "xyz" / name))
+        assert not failures
+        assert_same(sdf[:10], xyz, atol=1e-6)
+
+
+def test_one_molecule_in_sdf_xyz_ply_gives_same_positions_and_elements(sample):
+    records = [split(read_structures(sample / "same" / f"molecule.{ext}"))[0] for ext in ("sdf", "xyz", "ply")]
+    assert all(len(r) == 1 for r in records)
+    sdf, xyz, ply = (r[0] for r in records)
+    assert len(sdf) > 10 and (sdf.numbers == 1).any()
+    for other in (xyz, ply):
+        np.testing.assert_array_equal(sdf.numbers, other.numbers)
+        np.testing.assert_allclose(sdf.positions, other.positions, atol=1e-6, rtol=0)
+    assert sdf.has_bonds and not xyz.has_bonds and not ply.has_bonds
+
+
+@pytest.mark.parametrize("name", ["sphere", "torus", "cube", "helix"])
+@pytest.mark.parametrize("text", [True, False])
+def test_ply_round_trip(sample, tmp_path, name, text):
+    (cloud,), failures = split(read_structures(sample / "point_clouds" / f"{name}.ply"))
+    assert not failures and len(cloud) >= 300
+    assert (cloud.numbers == POINT_TYPE).all()
+    out = tmp_path / f"{name}.ply"
+    write_ply(cloud, out, text=text)
+    (again,), _ = split(read_structures(out))
+    assert again.name == cloud.name
+    np.testing.assert_array_equal(again.numbers, cloud.numbers)
+    np.testing.assert_allclose(again.positions, cloud.positions, rtol=1e-12)
+    assert again.feature_names == cloud.feature_names
+    if cloud.features is not None:
+        np.testing.assert_allclose(again.features, cloud.features, rtol=1e-12)
+
+
+def test_ply_keeps_normals_as_features(sample):
+    (cube,), _ = split(read_structures(sample / "point_clouds" / "cube.ply"))
+    assert cube.feature_names == ("nx", "ny", "nz")
+    np.testing.assert_allclose(np.linalg.norm(cube.features, axis=1), 1.0, atol=1e-6)
+
+
+def test_tetris_pieces_are_untyped_four_point_records(sample):
+    pieces, failures = split(read_structures(sample / "tetris.xyz"))
+    assert not failures
+    assert [p.name for p in pieces][:2] == ["chiral_1", "chiral_2"] and len(pieces) == 8
+    assert all(len(p) == 4 and (p.numbers == POINT_TYPE).all() for p in pieces)
+
+
+@pytest.mark.parametrize("fmt,filename", [("sdf", "molecules.sdf"), ("xyz", "xyz/molecules_10.xyz")])
+def test_readers_stream(sample, tmp_path, monkeypatch, fmt, filename):
+    """The first record arrives after reading a small part of a large file."""
+    import groupae_cli.io as gio
+
+    chunk = (sample / filename).read_bytes()
+    big = tmp_path / f"big.{fmt}"
+    big.write_bytes(chunk * (4_000_000 // len(chunk) + 1))
+    opened = []
+
+    def spying_open(path):
+        opened.append(gio.formats.open_binary(path))
+        return opened[-1]
+
+    monkeypatch.setattr(gio, "open_binary", spying_open)
+    records = read_structures(big)
+    first = next(records)
+    consumed = opened[0].raw.tell()
+    records.close()
+    assert first.index == 0
+    assert consumed < big.stat().st_size / 20
+
+
+@pytest.mark.parametrize(
+    "filename,fmt", [("molecules.sdf", "sdf"), ("xyz/molecules_10.xyz", "xyz"), ("point_clouds/cube.ply", "ply")]
+)
+def test_sniffing_tells_formats_apart(sample, filename, fmt):
+    assert sniff((sample / filename).read_bytes()[:4096]) == fmt
+
+
+def test_write_structures_to_stdout_is_xyz(sample, capsys):
+    structures, _ = split(read_structures(sample / "tetris.xyz"))
+    write_structures(structures, "-")
+    out = capsys.readouterr().out
+    assert out.startswith("4\n") and out.count("\n") == 8 * 6
+    again, _ = split(__import__("groupae_cli.io.xyz", fromlist=["read_xyz"]).read_xyz(io.BytesIO(out.encode()), "-"))
+    assert_same(structures, again, atol=1e-7)
