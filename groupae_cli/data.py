@@ -1,0 +1,49 @@
+"""Batches: a dict of tensors for variable-size structures, and the one collate that builds it.
+
+Atoms of all structures are concatenated; `batch` says which structure each atom belongs to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+# keys of a batch, with shapes (A = atoms in the batch, B = structures)
+POSITIONS = "positions"  # (A, 3) float
+TYPES = "types"  # (A,) long, index into the model's element list
+BATCH = "batch"  # (A,) long, structure of each atom
+N_ATOMS = "n_atoms"  # (B,) long
+
+
+class UnknownElements(ValueError):
+    """A structure holds elements the model was not trained on."""
+
+
+def type_indices(numbers: np.ndarray, elements: Sequence[int]) -> np.ndarray:
+    """Map atomic numbers to indices into `elements`; UnknownElements names the strangers."""
+    lookup = np.full(max(max(elements), int(numbers.max())) + 1, -1, dtype=np.int64)
+    lookup[list(elements)] = np.arange(len(elements))
+    types = lookup[numbers]
+    if (types < 0).any():
+        from ase.data import chemical_symbols
+
+        strangers = sorted({chemical_symbols[z] if z < len(chemical_symbols) else str(z) for z in numbers[types < 0]})
+        raise UnknownElements(f"element{'s' if len(strangers) > 1 else ''} {', '.join(strangers)} unknown to the model")
+    return types
+
+
+def collate(structures: Sequence, elements: Sequence[int], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """A batch from structures (anything with `.numbers` and `.positions`)."""
+    sizes = [len(s.numbers) for s in structures]
+    return {
+        POSITIONS: torch.as_tensor(np.concatenate([s.positions for s in structures]), dtype=dtype),
+        TYPES: torch.as_tensor(np.concatenate([type_indices(np.asarray(s.numbers), elements) for s in structures])),
+        BATCH: torch.repeat_interleave(torch.arange(len(sizes)), torch.as_tensor(sizes)),
+        N_ATOMS: torch.as_tensor(sizes, dtype=torch.long),
+    }
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}

@@ -1,0 +1,92 @@
+"""GroupAE: encoder, group heads and decoder tied together.
+
+encode(X, a) -> z (invariant), R (SO(3)), t (R^3), canonical order (S_n)
+decode(z, n) -> canonical coordinates Y and element logits
+reconstruction: X_hat = P^T (Y R^T) + t, in the input's frame and order.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from groupae_cli.data import BATCH, N_ATOMS, POSITIONS, TYPES
+from groupae_cli.models.config import ModelConfig
+from groupae_cli.models.decoder import Decoder
+from groupae_cli.models.encoder import Encoder
+from groupae_cli.models.graph import Layout, build_edges
+from groupae_cli.models.heads import NodeInvariants, RotationHead, centroid, mlp
+from groupae_cli.models.permutation import ScoreHead, canonical_order, hard_permutation, soft_permutation
+
+
+class GroupAE(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.invariants = NodeInvariants(config)
+        self.embedding = mlp([self.invariants.dim, 2 * config.embedding_dim + 32, config.embedding_dim])
+        self.rotation = RotationHead(config)
+        self.scores = ScoreHead(self.invariants.dim, config.score_hidden)
+        self.decoder = Decoder(config)
+
+    def encode(self, batch: dict[str, torch.Tensor], tie_noise: float = 0.0) -> dict[str, torch.Tensor]:
+        """The invariant embedding and the predicted group element of each structure.
+
+        Returns z (B, d), rotation (B, 3, 3), translation (B, 3), scores (A,), order (B, N) (the
+        input atom in each canonical slot; padding last), frame_degenerate (B,), ties (B,), and
+        the layout. `tie_noise` (training only) jitters the scores to break ties at random.
+        """
+        c = self.config
+        x, types = batch[POSITIONS], batch[TYPES]
+        layout = Layout(batch[BATCH], batch[N_ATOMS])
+        src, dst = build_edges(x, layout, c.graph, c.cutoff, c.knn)
+        h = self.encoder(x, types, src, dst)
+        inv = self.invariants(h)
+        z = self.embedding(layout.pool(inv) / layout.n_atoms[:, None].to(inv.dtype))
+        rotation, frame_degenerate = self.rotation(h, layout)
+        translation = centroid(x, layout)
+        scores = self.scores(inv)
+        if tie_noise:
+            scores = scores + tie_noise * torch.randn_like(scores)
+        canonical = (layout.to_dense(x) - translation[:, None]) @ rotation  # (X - t) R, input order
+        order, ties = canonical_order(layout.to_dense(scores), layout.to_dense(types), canonical, layout.mask,
+                                      tie_tol=c.degenerate_tol)
+        return {"z": z, "rotation": rotation, "translation": translation, "scores": scores, "order": order,
+                "frame_degenerate": frame_degenerate, "ties": ties, "layout": layout}
+
+    def decode(self, z: torch.Tensor, n_atoms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Canonical coordinates (B, N, 3) and element logits (B, N, K)."""
+        return self.decoder(z, n_atoms, int(n_atoms.max()))
+
+    def forward(self, batch: dict[str, torch.Tensor], tau: float | None = None, straight_through: bool = False,
+                tie_noise: float = 0.0) -> dict[str, torch.Tensor]:
+        """Encode, decode and map back: adds Y, logits, P and reconstruction (A, 3) / logits (A, K).
+
+        With `tau` the permutation is relaxed (P_soft, for training; with `straight_through` the
+        forward pass uses the hard P and the gradient the soft one). Without it P is hard.
+        """
+        out = self.encode(batch, tie_noise=tie_noise)
+        layout: Layout = out["layout"]
+        y, logits = self.decode(out["z"], layout.n_atoms)
+        p_hard = hard_permutation(out["order"], layout.mask, y.dtype)
+        if tau is None:
+            p = p_hard
+        else:
+            p_soft = soft_permutation(layout.to_dense(out["scores"]), layout.mask, tau)
+            out["p_soft"] = p_soft
+            p = p_hard + p_soft - p_soft.detach() if straight_through else p_soft
+        rotated = y @ out["rotation"].transpose(1, 2)  # Y R^T
+        x_hat = torch.einsum("bki,bkc->bic", p, rotated) + out["translation"][:, None]
+        out.update(y=y, type_logits=logits, p=p,
+                   reconstruction=layout.to_flat(x_hat),
+                   reconstruction_logits=layout.to_flat(torch.einsum("bki,bkc->bic", p, logits)))
+        return out
+
+    def canonical_form(self, batch: dict[str, torch.Tensor], encoded: dict | None = None) -> torch.Tensor:
+        """C(X) = P (X - t) R, (B, N, 3): the same for every rotated, translated, renumbered copy."""
+        out = encoded or self.encode(batch)
+        layout = out["layout"]
+        centred = layout.to_dense(batch[POSITIONS]) - out["translation"][:, None]
+        ordered = centred.gather(1, out["order"][:, :, None].expand(-1, -1, 3))
+        return (ordered @ out["rotation"]) * layout.mask[:, :, None]

@@ -1,0 +1,101 @@
+"""Model configuration: one frozen dataclass, presets, and strict loading from plain dicts."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+#: The elements a molecule model knows by default: the common organic ones.
+ORGANIC = (1, 5, 6, 7, 8, 9, 15, 16, 17, 35, 53)
+#: A point-cloud model knows one type: untyped points (atomic number 0).
+POINTS = (0,)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that builds a GroupAE; saved in every checkpoint.
+
+    Encoder: e3nn message passing on a radius graph (or a tie-safe kNN graph for point clouds).
+    Hidden irreps are `scalars`x0e + `pseudoscalars`x0o + `vectors`x1o + `pseudovectors`x1e.
+    """
+
+    elements: tuple[int, ...] = ORGANIC
+    embedding_dim: int = 32
+    # encoder
+    layers: int = 3
+    scalars: int = 32
+    pseudoscalars: int = 8
+    vectors: int = 16
+    pseudovectors: int = 8
+    sh_lmax: int = 1
+    radial_basis: int = 8
+    radial_hidden: int = 32
+    graph: str = "radius"  # "radius" or "knn"
+    cutoff: float = 5.0
+    knn: int = 8
+    avg_neighbors: float = 16.0
+    # permutation head
+    score_hidden: int = 64
+    # decoder
+    decoder_dim: int = 128
+    decoder_layers: int = 3
+    decoder_heads: int = 4
+    max_atoms: int = 256
+    # degeneracy thresholds, relative to the pooled vectors' typical size
+    degenerate_tol: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.graph not in ("radius", "knn"):
+            raise ValueError(f"graph must be 'radius' or 'knn', not {self.graph!r}")
+        if self.layers < 2:
+            raise ValueError("layers must be >= 2 (chirality needs two message-passing steps)")
+        if self.decoder_dim % self.decoder_heads:
+            raise ValueError("decoder_dim must be a multiple of decoder_heads")
+        if len(set(self.elements)) != len(self.elements):
+            raise ValueError("elements must be distinct")
+        object.__setattr__(self, "elements", tuple(int(z) for z in self.elements))
+
+    @property
+    def hidden_irreps(self) -> str:
+        return (f"{self.scalars}x0e + {self.pseudoscalars}x0o + "
+                f"{self.vectors}x1o + {self.pseudovectors}x1e")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"elements": list(self.elements)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        return cls(**{k: tuple(v) if k == "elements" else v for k, v in data.items()})
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # a few channels, for tests and quick looks
+    "tiny": ModelConfig(embedding_dim=8, layers=2, scalars=8, pseudoscalars=4, vectors=4, pseudovectors=4,
+                        radial_basis=6, radial_hidden=16, score_hidden=16, decoder_dim=32, decoder_layers=1,
+                        decoder_heads=2),
+    "small": ModelConfig(embedding_dim=32, layers=3, scalars=32, pseudoscalars=8, vectors=12, pseudovectors=6,
+                         decoder_dim=96, decoder_layers=2),
+    "medium": ModelConfig(),
+    "large": ModelConfig(embedding_dim=64, layers=4, scalars=64, pseudoscalars=16, vectors=32, pseudovectors=16,
+                         radial_hidden=64, score_hidden=128, decoder_dim=256, decoder_layers=4, decoder_heads=8),
+    # the paper's tetris experiment: 4 untyped points, a 2-D invariant code
+    "tetris": ModelConfig(elements=POINTS, embedding_dim=2, layers=3, scalars=16, pseudoscalars=8, vectors=8,
+                          pseudovectors=8, cutoff=4.0, avg_neighbors=3.0, score_hidden=32, decoder_dim=64,
+                          decoder_layers=2, max_atoms=8),
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
+
+
+__all__ = ["ModelConfig", "ORGANIC", "POINTS", "PRESETS", "preset"]

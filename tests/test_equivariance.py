@@ -1,0 +1,167 @@
+"""The proof obligations of DESIGN §1 on real molecules, float64 and float32, and the checkers
+themselves shown to fail on deliberately broken models."""
+
+import numpy as np
+import pytest
+import torch
+from rdkit import Chem
+
+from conftest import split
+from groupae_cli.data import N_ATOMS, POSITIONS, collate
+from groupae_cli.io import read_structures
+from groupae_cli.models import GroupAE, preset
+from groupae_cli.models.graph import Layout
+from groupae_cli.models.symmetry import GroupElement, symmetry_errors
+
+# per dtype: (z, rotation, translation, canonical and reconstruction in Å)
+TOL = {torch.float64: (1e-10, 1e-9, 1e-10, 1e-8), torch.float32: (1e-5, 1e-3, 1e-4, 1e-3)}
+
+
+@pytest.fixture(scope="module")
+def molecules():
+    structures, _ = split(read_structures(__import__("conftest").SAMPLE / "molecules.sdf"))
+    return structures[::25][:12]
+
+
+@pytest.fixture(scope="module")
+def chiral():
+    """A molecule of the sample set with a stereocentre: mirror images differ."""
+    structures, _ = split(read_structures(__import__("conftest").SAMPLE / "same" / "molecule.sdf"))
+    mol = Chem.MolFromMolFile(str(__import__("conftest").SAMPLE / "same" / "molecule.sdf"), removeHs=False)
+    Chem.AssignStereochemistryFrom3D(mol)
+    assert Chem.FindMolChiralCenters(mol)
+    return structures[0]
+
+
+def model(dtype, seed=0, name="tiny"):
+    torch.manual_seed(seed)
+    return GroupAE(preset(name)).to(dtype).eval()
+
+
+def assert_contract(errors, dtype, canonical=True):
+    z, rot, trans, coords = TOL[dtype]
+    assert errors["z_relative"] <= z, errors
+    assert errors["rotation"] <= rot, errors
+    assert errors["translation"] <= trans, errors
+    if canonical:
+        assert errors["canonical"] <= coords, errors
+        assert errors["order_agreement"] == 1.0, errors
+        assert errors["reconstruction"] <= coords, errors
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_contract_holds_on_real_molecules(molecules, dtype):
+    m = model(dtype)
+    batch = collate(molecules, m.config.elements, dtype=dtype)
+    for seed in range(3):
+        errors = symmetry_errors(m, batch, GroupElement.random(batch, generator=torch.Generator().manual_seed(seed)))
+        # float32: near-tied scores of an untrained model may swap slots; the order is checked in float64
+        assert_contract(errors, dtype, canonical=dtype == torch.float64)
+        assert errors["degenerate_frames"] < len(molecules) // 2
+
+
+def test_float32_order_differs_only_between_near_tied_atoms(molecules):
+    """In float32 two atoms may swap slots only where their scores sit at the tie tolerance."""
+    m = model(torch.float32)
+    batch = collate(molecules, m.config.elements, dtype=torch.float32)
+    g = GroupElement.random(batch, generator=torch.Generator().manual_seed(0))
+    a, b = m.encode(batch), m.encode(g.apply(batch))
+    layout = a["layout"]
+    offsets = layout.offsets[:, None]
+    original = g.sigma[b["order"] * layout.mask + offsets]  # global original atom in each slot of the copy
+    expected = a["order"] + offsets
+    differ = (original != expected) & layout.mask
+    assert differ.sum() <= 0.05 * layout.mask.sum()
+    gap = (a["scores"][original[differ]] - a["scores"][expected[differ]]).abs()
+    assert (gap <= 3 * m.config.degenerate_tol).all(), gap
+
+
+def test_mirror_image_gets_a_different_embedding(chiral):
+    m = model(torch.float64)
+    mirrored = type(chiral)(chiral.numbers, chiral.positions * np.array([-1.0, 1.0, 1.0]), "mirror", "", 0)
+    batch = collate([chiral, mirrored], m.config.elements, dtype=torch.float64)
+    z = m.encode(batch)["z"]
+    invariance = symmetry_errors(m, batch)["z"]
+    assert (z[0] - z[1]).abs().max() > 1e-6
+    assert (z[0] - z[1]).abs().max() > 1e4 * max(invariance, 1e-16)
+
+
+def test_achiral_rotation_of_mirror_is_not_a_mirror(molecules):
+    """A rotation is never a reflection: the predicted R has det +1."""
+    m = model(torch.float64)
+    batch = collate(molecules, m.config.elements, dtype=torch.float64)
+    det = torch.linalg.det(m.encode(batch)["rotation"])
+    torch.testing.assert_close(det, torch.ones_like(det))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_batched_equals_one_by_one(molecules, dtype):
+    m = model(dtype)
+    together = m(collate(molecules, m.config.elements, dtype=dtype))
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    for i, s in enumerate(molecules):
+        alone = m(collate([s], m.config.elements, dtype=dtype))
+        n = len(s)
+        torch.testing.assert_close(alone["z"][0], together["z"][i], atol=tol, rtol=0)
+        torch.testing.assert_close(alone["rotation"][0], together["rotation"][i], atol=tol * 10, rtol=0)
+        torch.testing.assert_close(alone["y"][0, :n], together["y"][i, :n], atol=tol * 10, rtol=0)
+        assert alone["order"][0, :n].tolist() == together["order"][i, :n].tolist()
+
+
+# --- the checkers fail on broken models -------------------------------------------------------
+
+
+def broken(kind, monkeypatch):
+    import groupae_cli.models.autoencoder as ae
+
+    m = model(torch.float64)
+    if kind == "index feature":  # the paper's trap: node indices fed to the encoder
+        m.encoder.embed.register_forward_hook(
+            lambda mod, inp, out: out + 0.1 * torch.arange(len(out), dtype=out.dtype)[:, None])
+    elif kind == "coordinate leak":  # a raw coordinate in the node scalars
+        m.encoder.register_forward_hook(lambda mod, inp, out: out + 0.1 * inp[0][:, :1])
+    elif kind == "transposed rotation":
+        m.rotation.register_forward_hook(lambda mod, inp, out: (out[0].transpose(1, 2), out[1]))
+    elif kind == "offset translation":
+        real = ae.centroid
+        monkeypatch.setattr(ae, "centroid", lambda x, layout: real(x, layout) + x.new_tensor([1.0, 0.0, 0.0]))
+    elif kind == "transposed permutation":  # the paper's other trap
+        order = ae.canonical_order
+        monkeypatch.setattr(ae, "canonical_order", lambda *a, **k: (lambda o, t: (torch.argsort(o, dim=1), t))(*order(*a, **k)))
+    return m
+
+
+@pytest.mark.parametrize("kind,fails", [
+    ("index feature", "z_relative"),
+    ("coordinate leak", "z_relative"),
+    ("transposed rotation", "rotation"),
+    ("offset translation", "translation"),
+    ("transposed permutation", "canonical"),
+])
+def test_checker_catches_broken_model(molecules, monkeypatch, kind, fails):
+    m = broken(kind, monkeypatch)
+    batch = collate(molecules, m.config.elements, dtype=torch.float64)
+    errors = symmetry_errors(m, batch, GroupElement.random(batch, generator=torch.Generator().manual_seed(1)))
+    with pytest.raises(AssertionError):
+        assert_contract(errors, torch.float64)
+    assert errors[fails] > 1e-6, errors
+
+
+def test_mirror_check_catches_an_e3_invariant_embedding(chiral):
+    """Make every odd-parity invariant parity-blind (|.|): then the mirror image gets the same z."""
+    m = model(torch.float64)
+    c = m.config
+    odd = list(range(c.scalars, c.scalars + c.pseudoscalars))
+    quad = m.invariants.dim - m.invariants.scalar_dims
+    odd += list(range(m.invariants.scalar_dims + quad // 2, m.invariants.dim))  # the 0o half of the products
+    m.invariants.register_forward_hook(lambda mod, inp, out: torch.cat(
+        [out[:, i : i + 1].abs() if i in odd else out[:, i : i + 1] for i in range(out.shape[1])], dim=1))
+    mirrored = type(chiral)(chiral.numbers, chiral.positions * np.array([-1.0, 1.0, 1.0]), "mirror", "", 0)
+    z = m.encode(collate([chiral, mirrored], m.config.elements, dtype=torch.float64))["z"]
+    assert (z[0] - z[1]).abs().max() < 1e-8
+
+
+def test_batched_check_catches_pooling_across_structures(molecules, monkeypatch):
+    monkeypatch.setattr(Layout, "pool", lambda self, x: x.sum(0, keepdim=True).expand(self.n_structures, *x.shape[1:]))
+    with pytest.raises(AssertionError):
+        test_batched_equals_one_by_one(molecules, torch.float64)
