@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from groupae_cli import __version__
-from groupae_cli.cli import info
+from groupae_cli.cli import info, train
 
 app = typer.Typer(
     name="groupae",
@@ -37,6 +37,7 @@ def root(
     """Learn what a 3D structure is apart from its pose and atom order (SE(3) x S_n group autoencoder)."""
 
 
+app.command("train")(train.train)
 app.command("info")(info.info)
 
 

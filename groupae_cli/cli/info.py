@@ -10,6 +10,7 @@ import typer
 from groupae_cli.cli.common import Format, Json, Quiet, Strict, handle_errors, print_json, progress
 
 _HDF5 = (".h5", ".hdf5")
+_CHECKPOINT = (".ckpt", ".pt")
 _SHOWN_FAILURES = 10
 
 
@@ -44,16 +45,46 @@ def _print_hdf5(d: dict) -> None:
         typer.echo(f"  ... and {len(d['failed']) - _SHOWN_FAILURES} more failures (--json lists all)")
 
 
+def _describe_checkpoint(path: str) -> dict:
+    from groupae_cli.io.checkpoint import read_checkpoint, sha256
+
+    payload = read_checkpoint(path)
+    n_params = sum(int(t.numel()) for t in payload["state_dict"].values())
+    return {"path": payload["path"], "sha256": sha256(payload["path"]), "format_version": payload["format_version"],
+            "versions": payload["versions"], "parameters": n_params, "config": payload["config"],
+            "training": payload.get("training", {})}
+
+
+def _print_checkpoint(d: dict) -> None:
+    typer.echo(f"{d['path']}  (groupae checkpoint, format {d['format_version']})")
+    typer.echo("  written by:  " + ", ".join(f"{k} {v}" for k, v in d["versions"].items()))
+    typer.echo(f"  parameters:  {d['parameters']:,}")
+    typer.echo(f"  sha256:      {d['sha256']}")
+    typer.echo("  model:       " + ", ".join(f"{k}={v}" for k, v in d["config"].items()))
+    training = d["training"]
+    if training:
+        typer.echo(f"  trained:     {training.get('epoch', '?')} epochs")
+        for key, value in (training.get("metrics") or {}).items():
+            typer.echo(f"    {key}: {value:.5g}" if isinstance(value, float) else f"    {key}: {value}")
+
+
 @handle_errors
 def info(
-    path: Annotated[str, typer.Argument(help="A structure file (XYZ, SDF/MOL, PLY; .gz; '-' for stdin) or a groupae HDF5 file.")],
+    path: Annotated[str, typer.Argument(help="A structure file (XYZ, SDF/MOL, PLY; .gz; '-' for stdin), "
+                                             "a groupae HDF5 file or a checkpoint (.ckpt).")],
     fmt: Format = None,
     json: Json = False,
     strict: Strict = False,
     quiet: Quiet = False,
 ) -> None:
-    """Show what a file holds: records, atoms, elements, bonds and failures; or an HDF5 file's datasets."""
+    """Show what a file holds: records, atoms, elements, bonds and failures; an HDF5 file's datasets;
+    or a checkpoint's versions, config and training figures."""
     from groupae_cli.errors import FailureReport, UsageError
+
+    if path != "-" and Path(path).suffix.lower() in _CHECKPOINT:
+        described = _describe_checkpoint(path)
+        print_json(described) if json else _print_checkpoint(described)
+        return
 
     if path != "-" and Path(path).suffix.lower() in _HDF5:
         if not Path(path).is_file():

@@ -44,20 +44,25 @@ class GroupAE(nn.Module):
         h = self.encoder(x, types, src, dst)
         inv = self.invariants(h)
         z = self.embedding(layout.pool(inv) / layout.n_atoms[:, None].to(inv.dtype))
-        rotation, frame_degenerate = self.rotation(h, layout)
         translation = centroid(x, layout)
-        scores = self.scores(inv)
+        rotation, frame_degenerate = self.rotation(h, layout, x, translation)
+        canonical = (layout.to_dense(x) - translation[:, None]) @ rotation  # (X - t) R, input order
+        scores = self.scores(inv, layout.to_flat(canonical))
         if tie_noise:
             scores = scores + tie_noise * torch.randn_like(scores)
-        canonical = (layout.to_dense(x) - translation[:, None]) @ rotation  # (X - t) R, input order
         order, ties = canonical_order(layout.to_dense(scores), layout.to_dense(types), canonical, layout.mask,
                                       tie_tol=c.degenerate_tol)
         return {"z": z, "rotation": rotation, "translation": translation, "scores": scores, "order": order,
                 "frame_degenerate": frame_degenerate, "ties": ties, "layout": layout}
 
-    def decode(self, z: torch.Tensor, n_atoms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Canonical coordinates (B, N, 3) and element logits (B, N, K)."""
-        return self.decoder(z, n_atoms, int(n_atoms.max()))
+    def decode(self, z: torch.Tensor, n_atoms: torch.Tensor,
+               slot_types: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Canonical coordinates (B, N, 3) and element logits (B, N, K).
+
+        `slot_types` (B, N), the element index of each canonical slot (the composition, sorted), is
+        used by decoders built with `decoder_composition`.
+        """
+        return self.decoder(z, n_atoms, int(n_atoms.max()), slot_types)
 
     def forward(self, batch: dict[str, torch.Tensor], tau: float | None = None, straight_through: bool = False,
                 tie_noise: float = 0.0) -> dict[str, torch.Tensor]:
@@ -68,12 +73,13 @@ class GroupAE(nn.Module):
         """
         out = self.encode(batch, tie_noise=tie_noise)
         layout: Layout = out["layout"]
-        y, logits = self.decode(out["z"], layout.n_atoms)
+        slot_types = layout.to_dense(batch[TYPES]).gather(1, out["order"])
+        y, logits = self.decode(out["z"], layout.n_atoms, slot_types)
         p_hard = hard_permutation(out["order"], layout.mask, y.dtype)
         if tau is None:
             p = p_hard
         else:
-            p_soft = soft_permutation(layout.to_dense(out["scores"]), layout.mask, tau)
+            p_soft = soft_permutation(layout.to_dense(out["scores"]), layout.to_dense(batch[TYPES]), layout.mask, tau)
             out["p_soft"] = p_soft
             p = p_hard + p_soft - p_soft.detach() if straight_through else p_soft
         rotated = y @ out["rotation"].transpose(1, 2)  # Y R^T

@@ -40,6 +40,7 @@ class ModelConfig:
     decoder_dim: int = 128
     decoder_layers: int = 3
     decoder_heads: int = 4
+    decoder_composition: bool = True  # the decoder is told each slot's element (z need not carry it)
     max_atoms: int = 256
     # degeneracy thresholds, relative to the pooled vectors' typical size
     degenerate_tol: float = 1e-3

@@ -1,8 +1,11 @@
-"""The decoder: z and the number of atoms -> canonical coordinates and element logits per slot.
+"""The decoder: z and the number of atoms (and the composition) -> canonical coordinates and
+element logits per slot.
 
 It works in the canonical frame and order, so it need not be equivariant. Slot k of a structure of
 n atoms gets a sinusoidal code of k and of n, plus a projection of z; a small transformer lets the
-slots agree on a geometry. Slot codes live only here: the encoder never sees an index.
+slots agree on a geometry. With the composition (`decoder_composition`), the canonical order being
+element-major, each slot also knows its element, its rank among the atoms of that element and their
+count. Slot codes live only here: the encoder never sees an index.
 """
 
 from __future__ import annotations
@@ -35,12 +38,29 @@ class Decoder(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.coordinates = nn.Linear(d, 3)
         self.types = nn.Linear(d, len(config.elements))
+        self.element = nn.Embedding(len(config.elements), d) if config.decoder_composition else None
 
-    def forward(self, z: torch.Tensor, n_atoms: torch.Tensor, n_max: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Y (B, N, 3), type logits (B, N, K)) for N = n_max slots; slots >= n_atoms are padding."""
+    def forward(self, z: torch.Tensor, n_atoms: torch.Tensor, n_max: int,
+                slot_types: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Y (B, N, 3), type logits (B, N, K)) for N = n_max slots; slots >= n_atoms are padding.
+
+        `slot_types` (B, N): the element index of each canonical slot (needed with composition).
+        """
         slots = torch.arange(n_max, device=z.device)
         mask = slots[None, :] < n_atoms[:, None]
         codes = sinusoid(slots, self.dim)[None] + sinusoid(n_atoms, self.dim)[:, None]
+        if self.element is not None:
+            if slot_types is None:
+                raise ValueError("this decoder needs the composition (slot_types)")
+            t = slot_types.masked_fill(~mask, 0)
+            new_block = torch.ones_like(mask)
+            new_block[:, 1:] = t[:, 1:] != t[:, :-1]
+            block_start = torch.cummax(torch.where(new_block, slots[None, :], 0), dim=1).values
+            one_hot = torch.nn.functional.one_hot(t, self.element.num_embeddings) * mask[:, :, None]
+            count = one_hot.sum(1).gather(1, t)  # atoms of the slot's element
+            codes = codes + sinusoid(slots[None, :] - block_start, self.dim) + sinusoid(count, self.dim, period=100.0)
         x = self.from_z(z)[:, None, :] + codes.to(z.dtype)
+        if self.element is not None:
+            x = x + self.element(t)
         x = self.norm(self.transformer(x, src_key_padding_mask=~mask))
         return self.coordinates(x), self.types(x)

@@ -59,22 +59,37 @@ def gram_schmidt(u1: torch.Tensor, u2: torch.Tensor, eps: float = 1e-12) -> torc
 
 
 class RotationHead(nn.Module):
-    """Two pooled vector (1o) channels, then Gram–Schmidt: R(X R0^T) = R0 R(X), R in SO(3)."""
+    """Two pooled vector (1o) channels, then Gram–Schmidt: R(X R0^T) = R0 R(X), R in SO(3).
+
+    The pooled vectors a1, a2 are sharpened by the structure's gyration tensor
+    C = 1/n sum_i (x_i - t)(x_i - t)^T, which rotates with the input (C -> R0 C R0^T):
+    u1 = C^2 a1, u2 = C a2. Like steps of power iteration, this turns e1 towards the longest
+    principal axis and e2 towards the next, with signs the learned vectors choose, so canonical
+    poses agree across similar molecules from the start. Exactly equivariant; nothing is fitted.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.vectors = o3.Linear(o3.Irreps(config.hidden_irreps), o3.Irreps("2x1o"))
         self.tol = config.degenerate_tol
 
-    def forward(self, h: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, h: torch.Tensor, layout: Layout, positions: torch.Tensor,
+                translation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(R (B, 3, 3), degenerate (B,) bool)."""
         per_atom = self.vectors(h).reshape(-1, 2, 3)  # e3nn's 1o is (x, y, z)
-        u = layout.pool(per_atom)  # (B, 2, 3)
+        a = layout.pool(per_atom)  # (B, 2, 3)
+        d = positions - translation[layout.batch]
+        n = layout.n_atoms.to(d.dtype)[:, None, None]
+        gyration = layout.pool(d[:, :, None] * d[:, None, :]) / n  # (B, 3, 3)
+        u1 = gyration @ (gyration @ a[:, 0, :, None])
+        u2 = gyration @ a[:, 1, :, None]
+        u1, u2 = u1.squeeze(-1), u2.squeeze(-1)
+        # degenerate: a pooled vector (nearly) cancels, or u2 is (nearly) parallel to u1
+        size = gyration.diagonal(dim1=1, dim2=2).sum(-1)  # trace: the scale C can stretch by
         scale = layout.pool(per_atom.norm(dim=-1))  # (B, 2): how large the pooled vectors could be
-        u1, u2 = u[:, 0], u[:, 1]
         e1 = u1 / u1.norm(dim=-1, keepdim=True).clamp_min(1e-30)
         perp = (u2 - (u2 * e1).sum(-1, keepdim=True) * e1).norm(dim=-1)
-        degenerate = (u1.norm(dim=-1) <= self.tol * scale[:, 0]) | (perp <= self.tol * scale[:, 1])
+        degenerate = (u1.norm(dim=-1) <= self.tol * scale[:, 0] * size**2) | (perp <= self.tol * scale[:, 1] * size)
         return gram_schmidt(u1, u2), degenerate
 
 

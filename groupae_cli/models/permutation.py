@@ -5,9 +5,11 @@ P[b, k, i] = 1 when order[b, k] == i. Input atom i goes to slot rank(i); the rec
 slot rank(i) back to atom i (X_hat = P^T Y). Renumbering the input by sigma gives
 P(sigma X) = P(X) sigma^-1, so P(X) X is the same sequence for every numbering.
 
-Training relaxes P: P_soft[k, i] = softmax_i(-|s_i - s_(k)| / tau), s_(k) the k-th smallest score,
-optionally straight-through (hard forward, soft gradient). Inference sorts: exactly equivariant,
-deterministic, padded atoms last.
+The canonical order is element-major: atoms sorted by element, then by score (an invariant function of
+the atom's environment), so slots of one element are contiguous and only atoms of the same element
+compete for a slot. Training relaxes P: P_soft[k, i] = softmax over atoms i of slot k's element of
+-|s_i - s_(k)| / tau, optionally straight-through (hard forward, soft gradient). Inference sorts:
+exactly equivariant, deterministic, padded atoms last.
 """
 
 from __future__ import annotations
@@ -23,14 +25,23 @@ _TIE_DIRECTION = (0.7236068, 0.5257311, 0.4472136)
 
 
 class ScoreHead(nn.Module):
-    """s_i = MLP(invariant features of atom i): invariant under SE(3), equivariant under S_n."""
+    """s_i = a . c_i + MLP(invariants_i, c_i), with c_i = (x_i - t) R the atom's canonical coordinates.
+
+    Both inputs are SE(3)-invariant (R is equivariant), so the score is too, and it is computed
+    per atom, so renumbering only renumbers scores. The linear term starts the order as a sweep
+    along a direction of the canonical frame: slots that are neighbours in space from the first
+    step, which the decoder can learn; the MLP (zero at the start) refines it.
+    """
 
     def __init__(self, in_dim: int, hidden: int):
         super().__init__()
-        self.net = mlp([in_dim, hidden, hidden, 1])
+        self.net = mlp([in_dim + 3, hidden, hidden, 1])
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+        self.direction = nn.Parameter(torch.tensor([1.0, 0.1, 0.01]))
 
-    def forward(self, invariants: torch.Tensor) -> torch.Tensor:
-        return self.net(invariants).squeeze(-1)
+    def forward(self, invariants: torch.Tensor, canonical: torch.Tensor) -> torch.Tensor:
+        return canonical @ self.direction + self.net(torch.cat([invariants, canonical], dim=-1)).squeeze(-1)
 
 
 def _stable_argsort(key: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -38,38 +49,41 @@ def _stable_argsort(key: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return order.gather(1, torch.sort(key.gather(1, order), dim=1, stable=True).indices)
 
 
+def _by_type_then_score(scores: torch.Tensor, types: torch.Tensor, mask: torch.Tensor):
+    """(order, sorted scores, sorted types) of atoms sorted by element, then score; padding last."""
+    big = torch.finfo(scores.dtype).max / 4
+    order = torch.sort(scores.masked_fill(~mask, big), dim=1, stable=True).indices
+    order = _stable_argsort(types.masked_fill(~mask, torch.iinfo(types.dtype).max), order)
+    return order, scores.gather(1, order), types.gather(1, order)
+
+
 def canonical_order(scores: torch.Tensor, types: torch.Tensor, canonical: torch.Tensor, mask: torch.Tensor,
                     tie_tol: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard canonical order (B, N) and the number of tied score pairs per structure (B,).
 
-    Sorted by score; atoms whose scores lie within `tie_tol` form a tie group, ordered by element
-    and then by their position along a fixed direction in the canonical frame (`canonical`,
-    (B, N, 3): (X - t) R). Padded atoms (mask False) come last.
+    Atoms are sorted by element, then by score. Atoms of one element whose scores lie within
+    `tie_tol` form a tie group, ordered by their position along a fixed direction in the canonical
+    frame (`canonical`, (B, N, 3): (X - t) R, in input order). Padded atoms (mask False) come last.
     """
-    big = torch.finfo(scores.dtype).max
-    s = scores.masked_fill(~mask, big)
-    by_score = torch.sort(s, dim=1, stable=True)
-    gaps = by_score.values.diff(dim=1) > tie_tol
-    group_sorted = torch.cat([torch.zeros_like(gaps[:, :1], dtype=torch.long), gaps.long().cumsum(1)], dim=1)
-    group = torch.empty_like(group_sorted).scatter_(1, by_score.indices, group_sorted)
-    group = group.masked_fill(~mask, torch.iinfo(torch.long).max)
+    order, s, t = _by_type_then_score(scores, types, mask)
+    valid = mask.gather(1, order)
+    tied = (s.diff(dim=1).abs() <= tie_tol) & (t.diff(dim=1) == 0) & valid[:, 1:]
+    group_sorted = torch.cat([torch.zeros_like(tied[:, :1], dtype=torch.long), (~tied).long().cumsum(1)], dim=1)
+    group = torch.empty_like(group_sorted).scatter_(1, order, group_sorted)
     direction = canonical.new_tensor(_TIE_DIRECTION)
-    order = torch.sort(canonical @ direction, dim=1, stable=True).indices
-    order = _stable_argsort(types, order)
-    order = _stable_argsort(group, order)
-    ties = ((~gaps) & mask[:, 1:]).sum(1)
-    return order, ties
+    final = torch.sort(canonical @ direction, dim=1, stable=True).indices
+    final = _stable_argsort(group, final)
+    return final, tied.sum(1)
 
 
-def soft_permutation(scores: torch.Tensor, mask: torch.Tensor, tau: float) -> torch.Tensor:
-    """P_soft (B, N, N): row k is a softmax over the atoms i near the k-th smallest score."""
-    big = torch.finfo(scores.dtype).max / 4
-    s = scores.masked_fill(~mask, big)
-    sorted_s = torch.sort(s, dim=1).values
-    logits = -(sorted_s[:, :, None] - s[:, None, :]).abs() / tau
-    logits = logits.masked_fill(~mask[:, None, :], float("-inf")).masked_fill(~mask[:, :, None], 0.0)
-    p = torch.softmax(logits, dim=-1)
-    return p * mask[:, :, None]
+def soft_permutation(scores: torch.Tensor, types: torch.Tensor, mask: torch.Tensor, tau: float) -> torch.Tensor:
+    """P_soft (B, N, N): row k is a softmax, over the atoms i of slot k's element, of
+    -|s_i - s_(k)| / tau, where slot k holds the k-th atom in (element, score) order."""
+    _, sorted_s, sorted_t = _by_type_then_score(scores, types, mask)
+    allowed = (sorted_t[:, :, None] == types[:, None, :]) & mask[:, None, :] & mask[:, :, None]
+    logits = -(sorted_s[:, :, None] - scores[:, None, :]).abs() / tau
+    logits = logits.masked_fill(~allowed, float("-inf")).masked_fill(~mask[:, :, None], 0.0)
+    return torch.softmax(logits, dim=-1) * mask[:, :, None]
 
 
 def hard_permutation(order: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -1,0 +1,60 @@
+"""`groupae train FILES... -o RUN_DIR`: train a model on molecules or point clouds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from groupae_cli.cli.common import Format, Quiet, Strict, handle_errors
+
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, or cuda[:i].")]
+
+
+@handle_errors
+def train(
+    files: Annotated[list[str], typer.Argument(help="Structure files (XYZ, SDF/MOL, PLY; .gz).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory: config.yaml, metrics.csv, best.ckpt, last.ckpt.")],
+    preset: Annotated[str, typer.Option(help="Model size: tiny, small, medium, large, tetris.")] = "small",
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML with 'model:' and 'train:' sections; options given here win.")] = None,
+    embedding_dim: Annotated[Optional[int], typer.Option(help="Size of the invariant embedding z.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default 50).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Structures per batch (default 32).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 2e-3).")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Share of molecules held out (default 0.1).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for the split, the weights and the batches.")] = None,
+    graph: Annotated[Optional[str], typer.Option(help="radius (molecules) or knn (sparse point clouds).")] = None,
+    cutoff: Annotated[Optional[float], typer.Option(help="Radius-graph cutoff (Å for molecules).")] = None,
+    curriculum: Annotated[Optional[float], typer.Option(help="Fraction of epochs over which the largest size allowed grows.")] = None,
+    augment: Annotated[bool, typer.Option("--augment", help="Random pose and order per batch (invariance is exact without).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.ckpt.")] = False,
+    device: Device = "auto",
+    fmt: Format = None,
+    strict: Strict = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train a group autoencoder; validates each epoch and keeps best.ckpt and last.ckpt."""
+    from groupae_cli.errors import UsageError
+    from groupae_cli.models.config import preset as get_preset
+    from groupae_cli.train import TrainConfig, read_run_config, train_from_files
+
+    model_dict, train_dict = {}, {}
+    if config is not None:
+        if not config.is_file():
+            raise UsageError(f"{config}: no such file")
+        model_dict, train_dict, _ = read_run_config(config)
+    model_dict.update({k: v for k, v in {"embedding_dim": embedding_dim, "graph": graph, "cutoff": cutoff}.items()
+                       if v is not None})
+    train_dict.update({k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr,
+                                          "val_fraction": val_fraction, "seed": seed,
+                                          "curriculum_fraction": curriculum}.items() if v is not None})
+    if augment:
+        train_dict["augment"] = True
+    try:
+        model_config = get_preset(preset, **{k: tuple(v) if k == "elements" else v for k, v in model_dict.items()})
+        train_config = TrainConfig.from_dict(train_dict)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+    train_from_files(files, out, model_config, train_config, resume=resume, device=device, fmt=fmt,
+                     strict=strict, quiet=quiet)

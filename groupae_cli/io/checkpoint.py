@@ -1,0 +1,87 @@
+"""Checkpoints: one self-describing file, loaded without executing pickled code.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, read back with
+`torch.load(weights_only=True)`: format_version, the groupae / torch / e3nn versions that wrote it,
+the model config that builds it, the state dict, and training metadata (and, for resuming, the
+optimizer and scheduler state).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from groupae_cli import __version__
+from groupae_cli.errors import UsageError
+
+FORMAT_VERSION = 1
+#: Models shipped inside the package, found by name (groupae_cli/pretrained/NAME.ckpt).
+PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+
+
+def save_checkpoint(path: str | Path, model, training: dict | None = None, state: dict | None = None) -> None:
+    """Write atomically (temporary name, then rename): a crash never leaves half a checkpoint."""
+    import e3nn
+
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "versions": {"groupae": __version__, "torch": str(torch.__version__), "e3nn": str(e3nn.__version__)},
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "training": training or {},
+    }
+    if state:
+        payload["state"] = state
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """A checkpoint path, or the name of a model shipped with the package."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = PRETRAINED_DIR / f"{name_or_path}.ckpt"
+    if shipped.is_file():
+        return shipped
+    known = sorted(p.stem for p in PRETRAINED_DIR.glob("*.ckpt")) if PRETRAINED_DIR.is_dir() else []
+    raise UsageError(f"{name_or_path}: no such checkpoint file or shipped model (shipped: {', '.join(known) or 'none'})")
+
+
+def read_checkpoint(name_or_path: str | Path) -> dict:
+    path = resolve_model_path(name_or_path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch file, or one holding pickled code
+        raise UsageError(f"{path}: not a groupae checkpoint ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(payload, dict) or "format_version" not in payload:
+        raise UsageError(f"{path}: not a groupae checkpoint (no format_version)")
+    if payload["format_version"] > FORMAT_VERSION:
+        raise UsageError(f"{path}: checkpoint format {payload['format_version']} is newer than this groupae "
+                         f"reads ({FORMAT_VERSION}); upgrade groupae")
+    payload["path"] = str(path)
+    return payload
+
+
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu"):
+    """The GroupAE a checkpoint describes, weights loaded, in eval mode."""
+    from groupae_cli.models import GroupAE, ModelConfig
+
+    payload = read_checkpoint(name_or_path)
+    model = GroupAE(ModelConfig.from_dict(payload["config"]))
+    model.load_state_dict(payload["state_dict"])
+    model.checkpoint = {k: v for k, v in payload.items() if k not in ("state_dict", "state")}
+    return model.to(device).eval()
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

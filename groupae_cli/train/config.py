@@ -1,0 +1,64 @@
+"""Training configuration: one frozen dataclass, written beside every run as config.yaml."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    warmup_epochs: int = 1
+    grad_clip: float = 1.0
+    val_fraction: float = 0.1
+    seed: int = 0
+    # the relaxed permutation: tau annealed geometrically; straight-through (the hard P forward,
+    # the soft P's gradient) from this fraction of the epochs on
+    tau_start: float = 0.1
+    tau_end: float = 0.02
+    straight_through_from: float = 0.0
+    tie_noise: float = 1e-3
+    entropy_weight: float = 0.025  # the paper's weight for point clouds
+    type_weight: float = 0.1
+    # helping the order be learned: Hungarian-matched reconstruction first, fading out over this
+    # fraction of the epochs (0: off)
+    match_fraction: float = 0.0
+    # curriculum: the largest structure size allowed grows over this fraction of the epochs
+    curriculum_fraction: float = 0.0
+    # random pose and order per batch (not needed for invariance, which is exact)
+    augment: bool = False
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError("val_fraction must be in [0, 1)")
+        if not 0 < self.tau_end <= self.tau_start:
+            raise ValueError("need 0 < tau_end <= tau_start")
+
+    def tau(self, epoch: int) -> float:
+        frac = epoch / max(1, self.epochs - 1)
+        return self.tau_start * (self.tau_end / self.tau_start) ** frac
+
+    def match_weight(self, epoch: int) -> float:
+        if self.match_fraction <= 0:
+            return 0.0
+        return max(0.0, 1.0 - epoch / (self.match_fraction * self.epochs))
+
+    def straight_through(self, epoch: int) -> bool:
+        return epoch >= self.straight_through_from * self.epochs
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys: {', '.join(unknown)}")
+        return cls(**data)

@@ -1,0 +1,118 @@
+"""Training data: inputs parsed once into a cache, a fixed split by molecule, batches.
+
+The cache (`cache.npz` in the run directory) holds every usable record as flat arrays; a resumed
+run reads it instead of the inputs. The split keeps conformers of one molecule together: records
+are grouped by name with a `_conf<k>` suffix removed, and whole groups go to validation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from groupae_cli.data import BATCH, N_ATOMS, POSITIONS, TYPES, type_indices
+
+_CONFORMER = re.compile(r"(_conf(ormer)?_?\d+)$", re.IGNORECASE)
+
+
+@dataclass
+class StructureSet:
+    numbers: np.ndarray  # (A,) int16
+    positions: np.ndarray  # (A, 3) float64
+    offsets: np.ndarray  # (N + 1,) int64
+    names: np.ndarray  # (N,) str
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @classmethod
+    def from_structures(cls, structures: Sequence) -> StructureSet:
+        sizes = [len(s) for s in structures]
+        return cls(
+            numbers=np.concatenate([s.numbers for s in structures]).astype(np.int16),
+            positions=np.concatenate([s.positions for s in structures]),
+            offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+            names=np.array([s.name for s in structures]),
+        )
+
+    def save(self, path: str | Path) -> None:
+        np.savez(path, numbers=self.numbers, positions=self.positions, offsets=self.offsets, names=self.names)
+
+    @classmethod
+    def load(cls, path: str | Path) -> StructureSet:
+        with np.load(path, allow_pickle=False) as f:
+            return cls(f["numbers"], f["positions"], f["offsets"], f["names"])
+
+    def elements(self) -> list[int]:
+        return sorted(int(z) for z in np.unique(self.numbers))
+
+    def groups(self) -> np.ndarray:
+        """A molecule id per record: conformers of one molecule share it."""
+        keys = [_CONFORMER.sub("", str(n)) for n in self.names]
+        _, ids = np.unique(keys, return_inverse=True)
+        return ids
+
+    def split(self, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train, validation) record indices; whole molecules go to one side."""
+        groups = self.groups()
+        unique = np.unique(groups)
+        rng = np.random.default_rng(seed)
+        n_val = int(round(val_fraction * len(unique)))
+        if val_fraction > 0:
+            n_val = max(1, min(n_val, len(unique) - 1))
+        val_groups = rng.choice(unique, size=n_val, replace=False) if n_val else np.array([], dtype=groups.dtype)
+        is_val = np.isin(groups, val_groups)
+        return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+    def batch(self, indices: Sequence[int], elements: Sequence[int], dtype=torch.float32) -> dict[str, torch.Tensor]:
+        """Collate records into a batch dict (see groupae_cli.data)."""
+        spans = [(self.offsets[i], self.offsets[i + 1]) for i in indices]
+        sizes = [b - a for a, b in spans]
+        numbers = np.concatenate([self.numbers[a:b] for a, b in spans]).astype(np.int64)
+        return {
+            POSITIONS: torch.as_tensor(np.concatenate([self.positions[a:b] for a, b in spans]), dtype=dtype),
+            TYPES: torch.as_tensor(type_indices(numbers, elements)),
+            BATCH: torch.repeat_interleave(torch.arange(len(sizes)), torch.as_tensor(sizes)),
+            N_ATOMS: torch.as_tensor(sizes, dtype=torch.long),
+        }
+
+
+def epoch_batches(indices: np.ndarray, sizes: np.ndarray, batch_size: int, seed: int, epoch: int,
+                  max_atoms: int | None = None) -> list[np.ndarray]:
+    """A shuffled list of index batches, the same on every process (seeded by seed and epoch).
+
+    With `max_atoms`, records larger than it sit this epoch out (the curriculum).
+    """
+    rng = np.random.default_rng([seed, epoch])
+    pool = indices if max_atoms is None else indices[sizes[indices] <= max_atoms]
+    pool = rng.permutation(pool)
+    return [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
+
+
+def fixed_batches(indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    for i in range(0, len(indices), batch_size):
+        yield indices[i : i + batch_size]
+
+
+class Batches(Sequence):
+    """Index batches collated on access, so an epoch's batches are built one at a time."""
+
+    def __init__(self, data: StructureSet, index_batches: Sequence[np.ndarray], elements: Sequence[int]):
+        self.data, self.index_batches, self.elements = data, list(index_batches), elements
+
+    def __len__(self) -> int:
+        return len(self.index_batches)
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            return Batches(self.data, self.index_batches[item], self.elements)
+        return self.data.batch(self.index_batches[item], self.elements)

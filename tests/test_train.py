@@ -1,0 +1,133 @@
+"""Training end to end on real sample molecules with a tiny model: metrics, split, checkpoints,
+resume, the command line, and a 2-process torchrun run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from conftest import split
+from groupae_cli.app import app
+from groupae_cli.errors import UsageError
+from groupae_cli.io import read_structures, write_structures
+from groupae_cli.io.checkpoint import FORMAT_VERSION, load_model, read_checkpoint
+from groupae_cli.models import preset
+from groupae_cli.train import TrainConfig, train_from_files
+from groupae_cli.train.dataset import StructureSet, epoch_batches
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory):
+    """40 sample molecules, among them the conformers (3 each) of five molecules."""
+    structures, _ = split(read_structures(__import__("conftest").SAMPLE / "molecules.sdf"))
+    chosen = structures[:28] + [s for s in structures[28:] if "_conf" in s.name][:12]
+    path = tmp_path_factory.mktemp("data") / "subset.sdf"
+    write_structures(chosen, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(subset, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    history = train_from_files([str(subset)], run, preset("tiny"), TrainConfig(epochs=4, batch_size=8, lr=3e-3, seed=1),
+                               device="cpu", quiet=True)
+    return run, history
+
+
+def test_run_directory_holds_what_it_promises(trained):
+    run, history = trained
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.csv", "best.ckpt", "last.ckpt", "cache.npz", "split.json"}
+    lines = (run / "metrics.csv").read_text().splitlines()
+    assert len(lines) == 5 and lines[0].startswith("epoch,lr,tau")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["embedding_dim"] == preset("tiny").embedding_dim and config["train"]["epochs"] == 4
+
+
+def test_training_lowers_the_loss_and_reports_every_figure(trained):
+    _, history = trained
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    last = history[-1]
+    for key in ("val_rmsd_mean", "val_baseline_rmsd", "val_element_acc", "val_perm_acc", "val_invariance"):
+        assert np.isfinite(last[key]), key
+    assert last["val_invariance"] < 1e-4
+
+
+def test_split_keeps_conformers_of_a_molecule_together(trained):
+    run, _ = trained
+    data = StructureSet.load(run / "cache.npz")
+    groups = data.groups()
+    split_ = json.loads((run / "split.json").read_text())
+    train_groups, val_groups = set(groups[split_["train"]]), set(groups[split_["validation"]])
+    assert split_["validation"] and not train_groups & val_groups
+    assert (np.bincount(groups) == 3).sum() == 5  # the conformer families were grouped
+
+
+def test_checkpoint_is_self_describing_and_loads_without_pickle(trained, subset):
+    run, _ = trained
+    payload = torch.load(run / "best.ckpt", weights_only=True)
+    assert payload["format_version"] == FORMAT_VERSION
+    assert set(payload["versions"]) == {"groupae", "torch", "e3nn"}
+    assert payload["config"]["embedding_dim"] == preset("tiny").embedding_dim
+    model = load_model(run / "last.ckpt")
+    structures, _ = split(read_structures(subset))
+    from groupae_cli.data import collate
+
+    batch = collate(structures[:5], model.config.elements)
+    again = load_model(run / "last.ckpt")
+    torch.testing.assert_close(model.encode(batch)["z"], again.encode(batch)["z"], rtol=0, atol=0)
+    result = runner.invoke(app, ["info", str(run / "best.ckpt")])
+    assert result.exit_code == 0 and "format 1" in result.stdout and "e3nn" in result.stdout
+
+
+def test_a_file_with_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"format_version": 1, "payload": TrainConfig()}, path)  # an arbitrary object
+    with pytest.raises(UsageError, match="not a groupae checkpoint"):
+        read_checkpoint(path)
+
+
+def test_resume_continues_where_the_run_stopped(subset, tmp_path):
+    config = TrainConfig(epochs=2, batch_size=8, seed=2)
+    train_from_files([str(subset)], tmp_path, preset("tiny"), config, device="cpu", quiet=True)
+    with pytest.raises(UsageError, match="holds a run already"):
+        train_from_files([str(subset)], tmp_path, preset("tiny"), config, device="cpu", quiet=True)
+    history = train_from_files([], tmp_path, preset("tiny"), TrainConfig(epochs=3), resume=True, device="cpu", quiet=True)
+    assert [int(r["epoch"]) for r in history] == [0, 1, 2]
+    assert read_checkpoint(tmp_path / "last.ckpt")["training"]["epoch"] == 3
+
+
+def test_curriculum_leaves_large_records_out(subset):
+    data = StructureSet.from_structures(split(read_structures(subset))[0])
+    sizes = data.sizes
+    limit = int(np.median(sizes))
+    batches = epoch_batches(np.arange(len(data)), sizes, 4, seed=0, epoch=0, max_atoms=limit)
+    kept = np.concatenate(batches)
+    assert (sizes[kept] <= limit).all() and len(kept) == (sizes <= limit).sum()
+
+
+def test_cli_train_and_bad_options(subset, tmp_path):
+    ok = runner.invoke(app, ["train", str(subset), "-o", str(tmp_path / "run"), "--preset", "tiny", "--epochs", "1",
+                             "--batch-size", "16", "--device", "cpu", "--quiet"])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "run" / "best.ckpt").is_file()
+    bad = runner.invoke(app, ["train", str(subset), "-o", str(tmp_path / "x"), "--preset", "huge"])
+    assert bad.exit_code == 2 and "unknown preset 'huge'" in bad.stderr
+
+
+def test_torchrun_two_processes_train_one_checkpoint(subset, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "groupae_cli", "train", str(subset), "-o", str(tmp_path), "--preset", "tiny", "--epochs", "1",
+           "--batch-size", "8", "--device", "cpu", "--quiet"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 2
