@@ -51,7 +51,7 @@ class GroupAE(nn.Module):
         if tie_noise:
             scores = scores + tie_noise * torch.randn_like(scores)
         order, ties = canonical_order(layout.to_dense(scores), layout.to_dense(types), canonical, layout.mask,
-                                      tie_tol=c.degenerate_tol)
+                                      tie_tol=c.tie_tol)
         return {"z": z, "rotation": rotation, "translation": translation, "scores": scores, "order": order,
                 "frame_degenerate": frame_degenerate, "ties": ties, "layout": layout}
 

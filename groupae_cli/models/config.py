@@ -42,8 +42,11 @@ class ModelConfig:
     decoder_heads: int = 4
     decoder_composition: bool = True  # the decoder is told each slot's element (z need not carry it)
     max_atoms: int = 256
-    # degeneracy thresholds, relative to the pooled vectors' typical size
-    degenerate_tol: float = 1e-3
+    # degeneracy: a pooled frame vector smaller than frame_tol x its typical size is taken to vanish
+    # (the input's symmetry, or near-symmetry, cancels it) and anchor atoms define the frame;
+    # atoms of one element whose scores differ by less than tie_tol are tied
+    frame_tol: float = 1e-3
+    tie_tol: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.graph not in ("radius", "knn"):
@@ -89,7 +92,7 @@ PRESETS: dict[str, ModelConfig] = {
     # the paper's tetris experiment: 4 untyped points, a 2-D invariant code
     "tetris": ModelConfig(elements=POINTS, embedding_dim=2, layers=3, scalars=16, pseudoscalars=8, vectors=8,
                           pseudovectors=8, cutoff=4.0, avg_neighbors=3.0, score_hidden=32, decoder_dim=64,
-                          decoder_layers=2, max_atoms=8),
+                          decoder_layers=2, max_atoms=8, frame_tol=0.1),
 }
 
 

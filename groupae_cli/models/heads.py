@@ -58,6 +58,20 @@ def gram_schmidt(u1: torch.Tensor, u2: torch.Tensor, eps: float = 1e-12) -> torc
     return torch.stack([e1, e2, e3], dim=-1)
 
 
+def _farthest(vectors: torch.Tensor, handedness: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, 3): for each structure, the vector (B, N, 3) of greatest length among real atoms.
+
+    Atoms tied in length (to 1e-6 of it) are told apart by `handedness` (B, N), a pseudo-scalar
+    feature: two atoms that are mirror images of each other have opposite handedness, so the pick
+    does not depend on the numbering even where a mirror relates the candidates.
+    """
+    length = vectors.norm(dim=-1)
+    unit = handedness.abs().amax(1, keepdim=True).clamp_min(1e-30)
+    key = length + 1e-6 * length.amax(1, keepdim=True) * handedness / unit
+    key = key.masked_fill(~mask, -torch.inf)
+    return vectors.gather(1, key.argmax(1)[:, None, None].expand(-1, 1, 3)).squeeze(1)
+
+
 class RotationHead(nn.Module):
     """Two pooled vector (1o) channels, then Gram–Schmidt: R(X R0^T) = R0 R(X), R in SO(3).
 
@@ -65,13 +79,20 @@ class RotationHead(nn.Module):
     C = 1/n sum_i (x_i - t)(x_i - t)^T, which rotates with the input (C -> R0 C R0^T):
     u1 = C^2 a1, u2 = C a2. Like steps of power iteration, this turns e1 towards the longest
     principal axis and e2 towards the next, with signs the learned vectors choose, so canonical
-    poses agree across similar molecules from the start. Exactly equivariant; nothing is fitted.
+    poses agree across similar molecules from the start.
+
+    Degenerate inputs: where the input's symmetry makes a pooled vector vanish (below `frame_tol`
+    of its typical size), an anchor atom stands in: the atom farthest from the centroid for e1,
+    the atom farthest from the e1 axis for e2. Atoms tied for farthest are images of each other
+    under the structure's symmetry; a pseudo-scalar feature picks among mirror images, and among
+    rotation images any pick gives the same canonical form. Such frames are flagged.
     """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.vectors = o3.Linear(o3.Irreps(config.hidden_irreps), o3.Irreps("2x1o"))
-        self.tol = config.degenerate_tol
+        self.handedness = o3.Linear(o3.Irreps(config.hidden_irreps), o3.Irreps("0o"))
+        self.tol = config.frame_tol
 
     def forward(self, h: torch.Tensor, layout: Layout, positions: torch.Tensor,
                 translation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,16 +102,21 @@ class RotationHead(nn.Module):
         d = positions - translation[layout.batch]
         n = layout.n_atoms.to(d.dtype)[:, None, None]
         gyration = layout.pool(d[:, :, None] * d[:, None, :]) / n  # (B, 3, 3)
-        u1 = gyration @ (gyration @ a[:, 0, :, None])
-        u2 = gyration @ a[:, 1, :, None]
-        u1, u2 = u1.squeeze(-1), u2.squeeze(-1)
-        # degenerate: a pooled vector (nearly) cancels, or u2 is (nearly) parallel to u1
-        size = gyration.diagonal(dim1=1, dim2=2).sum(-1)  # trace: the scale C can stretch by
-        scale = layout.pool(per_atom.norm(dim=-1))  # (B, 2): how large the pooled vectors could be
+        u1 = (gyration @ (gyration @ a[:, 0, :, None])).squeeze(-1)
+        u2 = (gyration @ a[:, 1, :, None]).squeeze(-1)
+        # how large u1, u2 could be: the pooled vectors' typical size, stretched by C (its norm)
+        size = torch.linalg.eigvalsh(gyration)[:, -1]
+        scale = layout.pool(per_atom.norm(dim=-1))  # (B, 2)
+        vanish1 = u1.norm(dim=-1) <= self.tol * scale[:, 0] * size**2
+        dense = layout.to_dense(d)
+        handedness = layout.to_dense(self.handedness(h).squeeze(-1))
+        u1 = torch.where(vanish1[:, None], _farthest(dense, handedness, layout.mask), u1)
         e1 = u1 / u1.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-        perp = (u2 - (u2 * e1).sum(-1, keepdim=True) * e1).norm(dim=-1)
-        degenerate = (u1.norm(dim=-1) <= self.tol * scale[:, 0] * size**2) | (perp <= self.tol * scale[:, 1] * size)
-        return gram_schmidt(u1, u2), degenerate
+        perp = u2 - (u2 * e1).sum(-1, keepdim=True) * e1
+        vanish2 = vanish1 | (perp.norm(dim=-1) <= self.tol * scale[:, 1] * size)
+        off_axis = dense - (dense @ e1[:, :, None]) * e1[:, None, :]
+        u2 = torch.where(vanish2[:, None], _farthest(off_axis, handedness, layout.mask), u2)
+        return gram_schmidt(u1, u2), vanish2
 
 
 def centroid(positions: torch.Tensor, layout: Layout) -> torch.Tensor:
