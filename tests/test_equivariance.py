@@ -191,3 +191,21 @@ def test_symmetric_molecules_are_flagged_and_keep_an_invariant_embedding():
         assert (canonical[1:5] < 1e-8).all(), canonical
         det = torch.linalg.det(b["rotation"])
         torch.testing.assert_close(det, torch.ones_like(det))
+
+
+@pytest.mark.parametrize("graph", ["knn", "radius"])
+def test_point_clouds_through_the_same_model(graph):
+    """Untyped PLY point clouds (a chiral helix, a torus) with a tie-safe kNN or a radius graph."""
+    clouds = [split(read_structures(__import__("conftest").SAMPLE / "point_clouds" / f"{n}.ply"))[0][0]
+              for n in ("helix", "torus")]
+    torch.manual_seed(0)
+    m = GroupAE(preset("tiny").replace(elements=(0,), graph=graph, knn=6, cutoff=1.0)).double().eval()
+    batch = collate(clouds, (0,), dtype=torch.float64)
+    errors = symmetry_errors(m, batch, GroupElement.random(batch, generator=torch.Generator().manual_seed(3)))
+    # the evenly sampled helix has an exact two-fold axis: its frame is flagged; the torus's is not
+    assert m.encode(batch)["frame_degenerate"].tolist() == [True, False]
+    assert errors["z_relative"] < 1e-10 and errors["rotation"] < 1e-9 and errors["canonical"] < 1e-8
+    helix = clouds[0]
+    mirrored = type(helix)(helix.numbers, helix.positions * np.array([-1.0, 1.0, 1.0]), "mirror", "", 0)
+    z = m.encode(collate([helix, mirrored], (0,), dtype=torch.float64))["z"]
+    assert (z[0] - z[1]).abs().max() > 1e-6  # a right- and a left-handed helix differ

@@ -99,7 +99,8 @@ def test_resume_continues_where_the_run_stopped(subset, tmp_path):
     train_from_files([str(subset)], tmp_path, preset("tiny"), config, device="cpu", quiet=True)
     with pytest.raises(UsageError, match="holds a run already"):
         train_from_files([str(subset)], tmp_path, preset("tiny"), config, device="cpu", quiet=True)
-    history = train_from_files([], tmp_path, preset("tiny"), TrainConfig(epochs=3), resume=True, device="cpu", quiet=True)
+    history = train_from_files([], tmp_path, preset("tiny"), TrainConfig(), resume=True, device="cpu", quiet=True,
+                               resume_epochs=3)
     assert [int(r["epoch"]) for r in history] == [0, 1, 2]
     assert read_checkpoint(tmp_path / "last.ckpt")["training"]["epoch"] == 3
 
@@ -120,6 +121,12 @@ def test_cli_train_and_bad_options(subset, tmp_path):
     assert (tmp_path / "run" / "best.ckpt").is_file()
     bad = runner.invoke(app, ["train", str(subset), "-o", str(tmp_path / "x"), "--preset", "huge"])
     assert bad.exit_code == 2 and "unknown preset 'huge'" in bad.stderr
+    resumed = runner.invoke(app, ["train", "-o", str(tmp_path / "run"), "--resume", "--epochs", "2", "--device", "cpu",
+                                  "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 3
+    nothing = runner.invoke(app, ["train", "-o", str(tmp_path / "y")])
+    assert nothing.exit_code == 2 and "no input files" in nothing.stderr
 
 
 def test_torchrun_two_processes_train_one_checkpoint(subset, tmp_path):

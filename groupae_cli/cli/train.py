@@ -14,8 +14,9 @@ Device = Annotated[str, typer.Option("--device", help="auto (CUDA when available
 
 @handle_errors
 def train(
-    files: Annotated[list[str], typer.Argument(help="Structure files (XYZ, SDF/MOL, PLY; .gz).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory: config.yaml, metrics.csv, best.ckpt, last.ckpt.")],
+    files: Annotated[Optional[list[str]], typer.Argument(help="Structure files (XYZ, SDF/MOL, PLY; .gz); "
+                                                     "none with --resume.")] = None,
     preset: Annotated[str, typer.Option(help="Model size: tiny, small, medium, large, tetris.")] = "small",
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML with 'model:' and 'train:' sections; options given here win.")] = None,
     embedding_dim: Annotated[Optional[int], typer.Option(help="Size of the invariant embedding z.")] = None,
@@ -39,6 +40,8 @@ def train(
     from groupae_cli.models.config import preset as get_preset
     from groupae_cli.train import TrainConfig, read_run_config, train_from_files
 
+    if not files and not resume:
+        raise UsageError("no input files (give structure files, or --resume a run)")
     model_dict, train_dict = {}, {}
     if config is not None:
         if not config.is_file():
@@ -56,5 +59,5 @@ def train(
         train_config = TrainConfig.from_dict(train_dict)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
-    train_from_files(files, out, model_config, train_config, resume=resume, device=device, fmt=fmt,
-                     strict=strict, quiet=quiet)
+    train_from_files(files or [], out, model_config, train_config, resume=resume, device=device, fmt=fmt,
+                     strict=strict, quiet=quiet, resume_epochs=epochs)

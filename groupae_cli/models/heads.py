@@ -91,7 +91,9 @@ class RotationHead(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.vectors = o3.Linear(o3.Irreps(config.hidden_irreps), o3.Irreps("2x1o"))
-        self.handedness = o3.Linear(o3.Irreps(config.hidden_irreps), o3.Irreps("0o"))
+        # a fixed random projection onto one pseudo-scalar: only its sign at tied anchors matters,
+        # and an argmax passes no gradient, so it is not trained
+        self.handedness = o3.Linear(o3.Irreps(config.hidden_irreps), o3.Irreps("0o")).requires_grad_(False)
         self.tol = config.frame_tol
 
     def forward(self, h: torch.Tensor, layout: Layout, positions: torch.Tensor,

@@ -61,10 +61,11 @@ def model_elements(data: StructureSet) -> tuple[int, ...]:
 
 def train_from_files(inputs: Sequence[str], run_dir: str | Path, model_config: ModelConfig, config: TrainConfig,
                      resume: bool = False, device: str = "auto", fmt: str | None = None, strict: bool = False,
-                     quiet: bool = False) -> list[dict]:
+                     quiet: bool = False, resume_epochs: int | None = None) -> list[dict]:
     """Parse inputs once (cache.npz), split by molecule (split.json), write config.yaml, train.
 
-    With `resume`, everything comes from the run directory and training continues from last.ckpt.
+    With `resume`, everything comes from the run directory (`model_config` and `config` are not
+    used) and training continues from last.ckpt, up to `resume_epochs` epochs in all if given.
     """
     run_dir = Path(run_dir)
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
@@ -73,9 +74,9 @@ def train_from_files(inputs: Sequence[str], run_dir: str | Path, model_config: M
         if not (run_dir / "last.ckpt").is_file():
             raise UsageError(f"{run_dir}: nothing to resume (no last.ckpt)")
         model_dict, train_dict, inputs = read_run_config(run_dir / CONFIG)
-        model_config = ModelConfig.from_dict(model_dict)
-        epochs = config.epochs if config.epochs != TrainConfig.from_dict(train_dict).epochs else None
-        config = TrainConfig.from_dict(train_dict | ({"epochs": epochs} if epochs else {}))
+        config = TrainConfig.from_dict(train_dict | ({"epochs": resume_epochs} if resume_epochs else {}))
+        if dist.main:
+            write_run_config(run_dir / CONFIG, ModelConfig.from_dict(model_dict), config, inputs)
     elif (run_dir / "last.ckpt").exists():
         raise UsageError(f"{run_dir}: holds a run already; pass --resume to continue it, or another -o")
     if dist.main and not resume:
