@@ -63,11 +63,12 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--frame-tol", type=float, default=None, help="override the preset's frame_tol")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     shapes = pieces()
     names = [s.name for s in shapes]
-    config = preset("tetris")
+    config = preset("tetris") if args.frame_tol is None else preset("tetris", frame_tol=args.frame_tol)
     train = TrainConfig(epochs=args.epochs, lr=3e-3, val_fraction=0.0, seed=args.seed, match_fraction=0.0,
                         entropy_weight=0.025, type_weight=0.0, tau_start=0.3, tau_end=0.01)
     gen = torch.Generator().manual_seed(args.seed)

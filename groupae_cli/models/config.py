@@ -11,6 +11,13 @@ ORGANIC = (1, 5, 6, 7, 8, 9, 15, 16, 17, 35, 53)
 POINTS = (0,)
 
 
+def check_keys(cls, data: dict, what: str) -> None:
+    """Unknown keys in a config dict are an error, never silently dropped."""
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {what} config keys: {', '.join(unknown)}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything that builds a GroupAE; saved in every checkpoint.
@@ -69,10 +76,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        check_keys(cls, data, "model")
         return cls(**{k: tuple(v) if k == "elements" else v for k, v in data.items()})
 
     def replace(self, **changes) -> ModelConfig:

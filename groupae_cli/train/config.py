@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from groupae_cli.models.config import check_keys
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -57,8 +59,5 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown training config keys: {', '.join(unknown)}")
+        check_keys(cls, data, "training")
         return cls(**data)
