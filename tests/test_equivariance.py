@@ -167,28 +167,27 @@ def test_batched_check_catches_pooling_across_structures(molecules, monkeypatch)
         test_batched_equals_one_by_one(molecules, torch.float64)
 
 
-def test_symmetric_molecules_are_flagged_and_keep_an_invariant_embedding():
-    """Benzene, methane, CF4, acetylene, CO2 (ase's g2 set): an equivariant map cannot pick a frame
-    for them; the frame is flagged degenerate, anchors stand in, and z stays exactly invariant."""
+def test_symmetric_molecules_are_flagged_and_still_reach_one_canonical_form():
+    """Symmetric molecules of ase's g2 set: an equivariant map cannot pick a frame for them. The
+    frame is flagged degenerate, anchor atoms stand in, z stays exactly invariant, and every copy
+    reaches the same canonical form (to the 1e-6 Å to which g2's geometries are symmetric)."""
     from ase.collections import g2
 
     from groupae_cli.io import Structure
 
-    symmetric = ["C6H6", "CH4", "CF4", "C2H2", "CO2"]
+    symmetric = ["C6H6", "CH4", "CF4", "C2H2", "CO2", "C2H6", "C2H4", "NH3", "H2O", "SiH4"]
     structures = [Structure(g2[n].numbers, g2[n].positions, n, "g2", 0) for n in symmetric + ["CH3CH2OH"]]
-    m = model(torch.float64)
+    torch.manual_seed(0)
+    m = GroupAE(preset("tiny").replace(elements=(1, 6, 7, 8, 9, 14))).double().eval()
     batch = collate(structures, m.config.elements, dtype=torch.float64)
-    flagged = m.encode(batch)["frame_degenerate"].tolist()
-    assert flagged == [True] * len(symmetric) + [False]
-    for seed in range(3):
+    assert m.encode(batch)["frame_degenerate"].tolist() == [True] * len(symmetric) + [False]
+    for seed in range(5):
         g = GroupElement.random(batch, generator=torch.Generator().manual_seed(seed))
         errors = symmetry_errors(m, batch, g)
         assert errors["z_relative"] < 1e-10 and errors["translation"] < 1e-10
         a, b = m.encode(batch), m.encode(g.apply(batch))
         canonical = (m.canonical_form(g.apply(batch), b) - m.canonical_form(batch, a)).abs().amax(dim=(1, 2))
-        # the anchors give these one canonical form; where mirror-related anchors tie with no
-        # pseudo-scalar to tell them apart (benzene, ethane), forms may differ by that mirror
-        assert (canonical[1:5] < 1e-8).all(), canonical
+        assert (canonical < 1e-5).all(), canonical
         det = torch.linalg.det(b["rotation"])
         torch.testing.assert_close(det, torch.ones_like(det))
 

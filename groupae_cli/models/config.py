@@ -54,6 +54,9 @@ class ModelConfig:
     # atoms of one element whose scores differ by less than tie_tol are tied
     frame_tol: float = 1e-3
     tie_tol: float = 1e-3
+    # anchor atoms whose distances differ by less than this share of the largest are told apart
+    # by handedness (a pseudo-scalar), so noise cannot flip the pick between mirror images
+    anchor_tie: float = 0.05
 
     def __post_init__(self) -> None:
         if self.graph not in ("radius", "knn"):
@@ -96,7 +99,7 @@ PRESETS: dict[str, ModelConfig] = {
     # the paper's tetris experiment: 4 untyped points, a 2-D invariant code
     "tetris": ModelConfig(elements=POINTS, embedding_dim=2, layers=3, scalars=16, pseudoscalars=8, vectors=8,
                           pseudovectors=8, cutoff=4.0, avg_neighbors=3.0, score_hidden=32, decoder_dim=64,
-                          decoder_layers=2, max_atoms=8, frame_tol=0.1),
+                          decoder_layers=2, max_atoms=8, frame_tol=1.0),
 }
 
 

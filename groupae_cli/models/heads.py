@@ -58,18 +58,48 @@ def gram_schmidt(u1: torch.Tensor, u2: torch.Tensor, eps: float = 1e-12) -> torc
     return torch.stack([e1, e2, e3], dim=-1)
 
 
-def _farthest(vectors: torch.Tensor, handedness: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, 3): for each structure, the vector (B, N, 3) of greatest length among real atoms.
+#: four generic directions: the anchor frame whose canonical form has the largest sum over atoms of
+#: (c.w1)(c.w2)(c.w3)(1 + c.w4) wins. Canonical poses that differ by a mirror or by a rotation change
+#: that sum (the quartic part keeps it alive for centrosymmetric structures, where the cubic sums to 0)
+_FORM_KEY = ((0.8018, 0.3563, 0.4797), (-0.2789, 0.9021, 0.3291), (0.5293, -0.2407, 0.8135),
+             (-0.4472, -0.5976, 0.6655))
+_ANCHORS = 6
 
-    Atoms tied in length (to 1e-6 of it) are told apart by `handedness` (B, N), a pseudo-scalar
-    feature: two atoms that are mirror images of each other have opposite handedness, so the pick
-    does not depend on the numbering even where a mirror relates the candidates.
+
+def _anchor_candidates(vectors: torch.Tensor, mask: torch.Tensor, tie: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (up to _ANCHORS) longest vectors of each row and whether each is within `tie` of the
+    longest: (B, ..., K, 3), (B, ..., K). `vectors` (B, ..., N, 3), `mask` broadcastable to (B, ..., N)."""
+    length = vectors.norm(dim=-1).masked_fill(~mask, -1.0)
+    top = length.topk(min(_ANCHORS, length.shape[-1]), dim=-1)
+    valid = (top.values >= (1 - tie) * top.values[..., :1]) & (top.values > 0)
+    picked = vectors.gather(-2, top.indices[..., None].expand(*top.indices.shape, 3))
+    return picked, valid
+
+
+def anchor_frames(dense: torch.Tensor, mask: torch.Tensor, u1: torch.Tensor | None, tie: float) -> torch.Tensor:
+    """Frames (B, 3, 3) from anchor atoms, for structures whose symmetry cancels the learned vectors.
+
+    e1 points at an atom farthest from the centroid (or along `u1`, where that is usable), e2 at an
+    atom farthest from the e1 axis. Atoms within `tie` of the farthest are all tried; of the frames
+    they give, the one whose canonical form scores highest under a fixed polynomial key wins. Tied
+    atoms are images of each other under the structure's symmetry; where two picks give different
+    canonical poses, the key tells them apart the same way for every copy of the input.
     """
-    length = vectors.norm(dim=-1)
-    unit = handedness.abs().amax(1, keepdim=True).clamp_min(1e-30)
-    key = length + 1e-6 * length.amax(1, keepdim=True) * handedness / unit
-    key = key.masked_fill(~mask, -torch.inf)
-    return vectors.gather(1, key.argmax(1)[:, None, None].expand(-1, 1, 3)).squeeze(1)
+    if u1 is None:
+        first, valid1 = _anchor_candidates(dense, mask, tie)  # (B, K, 3)
+    else:
+        first, valid1 = u1[:, None, :], torch.ones_like(u1[:, :1], dtype=torch.bool)
+    e1 = first / first.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    off_axis = dense[:, None] - (dense[:, None] @ e1[..., None]) * e1[:, :, None, :]  # (B, K, N, 3)
+    second, valid2 = _anchor_candidates(off_axis, mask[:, None], tie)  # (B, K, K2, 3)
+    k1, k2 = second.shape[1], second.shape[2]
+    frames = gram_schmidt(first[:, :, None].expand(-1, -1, k2, -1).reshape(-1, 3), second.reshape(-1, 3))
+    frames = frames.reshape(len(dense), k1 * k2, 3, 3)
+    forms = dense[:, None] @ frames  # (B, K1*K2, N, 3)
+    proj = forms @ dense.new_tensor(_FORM_KEY).T  # (B, K1*K2, N, 4)
+    key = (proj[..., :3].prod(-1) * (1 + proj[..., 3]) * mask[:, None]).sum(-1)
+    key = key.masked_fill(~(valid1[:, :, None] & valid2).reshape(len(dense), -1), -torch.inf)
+    return frames[torch.arange(len(dense)), key.argmax(1)]
 
 
 class RotationHead(nn.Module):
@@ -82,19 +112,15 @@ class RotationHead(nn.Module):
     poses agree across similar molecules from the start.
 
     Degenerate inputs: where the input's symmetry makes a pooled vector vanish (below `frame_tol`
-    of its typical size), an anchor atom stands in: the atom farthest from the centroid for e1,
-    the atom farthest from the e1 axis for e2. Atoms tied for farthest are images of each other
-    under the structure's symmetry; a pseudo-scalar feature picks among mirror images, and among
-    rotation images any pick gives the same canonical form. Such frames are flagged.
+    of its typical size), anchor atoms define the frame instead (`anchor_frames`), and the frame
+    is flagged degenerate.
     """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.vectors = o3.Linear(o3.Irreps(config.hidden_irreps), o3.Irreps("2x1o"))
-        # a fixed random projection onto one pseudo-scalar: only its sign at tied anchors matters,
-        # and an argmax passes no gradient, so it is not trained
-        self.handedness = o3.Linear(o3.Irreps(config.hidden_irreps), o3.Irreps("0o")).requires_grad_(False)
         self.tol = config.frame_tol
+        self.anchor_tie = config.anchor_tie
 
     def forward(self, h: torch.Tensor, layout: Layout, positions: torch.Tensor,
                 translation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,15 +136,19 @@ class RotationHead(nn.Module):
         size = torch.linalg.eigvalsh(gyration)[:, -1]
         scale = layout.pool(per_atom.norm(dim=-1))  # (B, 2)
         vanish1 = u1.norm(dim=-1) <= self.tol * scale[:, 0] * size**2
-        dense = layout.to_dense(d)
-        handedness = layout.to_dense(self.handedness(h).squeeze(-1))
-        u1 = torch.where(vanish1[:, None], _farthest(dense, handedness, layout.mask), u1)
         e1 = u1 / u1.norm(dim=-1, keepdim=True).clamp_min(1e-30)
         perp = u2 - (u2 * e1).sum(-1, keepdim=True) * e1
         vanish2 = vanish1 | (perp.norm(dim=-1) <= self.tol * scale[:, 1] * size)
-        off_axis = dense - (dense @ e1[:, :, None]) * e1[:, None, :]
-        u2 = torch.where(vanish2[:, None], _farthest(off_axis, handedness, layout.mask), u2)
-        return gram_schmidt(u1, u2), vanish2
+        rotation = gram_schmidt(u1, u2)
+        if vanish2.any():
+            dense, mask = layout.to_dense(d)[vanish2], layout.mask[vanish2]
+            keep_u1 = ~vanish1[vanish2]
+            anchored = anchor_frames(dense, mask, None, self.anchor_tie)
+            if keep_u1.any():  # the learned e1 is fine, only e2 needs anchors
+                anchored[keep_u1] = anchor_frames(dense[keep_u1], mask[keep_u1], u1[vanish2][keep_u1], self.anchor_tie)
+            rotation = rotation.clone()
+            rotation[vanish2] = anchored
+        return rotation, vanish2
 
 
 def centroid(positions: torch.Tensor, layout: Layout) -> torch.Tensor:
