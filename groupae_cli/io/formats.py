@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import sys
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 from groupae_cli.errors import UsageError
 
@@ -97,3 +98,13 @@ def open_binary(path: str) -> BinaryIO:
 def peek_head(stream: BinaryIO) -> bytes:
     """Up to a few KB from the start of a buffered stream, without consuming them."""
     return stream.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
+
+
+@contextlib.contextmanager
+def text_output(out: TextIO | str | Path):
+    """A text stream to write to: `out` itself when it is one, else the file it names (closed after)."""
+    if hasattr(out, "write"):
+        yield out
+    else:
+        with open(out, "w") as stream:
+            yield stream

@@ -17,6 +17,7 @@ from typing import BinaryIO, TextIO
 import numpy as np
 
 from groupae_cli.errors import Failure
+from groupae_cli.io.formats import text_output
 from groupae_cli.io.records import Structure, checked
 
 _TIMESTAMP = re.compile(r"^\[\d\d:\d\d:\d\d\]\s*")
@@ -157,18 +158,14 @@ def write_sdf(structures, out: TextIO | str | Path, perceive_bonds: bool = True)
     """Write structures as SDF records (bonds as given, else perceived); returns the count."""
     from rdkit import Chem
 
-    own = not hasattr(out, "write")
-    stream = open(out, "w") if own else out
-    writer = Chem.SDWriter(stream)
-    writer.SetKekulize(False)
     count = 0
-    try:
-        for s in structures:
-            writer.write(to_rdkit(s, perceive_bonds))
-            count += 1
-    finally:
-        writer.flush()
-        writer.close()
-        if own:
-            stream.close()
+    with text_output(out) as stream:
+        writer = Chem.SDWriter(stream)
+        writer.SetKekulize(False)
+        try:
+            for s in structures:
+                writer.write(to_rdkit(s, perceive_bonds))
+                count += 1
+        finally:
+            writer.close()
     return count

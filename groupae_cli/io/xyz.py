@@ -16,6 +16,7 @@ from typing import BinaryIO, TextIO
 import numpy as np
 
 from groupae_cli.errors import Failure
+from groupae_cli.io.formats import text_output
 from groupae_cli.io.records import Structure, checked
 
 _NAME_KEYS = ("name", "title", "id", "Name", "Title", "ID")
@@ -162,10 +163,8 @@ def write_xyz(structures, out: TextIO | str | Path, extended: bool = True) -> in
     import ase
     import ase.io
 
-    own = not hasattr(out, "write")
-    stream = open(out, "w") if own else out
     count = 0
-    try:
+    with text_output(out) as stream:
         for s in structures:
             atoms = ase.Atoms(numbers=s.numbers, positions=s.positions)
             if extended:
@@ -176,7 +175,4 @@ def write_xyz(structures, out: TextIO | str | Path, extended: bool = True) -> in
             else:
                 ase.io.write(stream, atoms, format="xyz", comment=s.name)
             count += 1
-    finally:
-        if own:
-            stream.close()
     return count
