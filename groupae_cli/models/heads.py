@@ -59,8 +59,9 @@ def gram_schmidt(u1: torch.Tensor, u2: torch.Tensor, eps: float = 1e-12) -> torc
 
 
 #: four generic directions: the anchor frame whose canonical form has the largest sum over atoms of
-#: (c.w1)(c.w2)(c.w3)(1 + c.w4) wins. Canonical poses that differ by a mirror or by a rotation change
-#: that sum (the quartic part keeps it alive for centrosymmetric structures, where the cubic sums to 0)
+#: p(c) = a b (1 + c.w3 (1 + c.w4)), with a = c.w1, b = c.w2, wins. Canonical poses that differ by
+#: a mirror or a rotation change that sum; its quadratic part, the least sensitive to noise, is
+#: nonzero for centrosymmetric structures (where a cubic sums to 0), the higher parts break its ties
 _FORM_KEY = ((0.8018, 0.3563, 0.4797), (-0.2789, 0.9021, 0.3291), (0.5293, -0.2407, 0.8135),
              (-0.4472, -0.5976, 0.6655))
 _ANCHORS = 6
@@ -97,7 +98,8 @@ def anchor_frames(dense: torch.Tensor, mask: torch.Tensor, u1: torch.Tensor | No
     frames = frames.reshape(len(dense), k1 * k2, 3, 3)
     forms = dense[:, None] @ frames  # (B, K1*K2, N, 3)
     proj = forms @ dense.new_tensor(_FORM_KEY).T  # (B, K1*K2, N, 4)
-    key = (proj[..., :3].prod(-1) * (1 + proj[..., 3]) * mask[:, None]).sum(-1)
+    a, b, c, d = proj.unbind(-1)
+    key = (a * b * (1 + c * (1 + d)) * mask[:, None]).sum(-1)
     key = key.masked_fill(~(valid1[:, :, None] & valid2).reshape(len(dense), -1), -torch.inf)
     return frames[torch.arange(len(dense)), key.argmax(1)]
 
