@@ -77,6 +77,12 @@ def _anchor_candidates(vectors: torch.Tensor, mask: torch.Tensor, tie: float) ->
     return picked, valid
 
 
+def form_key(forms: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The polynomial key of canonical forms (..., N, 3) -> (...); see _FORM_KEY."""
+    a, b, c, d = (forms @ forms.new_tensor(_FORM_KEY).T).unbind(-1)
+    return (a * b * (1 + c * (1 + d)) * mask).sum(-1)
+
+
 def anchor_frames(dense: torch.Tensor, mask: torch.Tensor, u1: torch.Tensor | None, tie: float) -> torch.Tensor:
     """Frames (B, 3, 3) from anchor atoms, for structures whose symmetry cancels the learned vectors.
 
@@ -97,9 +103,7 @@ def anchor_frames(dense: torch.Tensor, mask: torch.Tensor, u1: torch.Tensor | No
     frames = gram_schmidt(first[:, :, None].expand(-1, -1, k2, -1).reshape(-1, 3), second.reshape(-1, 3))
     frames = frames.reshape(len(dense), k1 * k2, 3, 3)
     forms = dense[:, None] @ frames  # (B, K1*K2, N, 3)
-    proj = forms @ dense.new_tensor(_FORM_KEY).T  # (B, K1*K2, N, 4)
-    a, b, c, d = proj.unbind(-1)
-    key = (a * b * (1 + c * (1 + d)) * mask[:, None]).sum(-1)
+    key = form_key(forms, mask[:, None])
     key = key.masked_fill(~(valid1[:, :, None] & valid2).reshape(len(dense), -1), -torch.inf)
     return frames[torch.arange(len(dense)), key.argmax(1)]
 
