@@ -7,7 +7,7 @@ import torch
 from rdkit import Chem
 
 from conftest import split
-from groupae_cli.data import N_ATOMS, POSITIONS, collate
+from groupae_cli.data import collate
 from groupae_cli.io import read_structures
 from groupae_cli.models import GroupAE, preset
 from groupae_cli.models.graph import Layout
