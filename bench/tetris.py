@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--frame-tol", type=float, default=None, help="override the preset's frame_tol")
+    ap.add_argument("--png", default=str(ROOT / "bench" / "tetris.png"), help="where the scatter plot goes")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     shapes = pieces()
@@ -119,7 +120,7 @@ def main() -> None:
     ax.set_title("groupae: 2-D invariant codes of noisy, posed, shuffled tetris pieces", fontsize=8)
     ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()
-    fig.savefig(ROOT / "bench" / "tetris.png", dpi=120)
+    fig.savefig(args.png, dpi=120)
 
 
 if __name__ == "__main__":
