@@ -34,8 +34,8 @@ class GroupAE(nn.Module):
         """The invariant embedding and the predicted group element of each structure.
 
         Returns z (B, d), rotation (B, 3, 3), translation (B, 3), scores (A,), order (B, N) (the
-        input atom in each canonical slot; padding last), frame_degenerate (B,), ties (B,), and
-        the layout. `tie_noise` (training only) jitters the scores to break ties at random.
+        input atom in each canonical slot; padding last), canonical (B, N, 3) ((X - t) R in input
+        order), frame_degenerate (B,), ties (B,), and the layout. `tie_noise` (training only) jitters the scores to break ties at random.
         """
         c = self.config
         x, types = batch[POSITIONS], batch[TYPES]
@@ -53,7 +53,7 @@ class GroupAE(nn.Module):
         order, ties = canonical_order(layout.to_dense(scores), layout.to_dense(types), canonical, layout.mask,
                                       tie_tol=c.tie_tol)
         return {"z": z, "rotation": rotation, "translation": translation, "scores": scores, "order": order,
-                "frame_degenerate": frame_degenerate, "ties": ties, "layout": layout}
+                "canonical": canonical, "frame_degenerate": frame_degenerate, "ties": ties, "layout": layout}
 
     def decode(self, z: torch.Tensor, n_atoms: torch.Tensor,
                slot_types: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +92,5 @@ class GroupAE(nn.Module):
     def canonical_form(self, batch: dict[str, torch.Tensor], encoded: dict | None = None) -> torch.Tensor:
         """C(X) = P (X - t) R, (B, N, 3): the same for every rotated, translated, renumbered copy."""
         out = encoded or self.encode(batch)
-        layout = out["layout"]
-        centred = layout.to_dense(batch[POSITIONS]) - out["translation"][:, None]
-        ordered = centred.gather(1, out["order"][:, :, None].expand(-1, -1, 3))
-        return (ordered @ out["rotation"]) * layout.mask[:, :, None]
+        ordered = out["canonical"].gather(1, out["order"][:, :, None].expand(-1, -1, 3))
+        return ordered * out["layout"].mask[:, :, None]
