@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from groupae_cli import __version__
-from groupae_cli.cli import info, train
+from groupae_cli.cli import embed, info, train
 
 app = typer.Typer(
     name="groupae",
@@ -38,6 +38,7 @@ def root(
 
 
 app.command("train")(train.train)
+app.command("embed")(embed.embed)
 app.command("info")(info.info)
 
 

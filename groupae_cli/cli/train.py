@@ -7,9 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from groupae_cli.cli.common import Format, Quiet, Strict, handle_errors
-
-Device = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, or cuda[:i].")]
+from groupae_cli.cli.common import Device, Format, Quiet, Strict, handle_errors
 
 
 @handle_errors

@@ -13,7 +13,8 @@ from groupae_cli.errors import Failure, FailureReport, UsageError
 from groupae_cli.models.config import ORGANIC, POINTS, ModelConfig
 from groupae_cli.train.config import TrainConfig
 from groupae_cli.train.dataset import Batches, StructureSet, epoch_batches, fixed_batches
-from groupae_cli.train.loop import Distributed, Trainer, resolve_device
+from groupae_cli.device import resolve_device
+from groupae_cli.train.loop import Distributed, Trainer
 
 __all__ = ["TrainConfig", "Trainer", "train_from_files", "read_run_config", "write_run_config"]
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from groupae_cli.data import to_device
+from groupae_cli.device import resolve_device
 from groupae_cli.io.checkpoint import read_checkpoint, save_checkpoint
 from groupae_cli.models import GroupAE, ModelConfig
 from groupae_cli.models.symmetry import GroupElement
@@ -25,22 +26,6 @@ from groupae_cli.train.metrics import evaluate
 METRICS = ("epoch", "lr", "tau", "match_weight", "train_loss", "train_recon_rmsd", "val_rmsd_mean", "val_rmsd_median",
            "val_baseline_rmsd", "val_element_acc", "val_perm_acc", "val_perm_exact", "val_order_agreement",
            "val_invariance", "seconds")
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto: CUDA when available (the local rank's GPU under torchrun), else CPU."""
-    from groupae_cli.errors import UsageError
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA device is available")
-        if name == "cuda" and "LOCAL_RANK" in os.environ:
-            name = f"cuda:{os.environ['LOCAL_RANK']}"
-    elif name != "cpu":
-        raise UsageError(f"--device must be auto, cpu or cuda[:i], not {name!r}")
-    return torch.device(name)
 
 
 class Distributed:

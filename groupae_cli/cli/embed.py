@@ -1,0 +1,72 @@
+"""`groupae embed INPUT... -o OUT.h5`: invariant embeddings and group elements of every record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from groupae_cli.cli.common import Device, Format, Model, Quiet, Strict, handle_errors, progress
+
+DEFAULT_MODEL = "default"
+
+
+@handle_errors
+def embed(
+    inputs: Annotated[list[str], typer.Argument(help="Structure files (XYZ, SDF/MOL, PLY; .gz; '-' for stdin).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HDF5 file to write.")],
+    model: Model = None,
+    batch_size: Annotated[int, typer.Option(help="Structures per batch.", min=1)] = 64,
+    shard: Annotated[Optional[str], typer.Option(help="i/N: embed only every N-th record, from the i-th (0-based).")] = None,
+    device: Device = "auto",
+    fmt: Format = None,
+    strict: Strict = False,
+    quiet: Quiet = False,
+) -> None:
+    """Embed every record: z, rotation, translation and canonical atom order, into one HDF5 file.
+
+    Records that cannot be read or that the model cannot take are skipped, listed in the file's
+    `failed` table and summarised on stderr (--strict: exit 1 if any).
+    """
+    from groupae_cli import __version__
+    from groupae_cli.device import resolve_device
+    from groupae_cli.embed import embed_files, parse_shard
+    from groupae_cli.errors import FailureReport, UsageError
+    from groupae_cli.io import read_inputs, resolve_inputs
+    from groupae_cli.io.checkpoint import load_model, resolve_model_path, sha256
+
+    try:
+        part = parse_shard(shard) if shard else (0, 1)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    paths = resolve_inputs(inputs, fmt)
+    if out.suffix.lower() not in (".h5", ".hdf5"):
+        raise UsageError(f"{out}: the output is HDF5; name it .h5 or .hdf5")
+    if not out.parent.is_dir():
+        raise UsageError(f"{out.parent}: no such directory")
+    try:
+        model_path = resolve_model_path(model or DEFAULT_MODEL)
+    except UsageError:
+        if model is not None:
+            raise
+        raise UsageError("no default model is shipped with this version yet; pass --model CHECKPOINT "
+                         "(one written by groupae train)") from None
+    torch_device = resolve_device(device)
+    net = load_model(model_path, torch_device)
+    attrs = {
+        "model": Path(model_path).stem if model is None else str(model),
+        "model_sha256": sha256(model_path),
+        "input_files": paths,
+        "shard": f"{part[0]}/{part[1]}",
+        "permutation_convention": "permutation[offsets[i] + k] is the input atom of record i in canonical slot k",
+        "degenerate_meaning": "the input's symmetry cancels the learned frame vectors; anchor atoms define it",
+        "command": f"groupae {__version__} embed",
+    }
+    report = FailureReport(strict=strict)
+    items = progress(read_inputs(paths, fmt), quiet, desc="embedding", unit=" rec")
+    count = embed_files(items, net, out, attrs, torch_device, batch_size, part, on_failure=report.add)
+    if not quiet:
+        report.summarise()
+        typer.echo(f"groupae: {count} records embedded into {out}", err=True)
+    raise typer.Exit(report.exit_code())

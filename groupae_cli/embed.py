@@ -1,0 +1,110 @@
+"""Embedding structure files: records stream through the model in batches into the HDF5 of DESIGN §4.
+
+Memory stays flat in the number of records: one batch of structures is held at a time, and the
+writer appends each batch to resizable, chunked datasets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from groupae_cli.data import collate, to_device
+from groupae_cli.errors import Failure
+from groupae_cli.io.hdf5 import embedding_writer
+from groupae_cli.io.records import Structure
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/N' -> (i, N) with 0 <= i < N."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/N (e.g. 0/4), not {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 <= i < N")
+    return i, n
+
+
+def usable(structure: Structure, model) -> str | None:
+    """Why the model cannot take this structure, or None."""
+    c = model.config
+    if len(structure) > c.max_atoms:
+        return f"{len(structure)} atoms; the model takes at most {c.max_atoms}"
+    strangers = sorted(set(structure.numbers.tolist()) - set(c.elements))
+    if strangers:
+        from ase.data import chemical_symbols
+
+        names = ", ".join(chemical_symbols[z] if z < len(chemical_symbols) else str(z) for z in strangers)
+        return f"element{'s' if len(strangers) > 1 else ''} {names} unknown to the model"
+    return None
+
+
+@torch.inference_mode()
+def encode_batch(model, structures: Sequence[Structure], device: torch.device) -> dict[str, np.ndarray | list]:
+    """The model's invariant embedding and group element for each structure, as numpy arrays."""
+    batch = to_device(collate(structures, model.config.elements), device)
+    out = model.encode(batch)
+    order = out["order"].cpu().numpy()
+    return {
+        "embedding": out["z"].cpu().numpy(),
+        "rotation": out["rotation"].cpu().numpy(),
+        "translation": out["translation"].cpu().numpy(),
+        "degenerate": out["frame_degenerate"].cpu().numpy(),
+        "permutation": [order[b, : len(s)] for b, s in enumerate(structures)],
+    }
+
+
+def embed_files(items: Iterable[tuple[int, Structure | Failure]], model, out: str | Path, attrs: dict,
+                device: torch.device, batch_size: int = 64, shard: tuple[int, int] = (0, 1),
+                on_failure: Callable[[Failure], None] | None = None) -> int:
+    """Write the embeddings of every usable record of `items` ((file number, record) pairs) to `out`.
+
+    Failed or unusable records go to the file's `failed` table (and to `on_failure`). With
+    `shard` = (i, N) only records whose running index is i modulo N are taken. Returns the number
+    of records embedded.
+    """
+    written = 0
+    pending: list[tuple[int, Structure]] = []
+
+    with embedding_writer(out, model.config.embedding_dim, attrs) as writer:
+
+        def flush() -> None:
+            nonlocal written
+            if not pending:
+                return
+            structures = [s for _, s in pending]
+            result = encode_batch(model, structures, device)
+            records = {
+                "embedding": result["embedding"], "rotation": result["rotation"],
+                "translation": result["translation"], "degenerate": result["degenerate"],
+                "n_atoms": [len(s) for s in structures], "name": [s.name for s in structures],
+                "source_file": [f for f, _ in pending], "source_index": [s.index for s in structures],
+            }
+            atoms = {"permutation": result["permutation"], "atomic_numbers": [s.numbers for s in structures]}
+            writer.append(records, atoms)
+            written += len(structures)
+            pending.clear()
+
+        for k, (file_number, item) in enumerate(items):
+            if k % shard[1] != shard[0]:
+                continue
+            if isinstance(item, Structure):
+                reason = usable(item, model)
+                item = item if reason is None else Failure(item.source, item.index, reason, item.name)
+            if isinstance(item, Failure):
+                writer.fail(file_number, item.index, item.name, item.reason)
+                if on_failure is not None:
+                    on_failure(item)
+                continue
+            pending.append((file_number, item))
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+    return written
+
+
+__all__ = ["embed_files", "encode_batch", "parse_shard", "usable"]

@@ -1,0 +1,121 @@
+"""`groupae embed` end to end: file in, HDF5 out, on real molecules."""
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import split
+from groupae_cli.app import app
+from groupae_cli.io import Structure, read_structures, write_structures
+from groupae_cli.io.checkpoint import save_checkpoint
+from groupae_cli.models import GroupAE, preset
+from groupae_cli.models.symmetry import random_rotations
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.ckpt"
+    save_checkpoint(path, GroupAE(preset("tiny")))
+    return path
+
+
+@pytest.fixture(scope="module")
+def molecules():
+    structures, _ = split(read_structures(__import__("conftest").SAMPLE / "molecules.sdf"))
+    return structures[::30][:10]
+
+
+def moved_copies(structure, count, rng):
+    """Rotated, translated and renumbered copies, with the renumbering of each."""
+    copies = []
+    for k, rotation in enumerate(random_rotations(count, generator=torch.Generator().manual_seed(7)).numpy()):
+        sigma = rng.permutation(len(structure))
+        positions = (structure.positions @ rotation.T + rng.normal(scale=5.0, size=3))[sigma]
+        copies.append((Structure(structure.numbers[sigma], positions, f"{structure.name}_copy{k}", "", k), sigma))
+    return copies
+
+
+def read(path):
+    with h5py.File(path) as f:
+        return {k: f[k][:] for k in f}, dict(f.attrs)
+
+
+def test_embeddings_of_moved_copies_agree_through_the_whole_command(molecules, checkpoint, tmp_path, rng):
+    original = molecules[3]
+    copies = moved_copies(original, 4, rng)
+    path = tmp_path / "copies.xyz"
+    write_structures([original] + [c for c, _ in copies], path)
+    out = tmp_path / "out.h5"
+    result = runner.invoke(app, ["embed", str(path), "-o", str(out), "--model", str(checkpoint), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    data, attrs = read(out)
+    z = data["embedding"]
+    assert z.shape == (5, 8) and attrs["complete"] and attrs["n_records"] == 5
+    np.testing.assert_allclose(z[1:], np.repeat(z[:1], 4, axis=0), atol=1e-5 * np.abs(z).max(), rtol=0)
+    offsets = data["offsets"]
+    n = len(original)
+    first = data["permutation"][offsets[0] : offsets[1]]
+    for k, (copy, sigma) in enumerate(copies, start=1):
+        order = data["permutation"][offsets[k] : offsets[k + 1]]
+        # slot j holds copy atom order[j], which is original atom sigma[order[j]]
+        same = sigma[order] == first  # float32 may swap atoms whose scores nearly tie
+        assert same.mean() > 0.9
+        rotation, translation = data["rotation"][k], data["translation"][k]
+        canonical = (copy.positions[order] - translation) @ rotation
+        reference = (original.positions[first] - data["translation"][0]) @ data["rotation"][0]
+        assert np.abs(canonical - reference)[same].max() < 1e-3
+    np.testing.assert_array_equal(data["atomic_numbers"][:n], original.numbers)
+
+
+def test_failures_are_recorded_and_good_records_kept(molecules, checkpoint, tmp_path):
+    mixed = tmp_path / "mixed.xyz"
+    write_structures(molecules[:2], mixed)
+    text = mixed.read_text()
+    silicon = "3\nsilane-ish\nSi 0 0 0\nH 1.5 0 0\nH 0 1.5 0\n"
+    mixed.write_text(text + silicon + "2\nbroken\nC 0 0 0\n")
+    out = tmp_path / "out.h5"
+    result = runner.invoke(app, ["embed", str(mixed), "-o", str(out), "--model", str(checkpoint), "--device", "cpu"])
+    assert result.exit_code == 0
+    assert "element Si unknown to the model" in result.stderr
+    data, attrs = read(out)
+    assert attrs["n_records"] == 2 and attrs["n_failed"] == 2
+    assert data["source_index"].tolist() == [0, 1]
+    failed = data["failed"]
+    assert failed["source_index"].tolist() == [2, 3]
+    assert failed["reason"][0].decode() == "element Si unknown to the model"
+    strict = runner.invoke(app, ["embed", str(mixed), "-o", str(tmp_path / "s.h5"), "--model", str(checkpoint),
+                                 "--device", "cpu", "--strict"])
+    assert strict.exit_code == 1 and (tmp_path / "s.h5").is_file()
+
+
+def test_shards_and_batch_sizes_give_the_same_embeddings(checkpoint, tmp_path):
+    sample = __import__("conftest").SAMPLE / "xyz" / "molecules_10.xyz"
+    whole, shard0, shard1 = tmp_path / "all.h5", tmp_path / "s0.h5", tmp_path / "s1.h5"
+    base = ["--model", str(checkpoint), "--device", "cpu", "--quiet"]
+    assert runner.invoke(app, ["embed", str(sample), "-o", str(whole), "--batch-size", "1", *base]).exit_code == 0
+    assert runner.invoke(app, ["embed", str(sample), "-o", str(shard0), "--shard", "0/2", *base]).exit_code == 0
+    assert runner.invoke(app, ["embed", str(sample), "-o", str(shard1), "--shard", "1/2", *base]).exit_code == 0
+    full, _ = read(whole)
+    parts = [read(p)[0] for p in (shard0, shard1)]
+    assert parts[0]["source_index"].tolist() == [0, 2, 4, 6, 8]
+    merged = np.empty_like(full["embedding"])
+    for part in parts:
+        merged[part["source_index"]] = part["embedding"]
+    np.testing.assert_allclose(merged, full["embedding"], atol=1e-5, rtol=0)
+
+
+def test_usage_errors(checkpoint, tmp_path):
+    sample = str(__import__("conftest").SAMPLE / "tetris.xyz")
+    for args, message in [
+        (["embed", sample, "-o", str(tmp_path / "x.h5")], "no default model is shipped"),
+        (["embed", sample, "-o", str(tmp_path / "x.txt"), "--model", str(checkpoint)], "name it .h5"),
+        (["embed", sample, "-o", str(tmp_path / "x.h5"), "--model", str(checkpoint), "--shard", "2/2"], "0 <= i < N"),
+    ]:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and message in result.stderr, result.output
+    assert not (tmp_path / "x.h5").exists()
