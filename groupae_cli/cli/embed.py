@@ -12,6 +12,23 @@ from groupae_cli.cli.common import Device, Format, Model, Quiet, Strict, handle_
 DEFAULT_MODEL = "default"
 
 
+def load_for_command(model: str | None, device: str):
+    """(model, torch device, checkpoint path) for a command's --model and --device."""
+    from groupae_cli.device import resolve_device
+    from groupae_cli.errors import UsageError
+    from groupae_cli.io.checkpoint import load_model, resolve_model_path
+
+    try:
+        model_path = resolve_model_path(model or DEFAULT_MODEL)
+    except UsageError:
+        if model is not None:
+            raise
+        raise UsageError("no default model is shipped with this version yet; pass --model CHECKPOINT "
+                         "(one written by groupae train)") from None
+    torch_device = resolve_device(device)
+    return load_model(model_path, torch_device), torch_device, model_path
+
+
 @handle_errors
 def embed(
     inputs: Annotated[list[str], typer.Argument(help="Structure files (XYZ, SDF/MOL, PLY; .gz; '-' for stdin).")],
@@ -30,11 +47,10 @@ def embed(
     `failed` table and summarised on stderr (--strict: exit 1 if any).
     """
     from groupae_cli import __version__
-    from groupae_cli.device import resolve_device
     from groupae_cli.embed import embed_files, parse_shard
     from groupae_cli.errors import FailureReport, UsageError
     from groupae_cli.io import read_inputs, resolve_inputs
-    from groupae_cli.io.checkpoint import load_model, resolve_model_path, sha256
+    from groupae_cli.io.checkpoint import sha256
 
     try:
         part = parse_shard(shard) if shard else (0, 1)
@@ -45,15 +61,7 @@ def embed(
         raise UsageError(f"{out}: the output is HDF5; name it .h5 or .hdf5")
     if not out.parent.is_dir():
         raise UsageError(f"{out.parent}: no such directory")
-    try:
-        model_path = resolve_model_path(model or DEFAULT_MODEL)
-    except UsageError:
-        if model is not None:
-            raise
-        raise UsageError("no default model is shipped with this version yet; pass --model CHECKPOINT "
-                         "(one written by groupae train)") from None
-    torch_device = resolve_device(device)
-    net = load_model(model_path, torch_device)
+    net, torch_device, model_path = load_for_command(model, device)
     attrs = {
         "model": Path(model_path).stem if model is None else str(model),
         "model_sha256": sha256(model_path),

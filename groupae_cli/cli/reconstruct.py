@@ -1,0 +1,79 @@
+"""`groupae reconstruct INPUT -o OUT`: decode structures back, with the error of each."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from groupae_cli.cli.common import Device, Format, Json, Model, Quiet, Strict, handle_errors, print_json, progress
+
+
+@handle_errors
+def reconstruct(
+    source: Annotated[str, typer.Argument(help="A structure file (XYZ, SDF/MOL, PLY; .gz; '-' for stdin), "
+                                               "or an HDF5 file written by groupae embed.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Where the decoded structures go: .xyz or .sdf "
+                                                         "(bonds perceived from the geometry); '-' for XYZ on stdout.")],
+    model: Model = None,
+    batch_size: Annotated[int, typer.Option(help="Structures per batch.", min=1)] = 64,
+    device: Device = "auto",
+    json: Json = False,
+    fmt: Format = None,
+    strict: Strict = False,
+    quiet: Quiet = False,
+) -> None:
+    """Encode and decode every record; print each one's RMSD (Å) and element accuracy.
+
+    From an embed HDF5 file the structures are decoded from the stored embeddings and group
+    elements (with the model that wrote them); there is no input to compare with, so no error.
+    """
+    from groupae_cli.cli.embed import load_for_command
+    from groupae_cli.errors import Failure, FailureReport, UsageError
+    from groupae_cli.io import read_structures, write_structures
+    from groupae_cli.io.formats import format_from_name, resolve
+    from groupae_cli.reconstruct import decode_embeddings, reconstruct_stream
+
+    out_fmt = "xyz" if out == "-" else format_from_name(out)
+    if out_fmt not in ("xyz", "sdf"):
+        raise UsageError(f"{out}: write reconstructions as .xyz or .sdf")
+    from_h5 = source != "-" and Path(source).suffix.lower() in (".h5", ".hdf5")
+    if from_h5 and not Path(source).is_file():
+        raise UsageError(f"{source}: no such file")
+    if not from_h5:
+        resolve(source, fmt)
+    net, torch_device, _ = load_for_command(model, device)
+    report = FailureReport(strict=strict)
+    if from_h5:
+        results = decode_embeddings(net, source, torch_device, batch_size)
+    else:
+        results = reconstruct_stream(net, read_structures(source, fmt), torch_device, batch_size)
+    rows, structures = [], []
+    for item in progress(results, quiet, desc="reconstructing", unit=" rec"):
+        if isinstance(item, Failure):
+            report.add(item)
+            continue
+        rows.append(item.row())
+        structures.append(item.structure)
+    if out == "-":
+        write_structures(structures, "-", "xyz")
+    else:
+        tmp = Path(out).with_name(f".{Path(out).name}.partial-{os.getpid()}")
+        try:
+            write_structures(structures, tmp, out_fmt)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    if json and out != "-":
+        print_json({"records": rows, "failed": [str(f) for f in report.failures]})
+    elif out != "-":
+        typer.echo("name\tindex\tn_atoms\trmsd\telement_accuracy")
+        for r in rows:
+            rmsd = "" if r["rmsd"] is None else f"{r['rmsd']:.4f}"
+            acc = "" if r["element_accuracy"] is None else f"{r['element_accuracy']:.4f}"
+            typer.echo(f"{r['name']}\t{r['index']}\t{r['n_atoms']}\t{rmsd}\t{acc}")
+    if not quiet:
+        report.summarise()
+    raise typer.Exit(report.exit_code())

@@ -1,0 +1,116 @@
+"""Decoding structures back: encode + decode with per-record error, or decode an `embed` HDF5 file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from groupae_cli.data import collate, to_device, type_indices
+from groupae_cli.errors import Failure
+from groupae_cli.io.records import Structure
+
+
+@dataclass
+class Reconstruction:
+    structure: Structure  # the decoded structure, in the input's frame and atom order
+    rmsd: float | None  # Å, against the input (None when decoding an embed file)
+    element_accuracy: float | None
+
+    def row(self) -> dict:
+        s = self.structure
+        return {"name": s.name, "source": s.source, "index": s.index, "n_atoms": len(s),
+                "rmsd": self.rmsd, "element_accuracy": self.element_accuracy}
+
+
+def _elements(model, logits: torch.Tensor) -> np.ndarray:
+    return np.asarray(model.config.elements)[logits.argmax(-1).cpu().numpy()]
+
+
+@torch.inference_mode()
+def reconstruct(model, structures: Sequence[Structure], device: torch.device) -> list[Reconstruction]:
+    """Encode and decode a batch of structures; X_hat = P^T (Y R^T) + t with the hard permutation."""
+    batch = to_device(collate(structures, model.config.elements), device)
+    out = model(batch)
+    x_hat = out["reconstruction"].double().cpu().numpy()
+    elements = _elements(model, out["reconstruction_logits"])
+    results, start = [], 0
+    for s in structures:
+        stop = start + len(s)
+        positions, numbers = x_hat[start:stop], elements[start:stop]
+        rmsd = float(np.sqrt(((positions - s.positions) ** 2).sum(-1).mean()))
+        decoded = Structure(numbers, positions, s.name, s.source, s.index)
+        results.append(Reconstruction(decoded, rmsd, float((numbers == s.numbers).mean())))
+        start = stop
+    return results
+
+
+def reconstruct_stream(model, items: Iterable[Structure | Failure], device: torch.device,
+                       batch_size: int) -> Iterator[Reconstruction | Failure]:
+    """Reconstructions of a record stream, in order, a batch at a time; failures pass through."""
+    from groupae_cli.embed import usable
+
+    pending: list[Structure] = []
+    for item in items:
+        if isinstance(item, Structure) and (reason := usable(item, model)) is not None:
+            item = Failure(item.source, item.index, reason, item.name)
+        if isinstance(item, Failure):
+            yield from reconstruct(model, pending, device) if pending else ()
+            pending = []
+            yield item
+            continue
+        pending.append(item)
+        if len(pending) >= batch_size:
+            yield from reconstruct(model, pending, device)
+            pending = []
+    if pending:
+        yield from reconstruct(model, pending, device)
+
+
+@torch.inference_mode()
+def decode_embeddings(model, path: str | Path, device: torch.device, batch_size: int) -> Iterator[Reconstruction]:
+    """Structures decoded from an `embed` HDF5 file: z, the composition in canonical order, and the
+    stored rotation, translation and permutation put each back in its input's frame and order."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("embedding_dim") != model.config.embedding_dim:
+            from groupae_cli.errors import UsageError
+
+            raise UsageError(f"{path}: embeddings of size {f.attrs.get('embedding_dim')}, the model's are "
+                             f"{model.config.embedding_dim}; decode with the model that wrote them")
+        offsets = f["offsets"][:]
+        sources = list(f.attrs.get("input_files", []))
+        for start in range(0, len(offsets) - 1, batch_size):
+            stop = min(start + batch_size, len(offsets) - 1)
+            z = torch.as_tensor(f["embedding"][start:stop], device=device)
+            rotation = torch.as_tensor(f["rotation"][start:stop], device=device).double()
+            translation = torch.as_tensor(f["translation"][start:stop], device=device).double()
+            lo, hi = offsets[start], offsets[stop]
+            permutation = f["permutation"][lo:hi]
+            numbers = f["atomic_numbers"][lo:hi].astype(np.int64)
+            sizes = np.diff(offsets[start : stop + 1])
+            n_atoms = torch.as_tensor(sizes, device=device)
+            slot_types = torch.zeros(len(sizes), int(sizes.max()), dtype=torch.long, device=device)
+            cuts = np.cumsum(sizes)[:-1]
+            for b, (perm, nums) in enumerate(zip(np.split(permutation, cuts), np.split(numbers, cuts))):
+                slot_types[b, : len(perm)] = torch.as_tensor(type_indices(nums[perm], model.config.elements))
+            y, logits = model.decode(z, n_atoms, slot_types)
+            world = y.double() @ rotation.transpose(1, 2) + translation[:, None]
+            names = f["name"][start:stop]
+            for b, (perm, idx) in enumerate(zip(np.split(permutation, cuts), range(start, stop))):
+                positions = np.empty((len(perm), 3))
+                positions[perm] = world[b, : len(perm)].cpu().numpy()  # slot k goes back to input atom perm[k]
+                elements = np.empty(len(perm), dtype=np.int64)
+                elements[perm] = _elements(model, logits[b, : len(perm)])
+                name = names[b].decode() if isinstance(names[b], bytes) else str(names[b])
+                source_file = int(f["source_file"][idx])
+                source = sources[source_file] if source_file < len(sources) else str(path)
+                decoded = Structure(elements, positions, name, str(source), int(f["source_index"][idx]))
+                yield Reconstruction(decoded, None, None)
+
+
+__all__ = ["Reconstruction", "decode_embeddings", "reconstruct", "reconstruct_stream"]

@@ -1,0 +1,271 @@
+"""Build the training data of groupae's default molecule model (DESIGN.md section 5).
+
+Two gzip'ed SDF files, all hydrogens explicit, 3D coordinates in Å, written deterministically
+(same inputs and options give byte-identical files):
+
+* ``qm9.sdf.gz``       the 130,831 QM9 molecules (B3LYP/6-31G(2df,p) geometries) from the PyPI
+                       package ``qm9pack``, read straight from its CSVs (its loader is not imported:
+                       its ``__init__`` needs ``pkg_resources``). Titles ``qm9_<QM9 index>``. Bonds
+                       perceived by RDKit's DetermineBonds (fallbacks: the Hueckel variant, then
+                       connectivity only, then no bonds); property ``bonds`` says which.
+* ``druglike.sdf.gz``  NCI molecules from rdkit's ``Data/NCI/first_5K.smi``: largest fragment,
+                       elements H B C N O F P S Cl Br I, 5-45 heavy atoms, first of each canonical
+                       SMILES; ETKDGv3 conformers (fixed seed, pruned at 0.5 Å heavy-atom RMSD),
+                       MMFF94-optimised, lowest energy first, titles ``NCI_<id>_conf<k>``; then the
+                       365 3D records of rdkit's ``Contrib/PBF/testData/egfr.sdf``, titles
+                       ``egfr_<k>``.
+
+Usage (from the repository root):
+    python recipes/default_model/make_data.py [--out data/default_model] [--qm9-limit N]
+        [--conformers 3] [--seed 20240607] [--workers 2] [--only qm9|druglike]
+"""
+
+import argparse
+import collections
+import gzip
+import importlib.util
+import io
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import rdkit
+from rdkit import Chem, RDLogger
+from rdkit.Chem import AllChem, rdDetermineBonds, rdDistGeom, rdMolAlign
+from rdkit.Geometry import Point3D
+
+RDKIT_DIR = Path(os.path.dirname(rdkit.__file__))
+NCI_SMI = RDKIT_DIR / "Data" / "NCI" / "first_5K.smi"
+EGFR_SDF = RDKIT_DIR / "Contrib" / "PBF" / "testData" / "egfr.sdf"
+QM9_PARTS = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
+ELEMENTS = {"H", "B", "C", "N", "O", "F", "P", "S", "Cl", "Br", "I"}
+HEAVY_MIN, HEAVY_MAX = 5, 45
+PRUNE_RMS = 0.5     # Å, heavy-atom RMSD (symmetry-aware) below which two conformers are one
+MIN_DISTANCE = 0.5  # Å, two atoms closer than this make a geometry insane
+
+
+class Output:
+    """An SDF writer into ``<name>.sdf.gz`` (gzip header without time stamp) with a tally."""
+
+    def __init__(self, path: Path):
+        self.path, self.tmp = path, path.with_name(path.name + ".part")
+        self.raw = open(self.tmp, "wb")
+        self.gz = gzip.GzipFile(filename="", mode="wb", fileobj=self.raw, mtime=0)
+        self.text = io.TextIOWrapper(self.gz, encoding="utf-8", newline="\n")
+        self.writer = Chem.SDWriter(self.text)
+        self.written, self.skipped, self.notes = 0, collections.Counter(), collections.Counter()
+        self.elements, self.sizes = collections.Counter(), []
+
+    def write(self, mol, conf_id=-1):
+        self.writer.write(mol, confId=conf_id)
+        self.written += 1
+        self.elements.update(a.GetSymbol() for a in mol.GetAtoms())
+        self.sizes.append(mol.GetNumAtoms())
+
+    def close(self, seconds: float):
+        self.writer.close()
+        self.text.close()
+        self.raw.close()
+        os.replace(self.tmp, self.path)
+        print(f"\n{self.path}: {self.written} records in {seconds:.1f} s")
+        for why, n in sorted(self.skipped.items()):
+            print(f"  skipped {n:6d}  {why}")
+        for what, n in sorted(self.notes.items()):
+            print(f"  {what}: {n}")
+        print("  elements (atoms): " + ", ".join(f"{e} {n}" for e, n in self.elements.most_common()))
+        if self.sizes:
+            print(f"  atoms per record: min {min(self.sizes)}, median {np.median(self.sizes):g}, "
+                  f"max {max(self.sizes)}")
+
+
+# --------------------------------------------------------------------------- QM9
+def qm9_rows(limit):
+    """(index, smiles, elements, (n, 3) coordinates) of each row of qm9pack's CSVs, in file order.
+
+    A row holds Python-literal strings: Elements "['C','H',...]" and XYZ_Ang "[[x,y,z],...]".
+    """
+    import csv
+
+    spec = importlib.util.find_spec("qm9pack")  # locates the package without running its __init__
+    if spec is None:
+        sys.exit("qm9pack is not installed: pip install qm9pack")
+    data = Path(spec.submodule_search_locations[0]) / "data"
+    csv.field_size_limit(1 << 30)
+    count = 0
+    for part in QM9_PARTS:
+        with open(data / part, newline="") as fh:
+            for row in csv.DictReader(fh):
+                if limit is not None and count >= limit:
+                    return
+                elements = row["Elements"].strip("[]").replace("'", "").split(",")
+                xyz = np.array(row["XYZ_Ang"].replace("[", "").replace("]", "").split(","), float)
+                yield int(row["Index"]), row["SMILES"], elements, xyz, int(row["N_atoms"])
+                count += 1
+
+
+def sane(xyz):
+    """None if the geometry can be used, else why not."""
+    if len(xyz) < 2:
+        return "fewer than 2 atoms"
+    if not np.isfinite(xyz).all() or np.abs(xyz).max() > 1e3:
+        return "non-finite or absurd coordinate"
+    d = np.linalg.norm(xyz[:, None] - xyz[None], axis=-1)[np.triu_indices(len(xyz), 1)]
+    return f"two atoms closer than {MIN_DISTANCE} Å" if d.min() < MIN_DISTANCE else None
+
+
+def quiet_stderr(call, *args, **kwargs):
+    """Run `call` with file descriptor 2 sent to /dev/null (YAeHMOP prints warnings there)."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        return call(*args, **kwargs)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def qm9_mol(elements, xyz):
+    """An RDKit molecule with bonds perceived as well as RDKit manages, and how it was done."""
+    def bare():
+        mol = Chem.RWMol()
+        for symbol in elements:
+            mol.AddAtom(Chem.Atom(symbol))
+        conf = Chem.Conformer(len(elements))
+        for i, (x, y, z) in enumerate(xyz.tolist()):
+            conf.SetAtomPosition(i, Point3D(x, y, z))
+        conf.Set3D(True)
+        mol.AddConformer(conf)
+        return mol
+
+    attempts = (("DetermineBonds", lambda m: rdDetermineBonds.DetermineBonds(m, charge=0)),
+                ("DetermineBonds(Hueckel)", lambda m: quiet_stderr(
+                    rdDetermineBonds.DetermineBonds, m, charge=0, useHueckel=True)),
+                ("DetermineConnectivity", rdDetermineBonds.DetermineConnectivity))
+    for method, perceive in attempts:
+        mol = bare()
+        try:
+            perceive(mol)
+            Chem.MolToMolBlock(mol)  # the molecule must also be writable
+            return mol, method
+        except Exception:
+            continue
+    mol = bare()
+    mol.UpdatePropertyCache(strict=False)
+    return mol, "none"
+
+
+def make_qm9(out_dir, limit):
+    start, out = time.time(), Output(out_dir / "qm9.sdf.gz")
+    for index, smiles, elements, xyz, n_atoms in qm9_rows(limit):
+        if len(elements) != n_atoms or xyz.size != 3 * n_atoms:
+            out.skipped["malformed row (atom counts disagree)"] += 1
+            continue
+        xyz = xyz.reshape(-1, 3)
+        why = sane(xyz)
+        if why:
+            out.skipped[why] += 1
+            continue
+        mol, method = qm9_mol(elements, xyz)
+        mol.SetProp("_Name", f"qm9_{index}")
+        mol.SetProp("qm9_smiles", smiles)
+        mol.SetProp("bonds", method)
+        out.notes[f"bonds by {method}"] += 1
+        out.write(mol)
+    out.close(time.time() - start)
+
+
+# --------------------------------------------------------------------------- drug-like
+def nci_candidates():
+    """(nci_id, mol) of the NCI SMILES that pass the filters, in file order; and skip reasons."""
+    seen, picked, skipped = set(), [], collections.Counter()
+    for line in NCI_SMI.read_text().splitlines():
+        smiles, nci_id = line.split()[:2]
+        mol = Chem.MolFromSmiles(smiles)
+        if mol is None:
+            skipped["SMILES not parsed"] += 1
+            continue
+        mol = max(Chem.GetMolFrags(mol, asMols=True), key=lambda m: m.GetNumHeavyAtoms())
+        canonical = Chem.MolToSmiles(mol)
+        if any(a.GetSymbol() not in ELEMENTS for a in mol.GetAtoms()):
+            skipped["element outside H B C N O F P S Cl Br I"] += 1
+        elif not HEAVY_MIN <= mol.GetNumHeavyAtoms() <= HEAVY_MAX:
+            skipped[f"heavy atoms outside {HEAVY_MIN}-{HEAVY_MAX}"] += 1
+        elif canonical in seen:
+            skipped["same canonical SMILES as an earlier NCI record"] += 1
+        else:
+            seen.add(canonical)
+            picked.append((nci_id, mol))
+    return picked, skipped
+
+
+def conformers(job):
+    """(nci_id, mol with Hs, conformer ids lowest MMFF energy first) or (nci_id, None, why)."""
+    (nci_id, mol), n_confs, seed = job
+    mol = Chem.AddHs(mol)
+    if not AllChem.MMFFHasAllMoleculeParams(mol):
+        return nci_id, None, "no MMFF94 parameters"
+    params = rdDistGeom.ETKDGv3()
+    params.randomSeed, params.pruneRmsThresh, params.numThreads = seed, PRUNE_RMS, 1
+    ids = list(rdDistGeom.EmbedMultipleConfs(mol, numConfs=n_confs, params=params))
+    if not ids:
+        return nci_id, None, "ETKDG embedding failed"
+    energies = [e for _, e in AllChem.MMFFOptimizeMoleculeConfs(mol, numThreads=1, maxIters=2000)]
+    heavy, kept = Chem.RemoveHs(mol), []
+    for cid in sorted(ids, key=lambda c: energies[ids.index(c)]):
+        # optimisation may bring two conformers to one minimum: keep the first
+        if all(rdMolAlign.GetBestRMS(heavy, heavy, cid, k, maxMatches=10000) >= PRUNE_RMS for k in kept):
+            kept.append(cid)
+    return nci_id, mol, kept
+
+
+def make_druglike(out_dir, n_confs, seed, workers):
+    start, out = time.time(), Output(out_dir / "druglike.sdf.gz")
+    picked, out.skipped = nci_candidates()
+    jobs = [(item, n_confs, seed) for item in picked]
+    with multiprocessing.Pool(workers, initializer=RDLogger.DisableLog, initargs=("rdApp.*",)) as pool:
+        for nci_id, mol, kept in pool.imap(conformers, jobs, chunksize=4):
+            if mol is None:
+                out.skipped[kept] += 1
+                continue
+            out.notes[f"NCI molecules with {len(kept)} conformer(s)"] += 1
+            for k, cid in enumerate(kept):
+                mol.SetProp("_Name", f"NCI_{nci_id}_conf{k}")
+                out.write(mol, cid)
+    for k, mol in enumerate(Chem.SDMolSupplier(str(EGFR_SDF), removeHs=False)):
+        if mol is None:
+            out.skipped["egfr.sdf record not parsed"] += 1
+            continue
+        source_id = mol.GetProp("_Name")
+        mol = Chem.AddHs(mol, addCoords=True)
+        mol.SetProp("_Name", f"egfr_{k}")
+        mol.SetProp("source_id", source_id)
+        out.notes["egfr.sdf records"] += 1
+        out.write(mol)
+    out.close(time.time() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("data/default_model"))
+    parser.add_argument("--qm9-limit", type=int, default=None, metavar="N", help="only the first N QM9 rows")
+    parser.add_argument("--conformers", type=int, default=3, help="ETKDG conformers per NCI molecule")
+    parser.add_argument("--seed", type=int, default=20240607, help="ETKDG random seed")
+    parser.add_argument("--workers", type=int, default=2, help="processes for the ETKDG part")
+    parser.add_argument("--only", choices=("qm9", "druglike"), help="build one file only")
+    args = parser.parse_args()
+    RDLogger.DisableLog("rdApp.*")
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"rdkit {rdkit.__version__}, numpy {np.__version__}, output in {args.out}")
+    if args.only in (None, "druglike"):
+        make_druglike(args.out, args.conformers, args.seed, args.workers)
+    if args.only in (None, "qm9"):
+        make_qm9(args.out, args.qm9_limit)
+
+
+if __name__ == "__main__":
+    main()
