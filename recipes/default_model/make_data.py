@@ -1,19 +1,15 @@
 """Build the training data of groupae's default molecule model (DESIGN.md section 5).
 
-Two gzip'ed SDF files, all hydrogens explicit, 3D coordinates in Å, written deterministically
-(same inputs and options give byte-identical files):
+Two gzip'ed SDF files, all hydrogens explicit, 3D coordinates in Å, byte-identical on every run:
 
-* ``qm9.sdf.gz``       the 130,831 QM9 molecules (B3LYP/6-31G(2df,p) geometries) from the PyPI
-                       package ``qm9pack``, read straight from its CSVs (its loader is not imported:
-                       its ``__init__`` needs ``pkg_resources``). Titles ``qm9_<QM9 index>``. Bonds
-                       perceived by RDKit's DetermineBonds (fallbacks: the Hueckel variant, then
-                       connectivity only, then no bonds); property ``bonds`` says which.
-* ``druglike.sdf.gz``  NCI molecules from rdkit's ``Data/NCI/first_5K.smi``: largest fragment,
-                       elements H B C N O F P S Cl Br I, 5-45 heavy atoms, first of each canonical
-                       SMILES; ETKDGv3 conformers (fixed seed, pruned at 0.5 Å heavy-atom RMSD),
-                       MMFF94-optimised, lowest energy first, titles ``NCI_<id>_conf<k>``; then the
-                       365 3D records of rdkit's ``Contrib/PBF/testData/egfr.sdf``, titles
-                       ``egfr_<k>``.
+* ``qm9.sdf.gz``       all 130,831 QM9 molecules (B3LYP/6-31G(2df,p) geometries), read straight from
+                       the CSVs of the PyPI package ``qm9pack`` (never imported: its ``__init__`` needs
+                       ``pkg_resources``). Titles ``qm9_<QM9 index>``; bonds by RDKit's DetermineBonds,
+                       else its Hueckel variant, else connectivity only, else none (property ``bonds``).
+* ``druglike.sdf.gz``  rdkit's ``Data/NCI/first_5K.smi``: largest fragment, elements H B C N O F P S Cl
+                       Br I, 5-45 heavy atoms, first of each canonical SMILES; ETKDGv3 conformers (fixed
+                       seed, pruned at 0.5 Å), MMFF94-optimised, lowest energy first, titles
+                       ``NCI_<id>_conf<k>``; then rdkit's ``Contrib/PBF/testData/egfr.sdf`` (``egfr_<k>``).
 
 Usage (from the repository root):
     python recipes/default_model/make_data.py [--out data/default_model] [--qm9-limit N]
@@ -22,9 +18,11 @@ Usage (from the repository root):
 
 import argparse
 import collections
+import csv
 import gzip
 import importlib.util
 import io
+import itertools
 import multiprocessing
 import os
 import sys
@@ -35,7 +33,6 @@ import numpy as np
 import rdkit
 from rdkit import Chem, RDLogger
 from rdkit.Chem import AllChem, rdDetermineBonds, rdDistGeom, rdMolAlign
-from rdkit.Geometry import Point3D
 
 RDKIT_DIR = Path(os.path.dirname(rdkit.__file__))
 NCI_SMI = RDKIT_DIR / "Data" / "NCI" / "first_5K.smi"
@@ -56,12 +53,11 @@ class Output:
         self.gz = gzip.GzipFile(filename="", mode="wb", fileobj=self.raw, mtime=0)
         self.text = io.TextIOWrapper(self.gz, encoding="utf-8", newline="\n")
         self.writer = Chem.SDWriter(self.text)
-        self.written, self.skipped, self.notes = 0, collections.Counter(), collections.Counter()
-        self.elements, self.sizes = collections.Counter(), []
+        self.skipped, self.notes, self.elements = collections.Counter(), collections.Counter(), collections.Counter()
+        self.sizes = []
 
     def write(self, mol, conf_id=-1):
         self.writer.write(mol, confId=conf_id)
-        self.written += 1
         self.elements.update(a.GetSymbol() for a in mol.GetAtoms())
         self.sizes.append(mol.GetNumAtoms())
 
@@ -70,7 +66,7 @@ class Output:
         self.text.close()
         self.raw.close()
         os.replace(self.tmp, self.path)
-        print(f"\n{self.path}: {self.written} records in {seconds:.1f} s")
+        print(f"\n{self.path}: {len(self.sizes)} records in {seconds:.1f} s")
         for why, n in sorted(self.skipped.items()):
             print(f"  skipped {n:6d}  {why}")
         for what, n in sorted(self.notes.items()):
@@ -82,28 +78,22 @@ class Output:
 
 
 # --------------------------------------------------------------------------- QM9
-def qm9_rows(limit):
-    """(index, smiles, elements, (n, 3) coordinates) of each row of qm9pack's CSVs, in file order.
+def qm9_rows():
+    """(index, SMILES, elements, flat coordinates, atom count) of qm9pack's CSV rows, in order.
 
     A row holds Python-literal strings: Elements "['C','H',...]" and XYZ_Ang "[[x,y,z],...]".
     """
-    import csv
-
     spec = importlib.util.find_spec("qm9pack")  # locates the package without running its __init__
     if spec is None:
         sys.exit("qm9pack is not installed: pip install qm9pack")
     data = Path(spec.submodule_search_locations[0]) / "data"
     csv.field_size_limit(1 << 30)
-    count = 0
     for part in QM9_PARTS:
         with open(data / part, newline="") as fh:
             for row in csv.DictReader(fh):
-                if limit is not None and count >= limit:
-                    return
                 elements = row["Elements"].strip("[]").replace("'", "").split(",")
                 xyz = np.array(row["XYZ_Ang"].replace("[", "").replace("]", "").split(","), float)
                 yield int(row["Index"]), row["SMILES"], elements, xyz, int(row["N_atoms"])
-                count += 1
 
 
 def sane(xyz):
@@ -131,37 +121,28 @@ def quiet_stderr(call, *args, **kwargs):
 
 def qm9_mol(elements, xyz):
     """An RDKit molecule with bonds perceived as well as RDKit manages, and how it was done."""
-    def bare():
-        mol = Chem.RWMol()
-        for symbol in elements:
-            mol.AddAtom(Chem.Atom(symbol))
-        conf = Chem.Conformer(len(elements))
-        for i, (x, y, z) in enumerate(xyz.tolist()):
-            conf.SetAtomPosition(i, Point3D(x, y, z))
-        conf.Set3D(True)
-        mol.AddConformer(conf)
-        return mol
-
+    lines = (f"{e} {x:.10f} {y:.10f} {z:.10f}" for e, (x, y, z) in zip(elements, xyz.tolist()))
+    bare = Chem.MolFromXYZBlock(f"{len(elements)}\n\n" + "\n".join(lines) + "\n")
+    if bare is None:
+        return None, "XYZ block not parsed"
     attempts = (("DetermineBonds", lambda m: rdDetermineBonds.DetermineBonds(m, charge=0)),
                 ("DetermineBonds(Hueckel)", lambda m: quiet_stderr(
                     rdDetermineBonds.DetermineBonds, m, charge=0, useHueckel=True)),
                 ("DetermineConnectivity", rdDetermineBonds.DetermineConnectivity))
     for method, perceive in attempts:
-        mol = bare()
+        mol = Chem.Mol(bare)
         try:
             perceive(mol)
             Chem.MolToMolBlock(mol)  # the molecule must also be writable
             return mol, method
-        except Exception:
+        except Exception:  # ValueError (no valid bond orders, bad valence), RuntimeError, ...
             continue
-    mol = bare()
-    mol.UpdatePropertyCache(strict=False)
-    return mol, "none"
+    return bare, "none"
 
 
 def make_qm9(out_dir, limit):
     start, out = time.time(), Output(out_dir / "qm9.sdf.gz")
-    for index, smiles, elements, xyz, n_atoms in qm9_rows(limit):
+    for index, smiles, elements, xyz, n_atoms in itertools.islice(qm9_rows(), limit):
         if len(elements) != n_atoms or xyz.size != 3 * n_atoms:
             out.skipped["malformed row (atom counts disagree)"] += 1
             continue
@@ -171,6 +152,9 @@ def make_qm9(out_dir, limit):
             out.skipped[why] += 1
             continue
         mol, method = qm9_mol(elements, xyz)
+        if mol is None:
+            out.skipped[method] += 1
+            continue
         mol.SetProp("_Name", f"qm9_{index}")
         mol.SetProp("qm9_smiles", smiles)
         mol.SetProp("bonds", method)
@@ -217,7 +201,7 @@ def conformers(job):
     energies = [e for _, e in AllChem.MMFFOptimizeMoleculeConfs(mol, numThreads=1, maxIters=2000)]
     heavy, kept = Chem.RemoveHs(mol), []
     for cid in sorted(ids, key=lambda c: energies[ids.index(c)]):
-        # optimisation may bring two conformers to one minimum: keep the first
+        # MMFF may bring two conformers to one minimum: keep the lower-energy one
         if all(rdMolAlign.GetBestRMS(heavy, heavy, cid, k, maxMatches=10000) >= PRUNE_RMS for k in kept):
             kept.append(cid)
     return nci_id, mol, kept
@@ -251,7 +235,7 @@ def make_druglike(out_dir, n_confs, seed, workers):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("data/default_model"))
+    parser.add_argument("--out", type=Path, default=Path("data/default_model"), help="output folder (generated)")
     parser.add_argument("--qm9-limit", type=int, default=None, metavar="N", help="only the first N QM9 rows")
     parser.add_argument("--conformers", type=int, default=3, help="ETKDG conformers per NCI molecule")
     parser.add_argument("--seed", type=int, default=20240607, help="ETKDG random seed")
