@@ -22,3 +22,17 @@ def split(items):
 
     items = list(items)
     return [i for i in items if not isinstance(i, Failure)], [i for i in items if isinstance(i, Failure)]
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A checkpoint of an untrained tiny model (the symmetry contract holds without training)."""
+    import torch
+
+    from groupae_cli.io.checkpoint import save_checkpoint
+    from groupae_cli.models import GroupAE, preset
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.ckpt"
+    save_checkpoint(path, GroupAE(preset("tiny")))
+    return path

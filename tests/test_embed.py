@@ -9,19 +9,9 @@ from typer.testing import CliRunner
 from conftest import split
 from groupae_cli.app import app
 from groupae_cli.io import Structure, read_structures, write_structures
-from groupae_cli.io.checkpoint import save_checkpoint
-from groupae_cli.models import GroupAE, preset
 from groupae_cli.models.symmetry import random_rotations
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.ckpt"
-    save_checkpoint(path, GroupAE(preset("tiny")))
-    return path
 
 
 @pytest.fixture(scope="module")

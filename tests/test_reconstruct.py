@@ -4,25 +4,14 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from conftest import split
 from groupae_cli.app import app
 from groupae_cli.io import read_structures
-from groupae_cli.io.checkpoint import save_checkpoint
-from groupae_cli.models import GroupAE, preset
 
 runner = CliRunner()
 SAMPLE = __import__("conftest").SAMPLE
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("model") / "tiny.ckpt"
-    save_checkpoint(path, GroupAE(preset("tiny")))
-    return path
 
 
 def run(*args):
