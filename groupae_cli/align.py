@@ -127,3 +127,86 @@ def align(a_positions: np.ndarray, a_numbers: np.ndarray, b_positions: np.ndarra
     if guess is not None:
         result.details["guess_was_optimal"] = bool(results[0].rmsd <= result.rmsd + 1e-6)
     return result
+
+
+def symmetry_classes(structure) -> np.ndarray:
+    """Graph symmetry classes of a structure with bonds: RDKit's canonical ranks with ties kept.
+
+    Atoms in one class are interchangeable by a graph automorphism (up to what ranking can tell),
+    and the ranks are canonical, so equal graphs give equal class labels.
+    """
+    from rdkit import Chem
+
+    from groupae_cli.io.sdf import to_rdkit
+
+    plain = type(structure)(structure.numbers, structure.positions, structure.name, structure.source,
+                            structure.index, bonds=structure.bonds)  # connectivity only, no charges or orders
+    mol = to_rdkit(plain, perceive_bonds=False)
+    return np.asarray(list(Chem.CanonicalRankAtoms(mol, breakTies=False)), dtype=np.int64)
+
+
+def is_isomorphism(mapping: np.ndarray, bonds_a: np.ndarray, bonds_b: np.ndarray) -> bool:
+    """Whether a -> mapping[a] sends the bonds of A exactly onto the bonds of B."""
+    mapped = {tuple(sorted((int(mapping[i]), int(mapping[j])))) for i, j in bonds_a}
+    return mapped == {tuple(sorted((int(i), int(j)))) for i, j in bonds_b}
+
+
+def align_graph(a, b, guess: tuple[np.ndarray, np.ndarray] | None = None, extra_starts: int = 0,
+                max_isomorphisms: int = 5_000) -> AlignResult:
+    """Align A onto B over mappings that are graph isomorphisms (`--match graph`).
+
+    Up to `max_isomorphisms` isomorphisms (RDKit substructure matches on connectivity) each get a
+    proper Kabsch fit: below the cap this is exact (`proven_optimal`). At the cap (molecules with
+    many interchangeable atoms, where enumeration explodes), refinement within graph-symmetry
+    classes from several starts continues from the best fit found; the result is then reported
+    as not proven optimal.
+    """
+    from rdkit import Chem
+
+    from groupae_cli.io.sdf import to_rdkit
+
+    if a.bonds is None or b.bonds is None:
+        raise ValueError("graph matching needs bonds in both structures (use element matching)")
+    classes_a, classes_b = symmetry_classes(a), symmetry_classes(b)
+    if sorted(classes_a.tolist()) != sorted(classes_b.tolist()) or len(a.bonds) != len(b.bonds):
+        raise ValueError("the two structures are different molecules (their bond graphs differ)")
+    query, target = to_rdkit(a, perceive_bonds=False), to_rdkit(b, perceive_bonds=False)
+    for mol in (query, target):  # match on elements and connectivity only: resonance forms (the two
+        for bond in mol.GetBonds():  # oxygens of a nitro group) are one graph
+            bond.SetBondType(Chem.BondType.SINGLE)
+            bond.SetIsAromatic(False)
+        for atom in mol.GetAtoms():
+            atom.SetFormalCharge(0)
+            atom.SetIsAromatic(False)
+
+    def isomorphisms(limit: int) -> tuple:
+        params = Chem.SubstructMatchParameters()
+        params.uniquify, params.maxMatches, params.useChirality = False, limit, False
+        return target.GetSubstructMatches(query, params)
+
+    matches = isomorphisms(max_isomorphisms)
+    if not matches:
+        raise ValueError("no graph isomorphism between the two structures")
+    best = None
+    for match in matches:  # proper Kabsch on every isomorphism found
+        mapping = np.asarray(match, dtype=np.int64)
+        rotation, translation = kabsch(a.positions, b.positions[mapping])
+        rmsd = float(np.sqrt(((a.positions @ rotation.T + translation - b.positions[mapping]) ** 2).sum(-1).mean()))
+        if best is None or rmsd < best.rmsd:
+            best = AlignResult(rmsd, rotation, translation, mapping, mode="graph")
+    complete = len(matches) < max_isomorphisms
+    poses = []
+    if not complete:
+        # too many isomorphisms to try them all (many interchangeable atoms): refine within graph
+        # symmetry classes from the guess, the best pose so far and the principal axes, keeping
+        # results that are isomorphisms
+        poses = [guess] if guess is not None else []
+        poses.append((best.rotation, best.translation))
+        for rotation in axis_starts(a.positions, b.positions, extra_starts):
+            poses.append((rotation, b.positions.mean(0) - a.positions.mean(0) @ rotation.T))
+        for r in (refine(a.positions, b.positions, classes_a, classes_b, r, t) for r, t in poses):
+            if r.rmsd < best.rmsd and is_isomorphism(r.mapping, a.bonds, b.bonds):
+                best = AlignResult(r.rmsd, r.rotation, r.translation, r.mapping, mode="graph")
+    best.starts = len(poses)
+    best.details.update(enumerated_isomorphisms=len(matches), proven_optimal=complete)
+    return best

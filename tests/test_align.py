@@ -73,3 +73,50 @@ def test_a_given_guess_is_used_first_and_can_stand_alone(molecules, rng):
     np.testing.assert_array_equal(alone.mapping, np.arange(len(s)))
     refined = align(s.positions, s.numbers, moved, s.numbers, guess=(rotation, shift))
     assert refined.details["guess_was_optimal"] and refined.starts == 5
+
+
+# --- graph mode --------------------------------------------------------------------------------
+
+
+def conformer_pairs(count):
+    structures, _ = split(read_structures(SAMPLE / "molecules.sdf"))
+    confs = [s for s in structures if "_conf" in s.name]
+    return [(confs[i], confs[i + 1]) for i in range(0, 3 * count, 3)]
+
+
+def test_graph_mode_matches_rdkit_best_rms_on_conformer_pairs():
+    from rdkit import Chem
+    from rdkit.Chem import rdMolAlign
+
+    from groupae_cli.align import align_graph
+
+    mols = {m.GetProp("_Name"): m for m in Chem.SDMolSupplier(str(SAMPLE / "molecules.sdf"), removeHs=False)}
+    # the first eight families include symmetric ones (1,152 isomorphisms) and nitro groups
+    for a, b in conformer_pairs(8) + [(p[0], p[1]) for p in conformer_pairs(20)[14:18]]:
+        result = align_graph(a, b)
+        expected = rdMolAlign.GetBestRMS(mols[a.name], mols[b.name], maxMatches=1_000_000)
+        assert result.rmsd == pytest.approx(expected, abs=1e-6), a.name
+        assert np.isclose(np.linalg.det(result.rotation), 1.0)
+
+
+def test_graph_mode_recovers_a_moved_renumbered_copy(rng):
+    from groupae_cli.align import align_graph
+    from groupae_cli.io import Structure
+
+    s = one(SAMPLE / "align" / "a.sdf")
+    sigma = rng.permutation(len(s))
+    inverse = np.argsort(sigma)
+    rotation = random_rotations(1).numpy()[0]
+    moved = Structure(s.numbers[sigma], (s.positions @ rotation.T + 2.0)[sigma], "copy", "", 0,
+                      bonds=inverse[s.bonds], bond_orders=s.bond_orders, charges=s.charges[sigma])
+    result = align_graph(s, moved)
+    assert result.rmsd < 1e-6 and result.details["proven_optimal"]
+    np.testing.assert_allclose(result.rotation, rotation, atol=1e-6)
+
+
+def test_graph_mode_refuses_different_molecules():
+    from groupae_cli.align import align_graph
+
+    (a, _), (b, _) = conformer_pairs(2)
+    with pytest.raises(ValueError, match="different molecules|different compositions"):
+        align_graph(a, b)
