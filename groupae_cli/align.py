@@ -210,3 +210,48 @@ def align_graph(a, b, guess: tuple[np.ndarray, np.ndarray] | None = None, extra_
     best.starts = len(poses)
     best.details.update(enumerated_isomorphisms=len(matches), proven_optimal=complete)
     return best
+
+
+def learned_guess(model, a, b, device) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """The model's guess: rotation R_B R_A^T, translation from the centroids, and the
+    correspondence of canonical slots (slot k of A <-> slot k of B)."""
+    from groupae_cli.embed import encode_batch
+
+    encoded = encode_batch(model, [a, b], device)
+    (ra, rb), (ta, tb) = encoded["rotation"].astype(float), encoded["translation"].astype(float)
+    rotation = rb @ ra.T
+    mapping = np.empty(len(a), dtype=np.int64)
+    mapping[encoded["permutation"][0]] = encoded["permutation"][1]
+    return (rotation, tb - ta @ rotation.T), mapping
+
+
+def align_structures(a, b, match: str | None = None, model=None, device=None, refine_guess: bool = True,
+                     extra_starts: int = 0) -> AlignResult:
+    """Align structure A onto B: `match` "elements" or "graph" (default: graph when both have bonds).
+
+    With a model, its guess comes first; `refine_guess=False` returns the learned answer alone.
+    """
+    match = match or ("graph" if a.has_bonds and b.has_bonds else "elements")
+    if match not in ("elements", "graph"):
+        raise ValueError(f"match must be 'elements' or 'graph', not {match!r}")
+    guess, guess_mapping = (None, None)
+    if model is not None:
+        guess, guess_mapping = learned_guess(model, a, b, device)
+    if not refine_guess:
+        if guess is None:
+            raise ValueError("--no-refine needs a model (its learned guess is the answer)")
+        rotation, translation = guess
+        moved = a.positions @ rotation.T + translation
+        rmsd = float(np.sqrt(((moved - b.positions[guess_mapping]) ** 2).sum(-1).mean()))
+        return AlignResult(rmsd, rotation, translation, guess_mapping, mode=f"{match} (learned, not refined)", starts=1)
+    if match == "graph":
+        result = align_graph(a, b, guess, extra_starts)
+    else:
+        result = align(a.positions, a.numbers, b.positions, b.numbers, guess, extra_starts)
+    if guess_mapping is not None:
+        rotation, translation = guess
+        moved = a.positions @ rotation.T + translation
+        learned = float(np.sqrt(((moved - b.positions[guess_mapping]) ** 2).sum(-1).mean()))
+        result.details["learned_rmsd"] = learned
+        result.details["learned_was_optimal"] = bool(learned <= result.rmsd + 1e-3)
+    return result

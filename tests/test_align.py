@@ -120,3 +120,34 @@ def test_graph_mode_refuses_different_molecules():
     (a, _), (b, _) = conformer_pairs(2)
     with pytest.raises(ValueError, match="different molecules|different compositions"):
         align_graph(a, b)
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def test_align_command_json_output_and_aligned_file(tmp_path, checkpoint):
+    from typer.testing import CliRunner
+
+    from groupae_cli.app import app
+
+    runner = CliRunner()
+    a, b = SAMPLE / "align" / "a.sdf", SAMPLE / "align" / "b.sdf"
+    result = runner.invoke(app, ["align", str(a), str(b), "--json", "-o", str(tmp_path / "moved.sdf")])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert {"rmsd", "rotation", "translation", "mapping"} <= set(data) and data["mode"] == "graph"
+    moved = one(tmp_path / "moved.sdf")
+    target = one(b)
+    mapping = np.asarray(data["mapping"])
+    rmsd = np.sqrt(((moved.positions - target.positions[mapping]) ** 2).sum(-1).mean())
+    assert rmsd == pytest.approx(data["rmsd"], abs=1e-3)
+    elements = runner.invoke(app, ["align", str(SAMPLE / "align" / "a.xyz"), str(SAMPLE / "align" / "b.xyz"), "--json"])
+    assert json.loads(elements.stdout)["mode"] == "elements" and json.loads(elements.stdout)["rmsd"] <= data["rmsd"]
+    learned = runner.invoke(app, ["align", str(a), str(b), "--model", str(checkpoint), "--json"])
+    assert "learned_rmsd" in json.loads(learned.stdout)
+    many = runner.invoke(app, ["align", str(a), str(SAMPLE / "molecules.sdf"), "--json", "--quiet"])
+    rows = json.loads(many.stdout)
+    assert [r["reference"] for r in rows] == [f"NCI_4331_conf{k}" for k in range(3)]  # the same molecule only
+    assert rows[0]["rmsd"] < 1e-3  # a against itself
+    bad = runner.invoke(app, ["align", str(a), str(b), "--no-refine"])
+    assert bad.exit_code == 2 and "needs a model" in bad.stderr

@@ -1,0 +1,93 @@
+"""`groupae align A B`: rotation, translation, atom correspondence and RMSD, without atom order."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from groupae_cli.cli.common import Device, Format, Json, Quiet, handle_errors, print_json
+
+
+def _one(path: str, fmt: str | None):
+    from groupae_cli.errors import Failure, UsageError
+    from groupae_cli.io import read_structures
+
+    for item in read_structures(path, fmt):
+        if isinstance(item, Failure):
+            raise UsageError(str(item))
+        return item
+    raise UsageError(f"{path}: no structure")
+
+
+@handle_errors
+def align(
+    a: Annotated[str, typer.Argument(help="The structure to move (A).")],
+    b: Annotated[str, typer.Argument(help="The reference (B); with several records, A is aligned to each.")],
+    match: Annotated[Optional[str], typer.Option(help="elements (no bonds needed) or graph (bond-graph "
+                                                       "isomorphisms); default: graph when both have bonds.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Write A moved onto B (.xyz/.sdf).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A checkpoint whose learned guess is "
+                                                 "tried first (and is the answer with --no-refine).")] = None,
+    no_refine: Annotated[bool, typer.Option("--no-refine", help="The learned guess alone (needs --model).")] = False,
+    device: Device = "cpu",
+    json: Json = False,
+    fmt: Format = None,
+    quiet: Quiet = False,
+) -> None:
+    """Align A onto B: minimum RMSD over proper rotations, translations and atom correspondences."""
+    from groupae_cli.align import align_structures
+    from groupae_cli.errors import Failure, FailureReport, UsageError
+    from groupae_cli.io import Structure, read_structures, write_structures
+
+    first = _one(a, fmt)
+    net, torch_device = None, None
+    if model is not None:
+        from groupae_cli.cli.embed import load_for_command
+
+        net, torch_device, _ = load_for_command(model, device)
+    report = FailureReport()
+    results, moved = [], []
+    for ref in read_structures(b, fmt):
+        if isinstance(ref, Failure):
+            report.add(ref)
+            continue
+        try:
+            result = align_structures(first, ref, match, net, torch_device, refine_guess=not no_refine)
+        except ValueError as exc:
+            report.add(Failure(ref.source, ref.index, str(exc), ref.name))
+            continue
+        results.append({"reference": ref.name, "index": ref.index, **result.as_dict()})
+        positions = first.positions @ result.rotation.T + result.translation
+        moved.append(Structure(first.numbers, positions, f"{first.name} on {ref.name}", first.source, first.index,
+                               bonds=first.bonds, bond_orders=first.bond_orders, charges=first.charges))
+    if not results:
+        raise UsageError(f"nothing aligned: {report.failures[0] if report.failures else 'no reference structure'}")
+    if out == "-":
+        write_structures(moved, "-")
+    elif out:
+        from groupae_cli.io.formats import format_from_name
+
+        out_fmt = format_from_name(out)
+        if out_fmt not in ("xyz", "sdf"):
+            raise UsageError(f"{out}: write the aligned structure as .xyz or .sdf")
+        tmp = Path(out).with_name(f".{Path(out).name}.partial-{os.getpid()}")
+        try:
+            write_structures(moved, tmp, out_fmt)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    if json:
+        print_json(results[0] if len(results) == 1 else results)
+    elif out != "-":
+        for r in results:
+            typer.echo(f"{first.name} -> {r['reference']}: RMSD {r['rmsd']:.4f} Å ({r['mode']})")
+            if len(results) == 1:
+                typer.echo("rotation:\n" + "\n".join("  " + " ".join(f"{v:9.5f}" for v in row) for row in r["rotation"]))
+                typer.echo("translation: " + " ".join(f"{v:.5f}" for v in r["translation"]))
+                typer.echo("mapping (A atom -> B atom): " + " ".join(f"{i}:{j}" for i, j in enumerate(r["mapping"])))
+    if not quiet:
+        report.summarise()
+    raise typer.Exit(0)
