@@ -156,3 +156,15 @@ def test_write_structures_to_stdout_is_xyz(sample, capsys):
     assert out.startswith("4\n") and out.count("\n") == 8 * 6
     again, _ = split(__import__("groupae_cli.io.xyz", fromlist=["read_xyz"]).read_xyz(io.BytesIO(out.encode()), "-"))
     assert_same(structures, again, atol=1e-7)
+
+
+def test_a_write_that_fails_half_way_leaves_no_file(sample, tmp_path):
+    structures, _ = split(read_structures(sample / "xyz" / "molecules_10.xyz"))
+
+    def breaking():
+        yield from structures[:5]
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_structures(breaking(), tmp_path / "out.sdf")
+    assert list(tmp_path.iterdir()) == []

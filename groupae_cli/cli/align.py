@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -65,20 +63,12 @@ def align(
                                bonds=first.bonds, bond_orders=first.bond_orders, charges=first.charges))
     if not results:
         raise UsageError(f"nothing aligned: {report.failures[0] if report.failures else 'no reference structure'}")
-    if out == "-":
-        write_structures(moved, "-")
-    elif out:
+    if out:
         from groupae_cli.io.formats import format_from_name
 
-        out_fmt = format_from_name(out)
-        if out_fmt not in ("xyz", "sdf"):
+        if out != "-" and format_from_name(out) not in ("xyz", "sdf"):
             raise UsageError(f"{out}: write the aligned structure as .xyz or .sdf")
-        tmp = Path(out).with_name(f".{Path(out).name}.partial-{os.getpid()}")
-        try:
-            write_structures(moved, tmp, out_fmt)
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_structures(moved, out)
     if json:
         print_json(results[0] if len(results) == 1 else results)
     elif out != "-":

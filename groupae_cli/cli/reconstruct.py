@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -57,15 +56,7 @@ def reconstruct(
             continue
         rows.append(item.row())
         structures.append(item.structure)
-    if out == "-":
-        write_structures(structures, "-", "xyz")
-    else:
-        tmp = Path(out).with_name(f".{Path(out).name}.partial-{os.getpid()}")
-        try:
-            write_structures(structures, tmp, out_fmt)
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+    write_structures(structures, out, out_fmt)
     if json and out != "-":
         print_json({"records": rows, "failed": [str(f) for f in report.failures]})
     elif out != "-":

@@ -93,15 +93,29 @@ def read_inputs(paths: Iterable[str | Path], fmt: str | None = None) -> Iterator
 def write_structures(structures: Iterable[Structure], path: str | Path, fmt: str | None = None) -> int:
     """Write structures to a file whose format comes from `fmt` or its extension ("-": stdout, XYZ).
 
-    PLY holds one structure per file; XYZ and SDF hold many. Returns the number written.
+    A file is written under a hidden temporary name and renamed when complete, so a failure
+    half-way never leaves a file that looks finished. PLY holds one structure per file; XYZ and
+    SDF hold many. Returns the number written.
     """
+    import os
     import sys
 
     path = str(path)
     fmt = fmt or ("xyz" if path == STDIN else format_from_name(path))
     if fmt not in ("xyz", "sdf", "ply"):
         raise UsageError(f"{path}: cannot tell the output format from the extension; use .xyz, .sdf or .ply")
-    out = sys.stdout if path == STDIN else path
+    if path == STDIN:
+        return _write(structures, sys.stdout, fmt, path)
+    tmp = Path(path).with_name(f".{Path(path).name}.partial-{os.getpid()}")
+    try:
+        count = _write(structures, tmp, fmt, path)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count
+
+
+def _write(structures: Iterable[Structure], out, fmt: str, name: str) -> int:
     if fmt == "xyz":
         from groupae_cli.io.xyz import write_xyz
 
@@ -114,6 +128,6 @@ def write_structures(structures: Iterable[Structure], path: str | Path, fmt: str
 
     items = list(structures)
     if len(items) != 1:
-        raise UsageError(f"{path}: a PLY file holds one structure, not {len(items)}")
-    write_ply(items[0], path)
+        raise UsageError(f"{name}: a PLY file holds one structure, not {len(items)}")
+    write_ply(items[0], out)
     return 1
