@@ -34,15 +34,21 @@ def type_indices(numbers: np.ndarray, elements: Sequence[int]) -> np.ndarray:
     return types
 
 
-def collate(structures: Sequence, elements: Sequence[int], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """A batch from structures (anything with `.numbers` and `.positions`)."""
-    sizes = [len(s.numbers) for s in structures]
+def batch_from_arrays(numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], elements: Sequence[int],
+                      dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """A batch from per-structure atomic numbers (n_i,) and positions (n_i, 3)."""
+    sizes = [len(z) for z in numbers]
     return {
-        POSITIONS: torch.as_tensor(np.concatenate([s.positions for s in structures]), dtype=dtype),
-        TYPES: torch.as_tensor(np.concatenate([type_indices(np.asarray(s.numbers), elements) for s in structures])),
+        POSITIONS: torch.as_tensor(np.concatenate(positions), dtype=dtype),
+        TYPES: torch.as_tensor(type_indices(np.concatenate(numbers).astype(np.int64), elements)),
         BATCH: torch.repeat_interleave(torch.arange(len(sizes)), torch.as_tensor(sizes)),
         N_ATOMS: torch.as_tensor(sizes, dtype=torch.long),
     }
+
+
+def collate(structures: Sequence, elements: Sequence[int], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """A batch from structures (anything with `.numbers` and `.positions`)."""
+    return batch_from_arrays([s.numbers for s in structures], [s.positions for s in structures], elements, dtype)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:

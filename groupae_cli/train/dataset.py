@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from groupae_cli.data import BATCH, N_ATOMS, POSITIONS, TYPES, type_indices
+from groupae_cli.data import batch_from_arrays
 
 _CONFORMER = re.compile(r"(_conf(ormer)?_?\d+)$", re.IGNORECASE)
 
@@ -75,15 +75,8 @@ class StructureSet:
 
     def batch(self, indices: Sequence[int], elements: Sequence[int], dtype=torch.float32) -> dict[str, torch.Tensor]:
         """Collate records into a batch dict (see groupae_cli.data)."""
-        spans = [(self.offsets[i], self.offsets[i + 1]) for i in indices]
-        sizes = [b - a for a, b in spans]
-        numbers = np.concatenate([self.numbers[a:b] for a, b in spans]).astype(np.int64)
-        return {
-            POSITIONS: torch.as_tensor(np.concatenate([self.positions[a:b] for a, b in spans]), dtype=dtype),
-            TYPES: torch.as_tensor(type_indices(numbers, elements)),
-            BATCH: torch.repeat_interleave(torch.arange(len(sizes)), torch.as_tensor(sizes)),
-            N_ATOMS: torch.as_tensor(sizes, dtype=torch.long),
-        }
+        spans = [slice(self.offsets[i], self.offsets[i + 1]) for i in indices]
+        return batch_from_arrays([self.numbers[s] for s in spans], [self.positions[s] for s in spans], elements, dtype)
 
 
 def epoch_batches(indices: np.ndarray, sizes: np.ndarray, batch_size: int, seed: int, epoch: int,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -33,22 +33,26 @@ def per_structure(model, batch: dict) -> dict[str, np.ndarray]:
             "perm_acc": agree.cpu().numpy(), "n_atoms": layout.n_atoms.cpu().numpy()}
 
 
-def evaluate(model, batches: Iterable[dict], invariance_batches: int = 1, seed: int = 0) -> dict[str, float]:
+def _all_structures(model, batches: Iterable[dict]) -> dict[str, np.ndarray]:
+    """per_structure over every batch, concatenated (empty dict for no batches)."""
+    rows: dict[str, list] = {}
+    for batch in batches:
+        for key, value in per_structure(model, batch).items():
+            rows.setdefault(key, []).append(value)
+    return {k: np.concatenate(v) for k, v in rows.items()}
+
+
+def evaluate(model, batches: Sequence[dict], invariance_batches: int = 1, seed: int = 0) -> dict[str, float]:
     """Aggregate figures over validation batches, plus symmetry errors on random copies."""
     was_training = model.training
     model.eval()
-    rows: dict[str, list] = {}
-    inv: list[dict] = []
+    cat = _all_structures(model, batches)
     generator = torch.Generator().manual_seed(seed)
-    for i, batch in enumerate(batches):
-        for key, value in per_structure(model, batch).items():
-            rows.setdefault(key, []).append(value)
-        if i < invariance_batches:
-            inv.append(symmetry_errors(model, batch, GroupElement.random(batch, generator=generator)))
+    inv = [symmetry_errors(model, batch, GroupElement.random(batch, generator=generator))
+           for batch in batches[:invariance_batches]]
     model.train(was_training)
-    if not rows:
+    if not cat:
         return {}
-    cat = {k: np.concatenate(v) for k, v in rows.items()}
     weights = cat["n_atoms"]
     result = {
         "val_rmsd_mean": float(cat["rmsd"].mean()),
@@ -66,11 +70,7 @@ def evaluate(model, batches: Iterable[dict], invariance_batches: int = 1, seed: 
 def by_size(model, batches: Iterable[dict]) -> list[dict]:
     """Median RMSD, element and permutation accuracy per molecule-size bin."""
     model.eval()
-    rows: dict[str, list] = {}
-    for batch in batches:
-        for key, value in per_structure(model, batch).items():
-            rows.setdefault(key, []).append(value)
-    cat = {k: np.concatenate(v) for k, v in rows.items()}
+    cat = _all_structures(model, batches)
     table = []
     for lo, hi in zip(SIZE_BINS[:-1], SIZE_BINS[1:]):
         sel = (cat["n_atoms"] > lo) & (cat["n_atoms"] <= hi)
