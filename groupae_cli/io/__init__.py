@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from groupae_cli.errors import Failure, UsageError
-from groupae_cli.io.formats import STDIN, format_from_name, open_binary, peek_head, resolve, sniff
+from groupae_cli.io.formats import STDIN, format_from_name, open_binary, peek_head, resolve, sniff, written_atomically
 from groupae_cli.io.records import POINT_TYPE, Structure, check
 
 __all__ = [
@@ -97,7 +97,6 @@ def write_structures(structures: Iterable[Structure], path: str | Path, fmt: str
     half-way never leaves a file that looks finished. PLY holds one structure per file; XYZ and
     SDF hold many. Returns the number written.
     """
-    import os
     import sys
 
     path = str(path)
@@ -106,13 +105,8 @@ def write_structures(structures: Iterable[Structure], path: str | Path, fmt: str
         raise UsageError(f"{path}: cannot tell the output format from the extension; use .xyz, .sdf or .ply")
     if path == STDIN:
         return _write(structures, sys.stdout, fmt, path)
-    tmp = Path(path).with_name(f".{Path(path).name}.partial-{os.getpid()}")
-    try:
-        count = _write(structures, tmp, fmt, path)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return count
+    with written_atomically(path) as tmp:
+        return _write(structures, tmp, fmt, path)
 
 
 def _write(structures: Iterable[Structure], out, fmt: str, name: str) -> int:

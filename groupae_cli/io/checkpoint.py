@@ -9,13 +9,13 @@ optimizer and scheduler state).
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 
 from groupae_cli import __version__
 from groupae_cli.errors import UsageError
+from groupae_cli.io.formats import written_atomically
 
 FORMAT_VERSION = 1
 #: Models shipped inside the package, found by name (groupae_cli/pretrained/NAME.ckpt).
@@ -35,10 +35,8 @@ def save_checkpoint(path: str | Path, model, training: dict | None = None, state
     }
     if state:
         payload["state"] = state
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with written_atomically(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import os
 import sys
 from pathlib import Path
 from typing import BinaryIO, TextIO
@@ -108,3 +109,21 @@ def text_output(out: TextIO | str | Path):
     else:
         with open(out, "w") as stream:
             yield stream
+
+
+def partial_path(path: str | Path) -> Path:
+    """The hidden temporary name a file is written under before it is complete."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def written_atomically(path: str | Path):
+    """Yield a temporary path to write; on success it is renamed to `path`, on failure removed,
+    so an interrupted write never leaves a file that looks finished."""
+    tmp = partial_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from groupae_cli import __version__
+from groupae_cli.io.formats import partial_path
 
 STRING = h5py.string_dtype("utf-8")
 GROUP = "SE(3) x S_n"
@@ -53,7 +54,7 @@ class RecordWriter:
         attrs: Mapping[str, object] | None = None,
     ):
         self.path = Path(path)
-        self.tmp_path = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        self.tmp_path = partial_path(self.path)
         self.per_record = dict(per_record)
         self.per_atom = dict(per_atom)
         self.n_records = 0

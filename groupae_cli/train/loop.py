@@ -17,6 +17,7 @@ import torch
 from groupae_cli.data import to_device
 from groupae_cli.device import resolve_device
 from groupae_cli.io.checkpoint import read_checkpoint, save_checkpoint
+from groupae_cli.io.formats import written_atomically
 from groupae_cli.models import GroupAE, ModelConfig
 from groupae_cli.models.symmetry import GroupElement
 from groupae_cli.train.config import TrainConfig
@@ -177,13 +178,10 @@ class Trainer:
         return self.history
 
     def _write_metrics(self) -> None:
-        path = self.run_dir / "metrics.csv"
-        tmp = path.with_suffix(".csv.partial")
-        with open(tmp, "w", newline="") as f:
+        with written_atomically(self.run_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=METRICS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(self.history)
-        os.replace(tmp, path)
 
 
 def _summary(row: dict) -> str:
