@@ -147,13 +147,12 @@ class RotationHead(nn.Module):
         vanish2 = vanish1 | (perp.norm(dim=-1) <= self.tol * scale[:, 1] * size)
         rotation = gram_schmidt(u1, u2)
         if vanish2.any():
-            dense, mask = layout.to_dense(d)[vanish2], layout.mask[vanish2]
-            keep_u1 = ~vanish1[vanish2]
-            anchored = anchor_frames(dense, mask, None, self.anchor_tie)
-            if keep_u1.any():  # the learned e1 is fine, only e2 needs anchors
-                anchored[keep_u1] = anchor_frames(dense[keep_u1], mask[keep_u1], u1[vanish2][keep_u1], self.anchor_tie)
+            dense = layout.to_dense(d)
             rotation = rotation.clone()
-            rotation[vanish2] = anchored
+            for rows, given in ((vanish1, None), (vanish2 & ~vanish1, u1)):  # the learned e1 may still serve
+                if rows.any():
+                    rotation[rows] = anchor_frames(dense[rows], layout.mask[rows],
+                                                   None if given is None else given[rows], self.anchor_tie)
         return rotation, vanish2
 
 
