@@ -33,9 +33,9 @@ def chiral():
     return structures[0]
 
 
-def model(dtype, seed=0, name="tiny"):
+def model(dtype, seed=0, name="tiny", **changes):
     torch.manual_seed(seed)
-    return GroupAE(preset(name)).to(dtype).eval()
+    return GroupAE(preset(name, **changes)).to(dtype).eval()
 
 
 def assert_contract(errors, dtype, canonical=True):
@@ -50,8 +50,9 @@ def assert_contract(errors, dtype, canonical=True):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_contract_holds_on_real_molecules(molecules, dtype):
-    m = model(dtype)
+@pytest.mark.parametrize("message_fraction", [1.0, 0.5])
+def test_contract_holds_on_real_molecules(molecules, dtype, message_fraction):
+    m = model(dtype, message_fraction=message_fraction)
     batch = collate(molecules, m.config.elements, dtype=dtype)
     for seed in range(3):
         errors = symmetry_errors(m, batch, GroupElement.random(batch, generator=torch.Generator().manual_seed(seed)))

@@ -114,6 +114,16 @@ def test_curriculum_leaves_large_records_out(subset):
     assert (sizes[kept] <= limit).all() and len(kept) == (sizes <= limit).sum()
 
 
+def test_epoch_size_slices_passes_so_every_record_comes_once_per_pass():
+    indices, sizes = np.arange(100, 200), np.full(100, 5)
+    epochs = [np.concatenate(epoch_batches(indices, sizes, 7, seed=3, epoch=e, epoch_size=30)) for e in range(6)]
+    assert all(len(e) == 30 for e in epochs)
+    for first in (0, 3):  # 100 // 30 = 3 epochs per pass: no repeat inside a pass, a new shuffle after
+        seen = np.concatenate(epochs[first : first + 3])
+        assert len(np.unique(seen)) == 90 and set(seen) <= set(indices)
+    assert not np.array_equal(np.sort(epochs[0]), np.sort(epochs[3]))
+
+
 def test_cli_train_and_bad_options(subset, tmp_path):
     ok = runner.invoke(app, ["train", str(subset), "-o", str(tmp_path / "run"), "--preset", "tiny", "--epochs", "1",
                              "--batch-size", "16", "--device", "cpu", "--quiet"])

@@ -35,6 +35,8 @@ class ModelConfig:
     vectors: int = 16
     pseudovectors: int = 8
     sh_lmax: int = 1
+    # share of each irrep's channels the message tensor product runs on (1: all; 0.5 halves its cost)
+    message_fraction: float = 1.0
     radial_basis: int = 8
     radial_hidden: int = 32
     graph: str = "radius"  # "radius" or "knn"
@@ -67,6 +69,8 @@ class ModelConfig:
             raise ValueError("decoder_dim must be a multiple of decoder_heads")
         if len(set(self.elements)) != len(self.elements):
             raise ValueError("elements must be distinct")
+        if not 0 < self.message_fraction <= 1:
+            raise ValueError("message_fraction must be in (0, 1]")
         object.__setattr__(self, "elements", tuple(int(z) for z in self.elements))
 
     @property

@@ -45,19 +45,21 @@ class Interaction(nn.Module):
     """One message-passing step: h_i <- gate(self(h_i) + 1/sqrt(k) sum_j TP(h_j, Y(r_ij); w(|r_ij|)))."""
 
     def __init__(self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, irreps_sh: o3.Irreps,
-                 radial_basis: int, radial_hidden: int, avg_neighbors: float):
+                 radial_basis: int, radial_hidden: int, avg_neighbors: float, message_fraction: float = 1.0):
         super().__init__()
         self.gate = _gate(irreps_out)
-        self.pre = o3.Linear(irreps_in, irreps_in)
+        # the tensor product runs on `message_fraction` of each multiplicity (its cost scales with it)
+        irreps_msg = o3.Irreps([(max(1, round(mul * message_fraction)), ir) for mul, ir in irreps_in])
+        self.pre = o3.Linear(irreps_in, irreps_msg)
         wanted = {ir for _, ir in self.gate.irreps_in}
         mid, instructions = [], []
-        for i, (mul, ir_in) in enumerate(irreps_in):
+        for i, (mul, ir_in) in enumerate(irreps_msg):
             for j, (_, ir_sh) in enumerate(irreps_sh):
                 for ir_out in ir_in * ir_sh:
                     if ir_out in wanted:
                         instructions.append((i, j, len(mid), "uvu", True))
                         mid.append((mul, ir_out))
-        self.tp = o3.TensorProduct(irreps_in, irreps_sh, o3.Irreps(mid), instructions,
+        self.tp = o3.TensorProduct(irreps_msg, irreps_sh, o3.Irreps(mid), instructions,
                                    shared_weights=False, internal_weights=False)
         self.radial = FullyConnectedNet([radial_basis, radial_hidden, self.tp.weight_numel], torch.nn.functional.silu)
         self.post = o3.Linear(self.tp.irreps_out, self.gate.irreps_in)
@@ -84,7 +86,7 @@ class Encoder(nn.Module):
         blocks = []
         for _ in range(config.layers):
             blocks.append(Interaction(irreps_in, self.irreps_hidden, self.irreps_sh, config.radial_basis,
-                                      config.radial_hidden, config.avg_neighbors))
+                                      config.radial_hidden, config.avg_neighbors, config.message_fraction))
             irreps_in = self.irreps_hidden
         self.interactions = nn.ModuleList(blocks)
 

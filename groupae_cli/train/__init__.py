@@ -9,11 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
+from groupae_cli.device import resolve_device
 from groupae_cli.errors import Failure, FailureReport, UsageError
 from groupae_cli.models.config import ORGANIC, POINTS, ModelConfig
 from groupae_cli.train.config import TrainConfig
-from groupae_cli.train.dataset import Batches, StructureSet, epoch_batches, fixed_batches
-from groupae_cli.device import resolve_device
+from groupae_cli.train.dataset import (
+    Batches,
+    StructureSet,
+    epoch_batches,
+    fixed_batches,
+)
 from groupae_cli.train.loop import Distributed, Trainer
 
 __all__ = ["TrainConfig", "Trainer", "train_from_files", "read_run_config", "write_run_config"]
@@ -114,11 +119,14 @@ def train_from_files(inputs: Sequence[str], run_dir: str | Path, model_config: M
 
     def train_batches(epoch: int) -> Batches:
         limit = curriculum_limit(epoch)
-        return Batches(data, epoch_batches(train_idx, sizes, config.batch_size, config.seed, epoch, limit),
-                       model_config.elements)
+        return Batches(data, epoch_batches(train_idx, sizes, config.batch_size, config.seed, epoch, limit,
+                                           config.epoch_size), model_config.elements)
 
     def val_batches() -> Batches:
-        return Batches(data, list(fixed_batches(val_idx, config.batch_size)), model_config.elements)
+        chosen = val_idx
+        if 0 < config.val_size < len(val_idx):
+            chosen = np.sort(np.random.default_rng([config.seed, 2]).choice(val_idx, config.val_size, replace=False))
+        return Batches(data, list(fixed_batches(chosen, config.batch_size)), model_config.elements)
 
     trainer = Trainer(model_config, config, run_dir, train_batches, val_batches, device=device, quiet=quiet, log=log,
                       extra_state={"inputs": list(inputs), "n_train": len(train_idx), "n_validation": len(val_idx)},

@@ -17,6 +17,11 @@ class TrainConfig:
     warmup_epochs: int = 1
     grad_clip: float = 1.0
     val_fraction: float = 0.1
+    # large sets: an epoch is this many training structures (0: all), taken in turn from a shuffled
+    # pass, so every structure is seen once before any is seen twice; validation each epoch uses a
+    # fixed random subset of this size (0: all held-out structures)
+    epoch_size: int = 0
+    val_size: int = 0
     seed: int = 0
     # the relaxed permutation: tau annealed geometrically; straight-through (the hard P forward,
     # the soft P's gradient) from this fraction of the epochs on
@@ -37,6 +42,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        if self.epoch_size < 0 or self.val_size < 0:
+            raise ValueError("epoch_size and val_size must be >= 0")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
         if not 0 < self.tau_end <= self.tau_start:

@@ -80,14 +80,19 @@ class StructureSet:
 
 
 def epoch_batches(indices: np.ndarray, sizes: np.ndarray, batch_size: int, seed: int, epoch: int,
-                  max_atoms: int | None = None) -> list[np.ndarray]:
+                  max_atoms: int | None = None, epoch_size: int = 0) -> list[np.ndarray]:
     """A shuffled list of index batches, the same on every process (seeded by seed and epoch).
 
-    With `max_atoms`, records larger than it sit this epoch out (the curriculum).
+    With `max_atoms`, records larger than it sit this epoch out (the curriculum). With `epoch_size`
+    (smaller than the pool), epoch e is the (e mod k)-th slice of pass e // k over the shuffled pool,
+    k = the slices per pass: every record is used once before any is used twice.
     """
-    rng = np.random.default_rng([seed, epoch])
     pool = indices if max_atoms is None else indices[sizes[indices] <= max_atoms]
-    pool = rng.permutation(pool)
+    if 0 < epoch_size < len(pool):
+        per_pass = len(pool) // epoch_size
+        pass_, part = divmod(epoch, per_pass)
+        pool = np.random.default_rng([seed, pass_, 1]).permutation(pool)[part * epoch_size : (part + 1) * epoch_size]
+    pool = np.random.default_rng([seed, epoch]).permutation(pool)
     return [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
 
 

@@ -33,7 +33,7 @@ def per_structure(model, batch: dict) -> dict[str, np.ndarray]:
             "perm_acc": agree.cpu().numpy(), "n_atoms": layout.n_atoms.cpu().numpy()}
 
 
-def _all_structures(model, batches: Iterable[dict]) -> dict[str, np.ndarray]:
+def all_structures(model, batches: Iterable[dict]) -> dict[str, np.ndarray]:
     """per_structure over every batch, concatenated (empty dict for no batches)."""
     rows: dict[str, list] = {}
     for batch in batches:
@@ -46,7 +46,7 @@ def evaluate(model, batches: Sequence[dict], invariance_batches: int = 1, seed: 
     """Aggregate figures over validation batches, plus symmetry errors on random copies."""
     was_training = model.training
     model.eval()
-    cat = _all_structures(model, batches)
+    cat = all_structures(model, batches)
     generator = torch.Generator().manual_seed(seed)
     inv = [symmetry_errors(model, batch, GroupElement.random(batch, generator=generator))
            for batch in batches[:invariance_batches]]
@@ -70,7 +70,11 @@ def evaluate(model, batches: Sequence[dict], invariance_batches: int = 1, seed: 
 def by_size(model, batches: Iterable[dict]) -> list[dict]:
     """Median RMSD, element and permutation accuracy per molecule-size bin."""
     model.eval()
-    cat = _all_structures(model, batches)
+    return size_table(all_structures(model, batches))
+
+
+def size_table(cat: dict[str, np.ndarray]) -> list[dict]:
+    """Median RMSD, element and permutation accuracy per size bin of `all_structures` output."""
     table = []
     for lo, hi in zip(SIZE_BINS[:-1], SIZE_BINS[1:]):
         sel = (cat["n_atoms"] > lo) & (cat["n_atoms"] <= hi)
