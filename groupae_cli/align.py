@@ -1,11 +1,17 @@
-"""Alignment without atom order: the minimum RMSD over proper rotations, translations and
-element-preserving one-to-one mappings (DESIGN §3, `--match elements`).
+"""Alignment without atom order (DESIGN §3): the minimum RMSD over proper rotations, translations
+and one-to-one mappings that keep elements (`--match elements`) or are bond-graph isomorphisms
+(`--match graph`).
 
-Exact refinement alternates an assignment step (scipy's Hungarian `linear_sum_assignment` on
-squared distances, within each element) and a proper-rotation Kabsch step until the mapping stops
-changing. Starting poses: a given guess (the learned one, when a model is used), and the proper
-rotations that carry A's principal axes onto B's (4 sign choices; more when axes are degenerate).
-The best result over all starts wins. Rotations are always proper: a mirror image is never produced.
+Element mode: refinement alternates an assignment step (scipy's Hungarian `linear_sum_assignment`
+on squared distances, within each element) and a proper-rotation Kabsch step until the mapping
+stops changing. Starting poses: a given guess (the learned one, when a model is used), the proper
+rotations that carry A's principal axes onto B's (every sign choice and order: 24), and random
+rotations. The best result over all starts wins.
+
+Graph mode: skeleton isomorphisms times permutations of interchangeable terminal atoms, searched
+best bound first (see `align_graph`); exact where it says `proven_optimal`.
+
+Rotations are always proper: a mirror image is never produced.
 """
 
 from __future__ import annotations
@@ -35,14 +41,59 @@ class AlignResult:
                 "converged": self.converged, **self.details}
 
 
+def kabsch_many(p: np.ndarray, qs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Proper Kabsch of points p (n, 3) onto each of qs (m, n, 3), in one batched SVD.
+
+    Returns rotations (m, 3, 3) with det +1, translations (m, 3) and the summed squared residuals
+    (m,): qs[k] ~ p @ rotations[k].T + translations[k].
+    """
+    pc, qc = p.mean(0), qs.mean(1)
+    h = np.einsum("ni,mnj->mij", p - pc, qs - qc[:, None, :])
+    u, _, vt = np.linalg.svd(h)
+    v, ut = np.swapaxes(vt, 1, 2), np.swapaxes(u, 1, 2)
+    d = np.sign(np.linalg.det(v @ ut))
+    d[d == 0] = 1.0
+    rotations = v @ (np.concatenate([np.ones((len(d), 2)), d[:, None]], axis=1)[:, :, None] * ut)
+    translations = qc - np.einsum("j,mkj->mk", pc, rotations)
+    moved = np.einsum("nj,mkj->mnk", p, rotations) + translations[:, None, :]
+    return rotations, translations, ((moved - qs) ** 2).sum(axis=(1, 2))
+
+
+def best_fit_ssd(h: np.ndarray, norms: float, iterations: int = 60) -> np.ndarray:
+    """The smallest summed squared residual over proper rotations, for correlation matrices h
+    (m, 3, 3) = sum_i p_i q_i^T of centred point sets with sum |p|^2 + |q|^2 = `norms`.
+
+    Horn's quaternion form: the residual is norms - 2 lambda, lambda the largest eigenvalue of a
+    symmetric 4x4 matrix built from h; lambda is found by Newton's method on its characteristic
+    polynomial (Theobald's QCP), vectorised over the batch: no per-matrix decomposition.
+    """
+    sxx, sxy, sxz = h[:, 0, 0], h[:, 0, 1], h[:, 0, 2]
+    syx, syy, syz = h[:, 1, 0], h[:, 1, 1], h[:, 1, 2]
+    szx, szy, szz = h[:, 2, 0], h[:, 2, 1], h[:, 2, 2]
+    k = np.stack([
+        np.stack([sxx + syy + szz, syz - szy, szx - sxz, sxy - syx], -1),
+        np.stack([syz - szy, sxx - syy - szz, sxy + syx, szx + sxz], -1),
+        np.stack([szx - sxz, sxy + syx, -sxx + syy - szz, syz + szy], -1),
+        np.stack([sxy - syx, szx + sxz, syz + szy, -sxx - syy + szz], -1),
+    ], -2)
+    c2 = -2.0 * (h ** 2).sum(axis=(1, 2))
+    c1 = -8.0 * np.linalg.det(h)
+    c0 = np.linalg.det(k)
+    lam = np.full(len(h), norms / 2.0)  # an upper bound: Newton descends onto the largest root
+    for _ in range(iterations):
+        value = ((lam * lam + c2) * lam + c1) * lam + c0
+        slope = (4.0 * lam * lam + 2.0 * c2) * lam + c1
+        step = np.divide(value, slope, out=np.zeros_like(value), where=slope != 0)
+        lam = lam - step
+        if np.all(np.abs(step) <= 1e-11 * np.maximum(1.0, np.abs(lam))):
+            break
+    return np.maximum(norms - 2.0 * lam, 0.0)
+
+
 def kabsch(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The proper rotation R and translation t minimising |p R^T + t - q| (rows are points)."""
-    pc, qc = p.mean(0), q.mean(0)
-    h = (p - pc).T @ (q - qc)
-    u, _, vt = np.linalg.svd(h)
-    d = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
-    rotation = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
-    return rotation, qc - pc @ rotation.T
+    rotations, translations, _ = kabsch_many(p, q[None])
+    return rotations[0], translations[0]
 
 
 def assign(moved: np.ndarray, target: np.ndarray, classes_a: np.ndarray, classes_b: np.ndarray) -> np.ndarray:
@@ -77,16 +128,28 @@ def principal_axes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return vectors[:, ::-1], values[::-1]
 
 
-def axis_starts(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0) -> list[np.ndarray]:
-    """Proper rotations taking A's principal axes onto B's, for every sign choice; plus `extra`
-    random rotations (for near-degenerate axes, where the principal frame is arbitrary)."""
+def _signed_permutations() -> np.ndarray:
+    """The 48 signed permutation matrices (the symmetries of a cube's axes), those with det +1 first."""
+    from itertools import permutations, product
+
+    mats = [np.diag(signs)[list(order)] for order in permutations(range(3)) for signs in product((1.0, -1.0), repeat=3)]
+    return np.array(sorted(mats, key=lambda m: -np.linalg.det(m)))
+
+
+_AXIS_MAPS = _signed_permutations()
+
+
+def axis_starts(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0, orders: bool = False) -> list[np.ndarray]:
+    """Proper rotations taking A's principal axes onto B's, for every sign choice (4); with
+    `orders`, also onto B's axes in every order (24 in all: for conformers whose axes swap rank);
+    plus `extra` random rotations (for near-degenerate axes, where the principal frame is arbitrary)."""
     axes_a, _ = principal_axes(a)
     axes_b, _ = principal_axes(b)
     starts = []
-    for s1 in (1.0, -1.0):
-        for s2 in (1.0, -1.0):
-            signs = np.diag([s1, s2, s1 * s2 * np.linalg.det(axes_a) * np.linalg.det(axes_b)])
-            rotation = axes_b @ signs @ axes_a.T
+    for m in _AXIS_MAPS:
+        rotation = axes_b @ m @ axes_a.T
+        keep = np.linalg.det(rotation) > 0 and (orders or np.array_equal(np.abs(m), np.eye(3)))
+        if keep:
             starts.append(rotation)
     rng = np.random.default_rng(seed)
     for _ in range(extra):
@@ -97,8 +160,8 @@ def axis_starts(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0) -> 
 
 
 def align(a_positions: np.ndarray, a_numbers: np.ndarray, b_positions: np.ndarray, b_numbers: np.ndarray,
-          guess: tuple[np.ndarray, np.ndarray] | None = None, extra_starts: int = 0,
-          refine_guess: bool = True) -> AlignResult:
+          guess: tuple[np.ndarray, np.ndarray] | None = None, extra_starts: int = 24,
+          refine_guess: bool = True, seed: int = 0) -> AlignResult:
     """Align A onto B with element-preserving correspondence (`--match elements`).
 
     `guess` = (rotation, translation) is tried first (the learned guess); with `refine_guess`
@@ -113,7 +176,7 @@ def align(a_positions: np.ndarray, a_numbers: np.ndarray, b_positions: np.ndarra
     if guess is not None:
         poses.append(guess)
     ta, tb = a.mean(0), b.mean(0)
-    for rotation in axis_starts(a, b, extra_starts):
+    for rotation in axis_starts(a, b, extra_starts, seed, orders=True):
         poses.append((rotation, tb - ta @ rotation.T))
     if guess is not None and not refine_guess:
         rotation, translation = guess
@@ -151,65 +214,208 @@ def is_isomorphism(mapping: np.ndarray, bonds_a: np.ndarray, bonds_b: np.ndarray
     return mapped == {tuple(sorted((int(i), int(j)))) for i, j in bonds_b}
 
 
-def align_graph(a, b, guess: tuple[np.ndarray, np.ndarray] | None = None, extra_starts: int = 0,
-                max_isomorphisms: int = 5_000) -> AlignResult:
-    """Align A onto B over mappings that are graph isomorphisms (`--match graph`).
-
-    Up to `max_isomorphisms` isomorphisms (RDKit substructure matches on connectivity) each get a
-    proper Kabsch fit: below the cap this is exact (`proven_optimal`). At the cap (molecules with
-    many interchangeable atoms, where enumeration explodes), refinement within graph-symmetry
-    classes from several starts continues from the best fit found; the result is then reported
-    as not proven optimal.
-    """
+def _connectivity_mol(structure, keep: np.ndarray | None = None, labels: np.ndarray | None = None):
+    """An RDKit molecule of elements and connectivity only (single bonds, no charges or
+    aromaticity: resonance forms such as the two oxygens of a nitro group are one graph),
+    restricted to the atoms `keep` and with `labels` as isotopes (matched by substructure search)."""
     from rdkit import Chem
 
-    from groupae_cli.io.sdf import to_rdkit
+    keep = np.arange(len(structure)) if keep is None else keep
+    index = {int(i): k for k, i in enumerate(keep)}
+    mol = Chem.RWMol()
+    for k, i in enumerate(keep):
+        atom = Chem.Atom(int(structure.numbers[i]))
+        atom.SetNoImplicit(True)
+        if labels is not None:
+            atom.SetIsotope(int(labels[i]) + 1)
+        mol.AddAtom(atom)
+    for i, j in structure.bonds:
+        if int(i) in index and int(j) in index:
+            mol.AddBond(index[int(i)], index[int(j)], Chem.BondType.SINGLE)
+    return mol.GetMol()
 
+
+def _isomorphisms(query, target, limit: int) -> np.ndarray:
+    """Up to `limit` substructure matches of query onto target (same size: isomorphisms), (m, n)."""
+    from rdkit import Chem
+
+    params = Chem.SubstructMatchParameters()
+    params.uniquify, params.maxMatches, params.useChirality = False, limit, False
+    matches = target.GetSubstructMatches(query, params)
+    return np.asarray(matches, dtype=np.int64).reshape(len(matches), query.GetNumAtoms())
+
+
+def terminal_groups(structure, classes: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+    """Interchangeable terminal atoms: {(symmetry class, neighbour): atoms} for groups of two or
+    more atoms with one bond each, to the same neighbour, in the same class: the hydrogens of CH3
+    and NH2, the fluorines of CF3, the oxygens of SO2. Any permutation within a group is a graph
+    automorphism, so this is where isomorphisms multiply (6 per methyl group)."""
+    degree = np.bincount(structure.bonds.ravel(), minlength=len(structure))
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, j in structure.bonds:
+        for atom, other in ((int(i), int(j)), (int(j), int(i))):
+            if degree[atom] == 1:
+                groups.setdefault((int(classes[atom]), other), []).append(atom)
+    return {key: np.array(sorted(atoms)) for key, atoms in groups.items() if len(atoms) > 1}
+
+
+class _GraphSearch:
+    """Every isomorphism is a skeleton isomorphism (the molecule without its interchangeable
+    terminal atoms, classes kept) times a permutation within each terminal group."""
+
+    def __init__(self, a, b, classes_a, classes_b, limit: int):
+        from itertools import permutations
+        from math import factorial
+
+        self.pa, self.pb, self.limit = a.positions, b.positions, limit
+        self.groups_a, self.groups_b = terminal_groups(a, classes_a), terminal_groups(b, classes_b)
+        free_a, free_b = np.zeros(len(a), bool), np.zeros(len(b), bool)
+        for free, groups in ((free_a, self.groups_a), (free_b, self.groups_b)):
+            for atoms in groups.values():
+                free[atoms] = True
+        self.core_a, self.core_b = np.flatnonzero(~free_a), np.flatnonzero(~free_b)
+        if len(self.core_a) != len(self.core_b):
+            raise ValueError("the two structures are different molecules (their bond graphs differ)")
+        self.perms = {k: np.array(list(permutations(range(k)))) for k in {len(v) for v in self.groups_a.values()}}
+        self.per_skeleton = int(np.prod([factorial(len(v)) for v in self.groups_a.values()], dtype=float))
+        skeleton = _isomorphisms(_connectivity_mol(a, self.core_a, classes_a),
+                                 _connectivity_mol(b, self.core_b, classes_b), limit + 1)
+        self.skeleton = self.core_b[skeleton]  # (m, n_core): core atom k of A -> atom of B
+        self.skeleton_complete = len(skeleton) <= limit
+
+    def mapping(self, skeleton_row: np.ndarray) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        """The core mapping of one skeleton isomorphism, and the (A atoms, B atoms) of each group."""
+        mapping = np.full(len(self.pa), -1, dtype=np.int64)
+        mapping[self.core_a] = skeleton_row
+        pairs = [(atoms, self.groups_b[(cls, int(mapping[parent]))]) for (cls, parent), atoms in self.groups_a.items()]
+        return mapping, pairs
+
+    def exhaustive(self, skeleton_row: np.ndarray, chunk: int = 65_536) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+        """The best fit over every permutation within the groups: (ssd, rotation, translation, mapping).
+
+        B's centroid does not depend on the mapping, so the correlation matrix of a mapping is the
+        skeleton's plus one precomputed term per group and permutation; each candidate's best
+        proper fit is then `best_fit_ssd` of its matrix, with no coordinates gathered."""
+        base, pairs = self.mapping(skeleton_row)
+        p, q = self.pa - self.pa.mean(0), self.pb - self.pb.mean(0)
+        norms = float((p ** 2).sum() + (q ** 2).sum())
+        h_core = p[self.core_a].T @ q[skeleton_row]
+        terms = [np.einsum("ki,mkj->mij", p[atoms_a], q[atoms_b][self.perms[len(atoms_a)]]) for atoms_a, atoms_b in pairs]
+        counts = [len(t) for t in terms]
+        total = int(np.prod(counts, dtype=np.int64))
+        best_ssd, best_combo = np.inf, 0
+        for first in range(0, total, chunk):
+            combo = rest = np.arange(first, min(total, first + chunk))
+            h = np.repeat(h_core[None], len(combo), axis=0)
+            for term, count in zip(terms, counts):
+                rest, pick = np.divmod(rest, count)
+                h += term[pick]
+            ssd = best_fit_ssd(h, norms)
+            k = int(np.argmin(ssd))
+            if ssd[k] < best_ssd:
+                best_ssd, best_combo = float(ssd[k]), int(combo[k])
+        mapping, rest = base.copy(), best_combo
+        for (atoms_a, atoms_b), count in zip(pairs, counts):
+            rest, pick = divmod(rest, count)
+            mapping[atoms_a] = atoms_b[self.perms[len(atoms_a)][pick]]
+        rotation, translation = kabsch(self.pa, self.pb[mapping])
+        ssd = float(((self.pa @ rotation.T + translation - self.pb[mapping]) ** 2).sum())
+        return ssd, rotation, translation, mapping
+
+    def local(self, skeleton_row: np.ndarray, rotation: np.ndarray, translation: np.ndarray):
+        """Too many group permutations to try: assignment (Hungarian within each group) alternating
+        with Kabsch from the skeleton's pose, then sweeps that try every permutation of one group
+        with the others fixed, until nothing improves. (ssd, rotation, translation, mapping)."""
+        mapping, pairs = self.mapping(skeleton_row)
+        for _ in range(50):
+            moved = self.pa @ rotation.T + translation
+            for atoms_a, atoms_b in pairs:
+                cost = ((moved[atoms_a, None, :] - self.pb[None, atoms_b, :]) ** 2).sum(-1)
+                rows, cols = linear_sum_assignment(cost)
+                mapping[atoms_a[rows]] = atoms_b[cols]
+            new_rotation, new_translation = kabsch(self.pa, self.pb[mapping])
+            done = np.allclose(new_rotation, rotation, atol=1e-12) and np.allclose(new_translation, translation, atol=1e-12)
+            rotation, translation = new_rotation, new_translation
+            if done:
+                break
+        ssd = float(((self.pa @ rotation.T + translation - self.pb[mapping]) ** 2).sum())
+        for _ in range(10):
+            improved = False
+            for atoms_a, atoms_b in pairs:
+                maps = np.repeat(mapping[None], len(self.perms[len(atoms_a)]), axis=0)
+                maps[:, atoms_a] = atoms_b[self.perms[len(atoms_a)]]
+                rotations, translations, fits = kabsch_many(self.pa, self.pb[maps])
+                k = int(np.argmin(fits))
+                if fits[k] < ssd - 1e-12:
+                    ssd, rotation, translation, mapping, improved = float(fits[k]), rotations[k], translations[k], maps[k], True
+            if not improved:
+                break
+        return ssd, rotation, translation, mapping
+
+
+def align_graph(a, b, guess: tuple[np.ndarray, np.ndarray] | None = None, extra_starts: int = 0,
+                limit: int = 50_000) -> AlignResult:
+    """Align A onto B over mappings that are graph isomorphisms (`--match graph`), without
+    enumerating them all.
+
+    Every isomorphism is a skeleton isomorphism (the molecule without interchangeable terminal
+    atoms: the H of CH3, the F of CF3) times a permutation within each terminal group. Skeleton
+    isomorphisms are few; each gets a Kabsch fit on the skeleton, a lower bound on every full fit
+    that extends it, and they are completed best bound first until the next bound is no better than
+    the best full fit. A skeleton isomorphism is completed exactly, by a batched Kabsch fit of every
+    group permutation, when there are at most `limit` of them; otherwise by assignment alternating
+    with Kabsch plus single-group sweeps. `proven_optimal`: every completion was exact (and the
+    skeleton search complete). Where the skeleton alone has more than `limit` isomorphisms,
+    refinement within graph-symmetry classes from the learned guess and principal-axis starts fills
+    in (not proven).
+    """
     if a.bonds is None or b.bonds is None:
         raise ValueError("graph matching needs bonds in both structures (use element matching)")
     classes_a, classes_b = symmetry_classes(a), symmetry_classes(b)
     if sorted(classes_a.tolist()) != sorted(classes_b.tolist()) or len(a.bonds) != len(b.bonds):
         raise ValueError("the two structures are different molecules (their bond graphs differ)")
-    query, target = to_rdkit(a, perceive_bonds=False), to_rdkit(b, perceive_bonds=False)
-    for mol in (query, target):  # match on elements and connectivity only: resonance forms (the two
-        for bond in mol.GetBonds():  # oxygens of a nitro group) are one graph
-            bond.SetBondType(Chem.BondType.SINGLE)
-            bond.SetIsAromatic(False)
-        for atom in mol.GetAtoms():
-            atom.SetFormalCharge(0)
-            atom.SetIsAromatic(False)
-
-    def isomorphisms(limit: int) -> tuple:
-        params = Chem.SubstructMatchParameters()
-        params.uniquify, params.maxMatches, params.useChirality = False, limit, False
-        return target.GetSubstructMatches(query, params)
-
-    matches = isomorphisms(max_isomorphisms)
-    if not matches:
+    pa, pb = a.positions, b.positions
+    search = _GraphSearch(a, b, classes_a, classes_b, limit)
+    if not len(search.skeleton):
         raise ValueError("no graph isomorphism between the two structures")
-    best = None
-    for match in matches:  # proper Kabsch on every isomorphism found
-        mapping = np.asarray(match, dtype=np.int64)
-        rotation, translation = kabsch(a.positions, b.positions[mapping])
-        rmsd = float(np.sqrt(((a.positions @ rotation.T + translation - b.positions[mapping]) ** 2).sum(-1).mean()))
-        if best is None or rmsd < best.rmsd:
-            best = AlignResult(rmsd, rotation, translation, mapping, mode="graph")
-    complete = len(matches) < max_isomorphisms
-    poses = []
-    if not complete:
-        # too many isomorphisms to try them all (many interchangeable atoms): refine within graph
-        # symmetry classes from the guess, the best pose so far and the principal axes, keeping
-        # results that are isomorphisms
-        poses = [guess] if guess is not None else []
-        poses.append((best.rotation, best.translation))
-        for rotation in axis_starts(a.positions, b.positions, extra_starts):
-            poses.append((rotation, b.positions.mean(0) - a.positions.mean(0) @ rotation.T))
-        for r in (refine(a.positions, b.positions, classes_a, classes_b, r, t) for r, t in poses):
-            if r.rmsd < best.rmsd and is_isomorphism(r.mapping, a.bonds, b.bonds):
-                best = AlignResult(r.rmsd, r.rotation, r.translation, r.mapping, mode="graph")
-    best.starts = len(poses)
-    best.details.update(enumerated_isomorphisms=len(matches), proven_optimal=complete)
-    return best
+    best = (np.inf, None, None, None)
+    if guess is not None:  # the learned guess, refined, tightens the bound from the start
+        r = refine(pa, pb, classes_a, classes_b, *guess)
+        if is_isomorphism(r.mapping, a.bonds, b.bonds):
+            best = (r.rmsd ** 2 * len(pa), r.rotation, r.translation, r.mapping)
+    exact, completed, starts = search.skeleton_complete, 0, int(guess is not None)
+    if search.skeleton_complete:
+        core = search.skeleton
+        rotations, translations, bounds = kabsch_many(pa[search.core_a], pb[core])
+        for k in np.argsort(bounds, kind="stable"):
+            if bounds[k] >= best[0] - 1e-9 * max(1.0, best[0]):
+                break
+            if search.per_skeleton <= limit:
+                found = search.exhaustive(core[k])
+            else:
+                found = search.local(core[k], rotations[k], translations[k])
+                exact = False
+            completed += 1
+            if found[0] < best[0]:
+                best = found
+    else:
+        poses = []
+        for rotation in axis_starts(pa, pb, extra_starts, orders=True):
+            poses.append((rotation, pb.mean(0) - pa.mean(0) @ rotation.T))
+        for r in (refine(pa, pb, classes_a, classes_b, r, t) for r, t in poses):
+            if is_isomorphism(r.mapping, a.bonds, b.bonds) and r.rmsd ** 2 * len(pa) < best[0]:
+                best = (r.rmsd ** 2 * len(pa), r.rotation, r.translation, r.mapping)
+        starts += len(poses)
+        if best[1] is None:  # no start reached an isomorphism: the first skeleton isomorphism, completed
+            rotation, translation = kabsch(pa[search.core_a], pb[search.skeleton[0]])
+            best = search.local(search.skeleton[0], rotation, translation)
+    ssd, rotation, translation, mapping = best
+    result = AlignResult(float(np.sqrt(max(ssd, 0.0) / len(pa))), rotation, translation, np.asarray(mapping),
+                         mode="graph", starts=starts)
+    result.details.update(proven_optimal=bool(exact), skeleton_isomorphisms=len(search.skeleton),
+                          skeleton_complete=search.skeleton_complete, completed_skeletons=completed,
+                          isomorphisms=int(len(search.skeleton) * search.per_skeleton) if search.skeleton_complete else None)
+    return result
 
 
 def learned_guess(model, a, b, device) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
@@ -226,7 +432,7 @@ def learned_guess(model, a, b, device) -> tuple[tuple[np.ndarray, np.ndarray], n
 
 
 def align_structures(a, b, match: str | None = None, model=None, device=None, refine_guess: bool = True,
-                     extra_starts: int = 0) -> AlignResult:
+                     extra_starts: int = 24) -> AlignResult:
     """Align structure A onto B: `match` "elements" or "graph" (default: graph when both have bonds).
 
     With a model, its guess comes first; `refine_guess=False` returns the learned answer alone.

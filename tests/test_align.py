@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import SAMPLE, split
+
 from groupae_cli.align import align, kabsch
 from groupae_cli.io import read_structures
 from groupae_cli.models.symmetry import random_rotations
@@ -72,7 +72,7 @@ def test_a_given_guess_is_used_first_and_can_stand_alone(molecules, rng):
     assert alone.starts == 1 and alone.rmsd < 1e-9
     np.testing.assert_array_equal(alone.mapping, np.arange(len(s)))
     refined = align(s.positions, s.numbers, moved, s.numbers, guess=(rotation, shift))
-    assert refined.details["guess_was_optimal"] and refined.starts == 5
+    assert refined.details["guess_was_optimal"] and refined.starts == 1 + 24 + 24  # guess, axes, random
 
 
 # --- graph mode --------------------------------------------------------------------------------
@@ -114,6 +114,54 @@ def test_graph_mode_recovers_a_moved_renumbered_copy(rng):
     np.testing.assert_allclose(result.rotation, rotation, atol=1e-6)
 
 
+def conformers(smiles, count=2, seed=7):
+    """Structures (with bonds) of ETKDG + MMFF conformers of one molecule, the RDKit molecule
+    holding them all, and the conformer ids."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    from groupae_cli.io.sdf import read_sdf
+
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    ids = list(AllChem.EmbedMultipleConfs(mol, count, randomSeed=seed))
+    AllChem.MMFFOptimizeMoleculeConfs(mol)
+    blocks = "".join(Chem.MolToMolBlock(mol, confId=i) + "$$$$\n" for i in ids)
+    structures, _ = split(read_sdf(__import__("io").BytesIO(blocks.encode()), smiles))
+    return structures, mol, ids
+
+
+def test_graph_mode_on_many_methyl_groups_matches_uncapped_rdkit():
+    """Neopentane: 31,104 isomorphisms, 24 of its carbon skeleton, each completed exactly;
+    hexamethylbenzene: 559,872, with a limit that leaves the completion to the local search."""
+    from rdkit.Chem import rdMolAlign
+
+    from groupae_cli.align import align_graph
+
+    for smiles, limit, proven in (("CC(C)(C)C", 50_000, True), ("Cc1c(C)c(C)c(C)c(C)c1C", 1_000, False)):
+        (a, b), mol, ids = conformers(smiles)
+        result = align_graph(a, b, limit=limit)
+        expected = rdMolAlign.GetBestRMS(mol, mol, prbId=ids[0], refId=ids[1], maxMatches=1_000_000)
+        assert result.rmsd == pytest.approx(expected, abs=1e-4), smiles
+        assert result.details["proven_optimal"] is proven
+
+
+def test_graph_mode_is_right_where_rdkits_match_cap_is_not(rng):
+    """1,3,5-tri-tert-butylbenzene has 1.3e10 isomorphisms: RDKit's GetBestRMS stops at its
+    maxMatches cap with a wrong answer; a moved, renumbered copy is found exactly."""
+    from groupae_cli.align import align_graph
+    from groupae_cli.io import Structure
+
+    (s,), _, _ = conformers("CC(C)(C)c1cc(C(C)(C)C)cc(C(C)(C)C)c1", count=1)
+    sigma = rng.permutation(len(s))
+    rotation = random_rotations(1).numpy()[0]
+    moved = Structure(s.numbers[sigma], (s.positions @ rotation.T - 4.0)[sigma], "copy", "", 0,
+                      bonds=np.argsort(sigma)[s.bonds], bond_orders=s.bond_orders, charges=s.charges[sigma])
+    result = align_graph(s, moved)
+    assert result.details["isomorphisms"] > 10**10 and not result.details["proven_optimal"]
+    assert result.rmsd < 1e-6
+    np.testing.assert_allclose(result.rotation, rotation, atol=1e-6)
+
+
 def test_graph_mode_refuses_different_molecules():
     from groupae_cli.align import align_graph
 
@@ -149,5 +197,7 @@ def test_align_command_json_output_and_aligned_file(tmp_path, checkpoint):
     rows = json.loads(many.stdout)
     assert [r["reference"] for r in rows] == [f"NCI_4331_conf{k}" for k in range(3)]  # the same molecule only
     assert rows[0]["rmsd"] < 1e-3  # a against itself
-    bad = runner.invoke(app, ["align", str(a), str(b), "--no-refine"])
-    assert bad.exit_code == 2 and "needs a model" in bad.stderr
+    bad = runner.invoke(app, ["align", str(a), str(b), "--no-refine", "--no-model"])
+    assert bad.exit_code == 2 and "no learned guess" in bad.stderr
+    plain = runner.invoke(app, ["align", str(a), str(b), "--no-model", "--json"])
+    assert json.loads(plain.stdout)["model"] is None and json.loads(plain.stdout)["rmsd"] == pytest.approx(data["rmsd"])

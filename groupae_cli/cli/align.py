@@ -6,7 +6,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from groupae_cli.cli.common import Device, Format, Json, Quiet, handle_errors, print_json
+from groupae_cli.cli.common import (
+    Device,
+    Format,
+    Json,
+    Quiet,
+    handle_errors,
+    print_json,
+)
 
 
 def _one(path: str, fmt: str | None):
@@ -27,9 +34,11 @@ def align(
     match: Annotated[Optional[str], typer.Option(help="elements (no bonds needed) or graph (bond-graph "
                                                        "isomorphisms); default: graph when both have bonds.")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Write A moved onto B (.xyz/.sdf).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A checkpoint whose learned guess is "
-                                                 "tried first (and is the answer with --no-refine).")] = None,
-    no_refine: Annotated[bool, typer.Option("--no-refine", help="The learned guess alone (needs --model).")] = False,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A checkpoint or shipped model whose learned "
+                                                 "guess is tried first (the answer with --no-refine); default: the "
+                                                 "shipped default model, when it knows A's elements.")] = None,
+    no_model: Annotated[bool, typer.Option("--no-model", help="No learned guess: the exact search alone.")] = False,
+    no_refine: Annotated[bool, typer.Option("--no-refine", help="The learned guess alone.")] = False,
     device: Device = "cpu",
     json: Json = False,
     fmt: Format = None,
@@ -41,11 +50,24 @@ def align(
     from groupae_cli.io import Structure, read_structures, write_structures
 
     first = _one(a, fmt)
-    net, torch_device = None, None
-    if model is not None:
+    if no_model and (model or no_refine):
+        raise UsageError("--no-model leaves no learned guess: drop --model / --no-refine")
+    net, torch_device, model_path = None, None, None
+    if not no_model:
         from groupae_cli.cli.embed import load_for_command
+        from groupae_cli.embed import usable
 
-        net, torch_device, _ = load_for_command(model, device)
+        explicit = model is not None or no_refine
+        try:
+            net, torch_device, model_path = load_for_command(model, device)
+        except UsageError:
+            if explicit:
+                raise  # otherwise no default model is shipped: the exact search alone
+        why = usable(first, net) if net is not None else None
+        if why is not None:
+            if explicit:
+                raise UsageError(f"{a}: the model cannot take it ({why})")
+            net = None  # the default model cannot take A (a point cloud, an unknown element)
     report = FailureReport()
     results, moved = [], []
     for ref in read_structures(b, fmt):
@@ -57,7 +79,8 @@ def align(
         except ValueError as exc:
             report.add(Failure(ref.source, ref.index, str(exc), ref.name))
             continue
-        results.append({"reference": ref.name, "index": ref.index, **result.as_dict()})
+        results.append({"reference": ref.name, "index": ref.index, **result.as_dict(),
+                        "model": str(model_path) if net is not None else None})
         positions = first.positions @ result.rotation.T + result.translation
         moved.append(Structure(first.numbers, positions, f"{first.name} on {ref.name}", first.source, first.index,
                                bonds=first.bonds, bond_orders=first.bond_orders, charges=first.charges))
