@@ -77,6 +77,20 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu"):
     return model.to(device).eval()
 
 
+def export_checkpoint(source: str | Path, target: str | Path, note: dict | None = None) -> None:
+    """Copy a checkpoint without its resume state (optimizer, scheduler): what gets shipped.
+
+    Weights, config, versions and training metadata are kept as written; `note` is added under
+    training["export"] (e.g. the recipe that made it).
+    """
+    payload = read_checkpoint(source)
+    payload.pop("state", None)
+    payload.pop("path", None)
+    payload["training"] = {**payload.get("training", {}), "export": {"source": str(source), **(note or {})}}
+    with written_atomically(target) as tmp:
+        torch.save(payload, tmp)
+
+
 def sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -1,0 +1,37 @@
+"""Put a trained checkpoint into the package as the default model (groupae_cli/pretrained/default.ckpt).
+
+    python recipes/default_model/ship.py runs/default/best.ckpt
+
+The optimizer and scheduler state are dropped (the shipped file is weights, config, versions and
+training metadata only); the file is then found by name: `--model default`, or no `--model`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from groupae_cli.io.checkpoint import (
+    PRETRAINED_DIR,
+    export_checkpoint,
+    load_model,
+    sha256,
+)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--name", default="default", help="shipped model name (default: default)")
+    args = parser.parse_args(argv)
+    PRETRAINED_DIR.mkdir(exist_ok=True)
+    target = PRETRAINED_DIR / f"{args.name}.ckpt"
+    export_checkpoint(args.checkpoint, target, {"recipe": "recipes/default_model"})
+    load_model(target)  # it must load as users will load it
+    print(f"{target}: {target.stat().st_size / 1e6:.2f} MB, sha256 {sha256(target)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
