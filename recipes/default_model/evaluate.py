@@ -76,6 +76,9 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="at most this many held-out structures per set (0: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument("--write-heldout", type=Path, default=None,
+                        help="also write --heldout-count held-out structures per set here (XYZ), for the tests")
+    parser.add_argument("--heldout-count", type=int, default=16)
     args = parser.parse_args(argv)
 
     model_path = args.model or args.run / "best.ckpt"
@@ -93,6 +96,17 @@ def main(argv=None) -> int:
             result["sets"][name] = evaluate_set(model, data, chosen, args.batch_size, args.seed)
             print(f"{name}: {len(chosen)} structures evaluated", file=sys.stderr)
     result["seconds"] = time.perf_counter() - started
+    if args.write_heldout:
+        from groupae_cli.io import Structure, write_structures
+
+        args.write_heldout.parent.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(args.seed + 1)
+        picked = [i for name in ("QM9", "drug-like") for i in
+                  np.sort(rng.permutation(held_out[sources == name])[: args.heldout_count])]
+        write_structures([Structure(data.numbers[data.offsets[i]:data.offsets[i + 1]].astype(np.int64),
+                                    data.positions[data.offsets[i]:data.offsets[i + 1]], str(data.names[i]), "", k)
+                          for k, i in enumerate(picked)], str(args.write_heldout))
+        result["heldout_file"] = {"path": str(args.write_heldout), "per_set": args.heldout_count, "seed": args.seed + 1}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 
