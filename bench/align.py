@@ -102,6 +102,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="a checkpoint or shipped model name for the learned guess")
     parser.add_argument("--json", type=Path, default=None, help="write every pair's figures here")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="align_graph's limit on exact completions per skeleton (default: its own)")
+    parser.add_argument("--only", choices=["sample", "symmetric"], default=None, help="one set of pairs only")
     args = parser.parse_args()
     model = None
     if args.model:
@@ -109,8 +112,11 @@ def main() -> None:
 
         model = load_model(args.model)
     rows = []
-    for kind, name, a, b, ma, mb in list(sample_pairs()) + list(symmetric_pairs()):
-        graph, t_graph = timed(align_graph, a, b)
+    graph_options = {} if args.limit is None else {"limit": args.limit}
+    pairs = ([] if args.only == "symmetric" else list(sample_pairs())) + \
+            ([] if args.only == "sample" else list(symmetric_pairs()))
+    for kind, name, a, b, ma, mb in pairs:
+        graph, t_graph = timed(align_graph, a, b, **graph_options)
         matches = len(mb.GetSubstructMatches(ma, uniquify=False, maxMatches=1_000_000, useChirality=False))
         rdkit, t_rdkit = timed(rdMolAlign.GetBestRMS, ma, mb)
         capped = matches >= 1_000_000
@@ -136,7 +142,7 @@ def main() -> None:
     def col(key, subset):
         return np.array([r[key] for r in subset], dtype=float)
 
-    print(f"{len(rows)} conformer pairs; model: {args.model or 'none'}\n")
+    print(f"{len(rows)} conformer pairs; model: {args.model or 'none'}; graph options: {graph_options or 'defaults'}\n")
     print("| figure | sample pairs | symmetric pairs |")
     print("| --- | --- | --- |")
     sets = [[r for r in rows if r["set"] == s] for s in ("sample", "symmetric")]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.spatial.transform import Rotation
 
 
 @dataclass
@@ -290,17 +291,32 @@ class _GraphSearch:
         pairs = [(atoms, self.groups_b[(cls, int(mapping[parent]))]) for (cls, parent), atoms in self.groups_a.items()]
         return mapping, pairs
 
-    def exhaustive(self, skeleton_row: np.ndarray, chunk: int = 65_536) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-        """The best fit over every permutation within the groups: (ssd, rotation, translation, mapping).
+    def _terms(self, skeleton_row: np.ndarray):
+        """For one skeleton isomorphism: the mapping of the core, the (A atoms, B atoms) of each
+        group, the norms, the core's correlation matrix and each group's term per permutation.
 
-        B's centroid does not depend on the mapping, so the correlation matrix of a mapping is the
-        skeleton's plus one precomputed term per group and permutation; each candidate's best
-        proper fit is then `best_fit_ssd` of its matrix, with no coordinates gathered."""
+        B's centroid does not depend on the mapping (nor does the fitted translation), so the
+        correlation matrix H = sum_i p_i q_map(i)^T of a full mapping is the core's plus one term
+        per group, chosen by that group's permutation."""
         base, pairs = self.mapping(skeleton_row)
         p, q = self.pa - self.pa.mean(0), self.pb - self.pb.mean(0)
         norms = float((p ** 2).sum() + (q ** 2).sum())
         h_core = p[self.core_a].T @ q[skeleton_row]
         terms = [np.einsum("ki,mkj->mij", p[atoms_a], q[atoms_b][self.perms[len(atoms_a)]]) for atoms_a, atoms_b in pairs]
+        return base, pairs, norms, h_core, terms
+
+    def _finish(self, base, pairs, picks) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+        mapping = base.copy()
+        for (atoms_a, atoms_b), pick in zip(pairs, picks):
+            mapping[atoms_a] = atoms_b[self.perms[len(atoms_a)][pick]]
+        rotation, translation = kabsch(self.pa, self.pb[mapping])
+        ssd = float(((self.pa @ rotation.T + translation - self.pb[mapping]) ** 2).sum())
+        return ssd, rotation, translation, mapping
+
+    def exhaustive(self, skeleton_row: np.ndarray, chunk: int = 65_536) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+        """The best fit over every permutation within the groups: (ssd, rotation, translation,
+        mapping); each candidate's best proper fit is `best_fit_ssd` of its correlation matrix."""
+        base, pairs, norms, h_core, terms = self._terms(skeleton_row)
         counts = [len(t) for t in terms]
         total = int(np.prod(counts, dtype=np.int64))
         best_ssd, best_combo = np.inf, 0
@@ -314,47 +330,52 @@ class _GraphSearch:
             k = int(np.argmin(ssd))
             if ssd[k] < best_ssd:
                 best_ssd, best_combo = float(ssd[k]), int(combo[k])
-        mapping, rest = base.copy(), best_combo
-        for (atoms_a, atoms_b), count in zip(pairs, counts):
-            rest, pick = divmod(rest, count)
-            mapping[atoms_a] = atoms_b[self.perms[len(atoms_a)][pick]]
-        rotation, translation = kabsch(self.pa, self.pb[mapping])
-        ssd = float(((self.pa @ rotation.T + translation - self.pb[mapping]) ** 2).sum())
-        return ssd, rotation, translation, mapping
+        picks = []
+        for count in counts:
+            best_combo, pick = divmod(best_combo, count)
+            picks.append(pick)
+        return self._finish(base, pairs, picks)
 
-    def local(self, skeleton_row: np.ndarray, rotation: np.ndarray, translation: np.ndarray):
-        """Too many group permutations to try: assignment (Hungarian within each group) alternating
-        with Kabsch from the skeleton's pose, then sweeps that try every permutation of one group
-        with the others fixed, until nothing improves. (ssd, rotation, translation, mapping)."""
-        mapping, pairs = self.mapping(skeleton_row)
-        for _ in range(50):
-            moved = self.pa @ rotation.T + translation
-            for atoms_a, atoms_b in pairs:
-                cost = ((moved[atoms_a, None, :] - self.pb[None, atoms_b, :]) ** 2).sum(-1)
-                rows, cols = linear_sum_assignment(cost)
-                mapping[atoms_a[rows]] = atoms_b[cols]
-            new_rotation, new_translation = kabsch(self.pa, self.pb[mapping])
-            done = np.allclose(new_rotation, rotation, atol=1e-12) and np.allclose(new_translation, translation, atol=1e-12)
-            rotation, translation = new_rotation, new_translation
-            if done:
-                break
-        ssd = float(((self.pa @ rotation.T + translation - self.pb[mapping]) ** 2).sum())
-        for _ in range(10):
-            improved = False
-            for atoms_a, atoms_b in pairs:
-                maps = np.repeat(mapping[None], len(self.perms[len(atoms_a)]), axis=0)
-                maps[:, atoms_a] = atoms_b[self.perms[len(atoms_a)]]
-                rotations, translations, fits = kabsch_many(self.pa, self.pb[maps])
-                k = int(np.argmin(fits))
-                if fits[k] < ssd - 1e-12:
-                    ssd, rotation, translation, mapping, improved = float(fits[k]), rotations[k], translations[k], maps[k], True
-            if not improved:
-                break
-        return ssd, rotation, translation, mapping
+    def local(self, skeleton_row: np.ndarray, rotation: np.ndarray, seed: int = 0, samples: int = 160,
+              polish: int = 2):
+        """Too many group permutations to try them all. With the rotation fixed, every group's best
+        permutation is independent of the others' (the translation does not depend on the
+        mapping), so rotations sampled around the skeleton's pose (and uniformly) each pick every
+        group's best permutation at once; the distinct picks get an exact fit, and the best
+        `polish` are improved by exact single-group sweeps (every permutation of one group, the
+        others fixed) until no sweep helps. Not proven optimal. (ssd, rotation, translation, mapping)."""
+        base, pairs, norms, h_core, terms = self._terms(skeleton_row)
+        rng = np.random.default_rng(seed)
+        scales = np.repeat([0.05, 0.15, 0.3, 0.6, 1.2], samples // 5 + 1)[:samples, None]
+        rotations = np.concatenate([rotation[None], Rotation.from_rotvec(rng.normal(size=(samples, 3)) * scales).as_matrix()
+                                    @ rotation, Rotation.random(samples // 8, random_state=rng).as_matrix()])
+        # tr(R H) = sum(R * H^T): each group's best permutation for each rotation, (S, G)
+        picks = np.unique(np.stack([np.einsum("sij,mji->sm", rotations, t).argmax(1) for t in terms], axis=1), axis=0)
+
+        def total(p):
+            return h_core[None] + sum(t[p[:, g]] for g, t in enumerate(terms))
+
+        fits = best_fit_ssd(total(picks), norms)
+        best_pick, best_ssd = None, np.inf
+        for k in np.argsort(fits)[:polish]:
+            pick, ssd = picks[k].copy(), float(fits[k])
+            improved = True
+            while improved:
+                improved = False
+                for g, t in enumerate(terms):
+                    trial = np.repeat(pick[None], len(t), axis=0)
+                    trial[:, g] = np.arange(len(t))
+                    trial_fits = best_fit_ssd(total(trial), norms)
+                    j = int(np.argmin(trial_fits))
+                    if trial_fits[j] < ssd - 1e-9 * max(1.0, ssd):
+                        pick, ssd, improved = trial[j], float(trial_fits[j]), True
+            if ssd < best_ssd:
+                best_pick, best_ssd = pick, ssd
+        return self._finish(base, pairs, best_pick)
 
 
 def align_graph(a, b, guess: tuple[np.ndarray, np.ndarray] | None = None, extra_starts: int = 0,
-                limit: int = 50_000) -> AlignResult:
+                limit: int = 5_000) -> AlignResult:
     """Align A onto B over mappings that are graph isomorphisms (`--match graph`), without
     enumerating them all.
 
@@ -362,9 +383,9 @@ def align_graph(a, b, guess: tuple[np.ndarray, np.ndarray] | None = None, extra_
     atoms: the H of CH3, the F of CF3) times a permutation within each terminal group. Skeleton
     isomorphisms are few; each gets a Kabsch fit on the skeleton, a lower bound on every full fit
     that extends it, and they are completed best bound first until the next bound is no better than
-    the best full fit. A skeleton isomorphism is completed exactly, by a batched Kabsch fit of every
-    group permutation, when there are at most `limit` of them; otherwise by assignment alternating
-    with Kabsch plus single-group sweeps. `proven_optimal`: every completion was exact (and the
+    the best full fit. A skeleton isomorphism is completed exactly, by a batched quaternion fit of
+    every group permutation, when there are at most `limit` of them; otherwise by the sampled-
+    rotation search of `_GraphSearch.local`. `proven_optimal`: every completion was exact (and the
     skeleton search complete). Where the skeleton alone has more than `limit` isomorphisms,
     refinement within graph-symmetry classes from the learned guess and principal-axis starts fills
     in (not proven).
@@ -386,14 +407,14 @@ def align_graph(a, b, guess: tuple[np.ndarray, np.ndarray] | None = None, extra_
     exact, completed, starts = search.skeleton_complete, 0, int(guess is not None)
     if search.skeleton_complete:
         core = search.skeleton
-        rotations, translations, bounds = kabsch_many(pa[search.core_a], pb[core])
+        rotations, _, bounds = kabsch_many(pa[search.core_a], pb[core])
         for k in np.argsort(bounds, kind="stable"):
             if bounds[k] >= best[0] - 1e-9 * max(1.0, best[0]):
                 break
             if search.per_skeleton <= limit:
                 found = search.exhaustive(core[k])
             else:
-                found = search.local(core[k], rotations[k], translations[k])
+                found = search.local(core[k], rotations[k])
                 exact = False
             completed += 1
             if found[0] < best[0]:
@@ -407,8 +428,8 @@ def align_graph(a, b, guess: tuple[np.ndarray, np.ndarray] | None = None, extra_
                 best = (r.rmsd ** 2 * len(pa), r.rotation, r.translation, r.mapping)
         starts += len(poses)
         if best[1] is None:  # no start reached an isomorphism: the first skeleton isomorphism, completed
-            rotation, translation = kabsch(pa[search.core_a], pb[search.skeleton[0]])
-            best = search.local(search.skeleton[0], rotation, translation)
+            rotation, _ = kabsch(pa[search.core_a], pb[search.skeleton[0]])
+            best = search.local(search.skeleton[0], rotation)
     ssd, rotation, translation, mapping = best
     result = AlignResult(float(np.sqrt(max(ssd, 0.0) / len(pa))), rotation, translation, np.asarray(mapping),
                          mode="graph", starts=starts)
@@ -432,7 +453,7 @@ def learned_guess(model, a, b, device) -> tuple[tuple[np.ndarray, np.ndarray], n
 
 
 def align_structures(a, b, match: str | None = None, model=None, device=None, refine_guess: bool = True,
-                     extra_starts: int = 24) -> AlignResult:
+                     extra_starts: int = 24, graph_limit: int = 5_000) -> AlignResult:
     """Align structure A onto B: `match` "elements" or "graph" (default: graph when both have bonds).
 
     With a model, its guess comes first; `refine_guess=False` returns the learned answer alone.
@@ -451,7 +472,7 @@ def align_structures(a, b, match: str | None = None, model=None, device=None, re
         rmsd = float(np.sqrt(((moved - b.positions[guess_mapping]) ** 2).sum(-1).mean()))
         return AlignResult(rmsd, rotation, translation, guess_mapping, mode=f"{match} (learned, not refined)", starts=1)
     if match == "graph":
-        result = align_graph(a, b, guess, extra_starts)
+        result = align_graph(a, b, guess, extra_starts, graph_limit)
     else:
         result = align(a.positions, a.numbers, b.positions, b.numbers, guess, extra_starts)
     if guess_mapping is not None:

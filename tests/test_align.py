@@ -199,5 +199,5 @@ def test_align_command_json_output_and_aligned_file(tmp_path, checkpoint):
     assert rows[0]["rmsd"] < 1e-3  # a against itself
     bad = runner.invoke(app, ["align", str(a), str(b), "--no-refine", "--no-model"])
     assert bad.exit_code == 2 and "no learned guess" in bad.stderr
-    plain = runner.invoke(app, ["align", str(a), str(b), "--no-model", "--json"])
-    assert json.loads(plain.stdout)["model"] is None and json.loads(plain.stdout)["rmsd"] == pytest.approx(data["rmsd"])
+    plain = json.loads(runner.invoke(app, ["align", str(a), str(b), "--no-model", "--prove", "--json"]).stdout)
+    assert plain["model"] is None and plain["proven_optimal"] and plain["rmsd"] == pytest.approx(data["rmsd"])

@@ -39,6 +39,8 @@ def align(
                                                  "shipped default model, when it knows A's elements.")] = None,
     no_model: Annotated[bool, typer.Option("--no-model", help="No learned guess: the exact search alone.")] = False,
     no_refine: Annotated[bool, typer.Option("--no-refine", help="The learned guess alone.")] = False,
+    prove: Annotated[bool, typer.Option("--prove", help="Graph mode: complete every skeleton exactly up to 10^6 "
+                                        "terminal-group permutations (slower), so more answers are proven optimal.")] = False,
     device: Device = "cpu",
     json: Json = False,
     fmt: Format = None,
@@ -75,7 +77,8 @@ def align(
             report.add(ref)
             continue
         try:
-            result = align_structures(first, ref, match, net, torch_device, refine_guess=not no_refine)
+            result = align_structures(first, ref, match, net, torch_device, refine_guess=not no_refine,
+                                      graph_limit=1_000_000 if prove else 5_000)
         except ValueError as exc:
             report.add(Failure(ref.source, ref.index, str(exc), ref.name))
             continue
