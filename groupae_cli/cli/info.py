@@ -71,7 +71,8 @@ def _print_checkpoint(d: dict) -> None:
 @handle_errors
 def info(
     path: Annotated[str, typer.Argument(help="A structure file (XYZ, SDF/MOL, PLY; .gz; '-' for stdin), "
-                                             "a groupae HDF5 file or a checkpoint (.ckpt).")],
+                                             "a groupae HDF5 file, a checkpoint (.ckpt) or a shipped model's "
+                                             "name (default).")],
     fmt: Format = None,
     json: Json = False,
     strict: Strict = False,
@@ -81,7 +82,9 @@ def info(
     or a checkpoint's versions, config and training figures."""
     from groupae_cli.errors import FailureReport, UsageError
 
-    if path != "-" and Path(path).suffix.lower() in _CHECKPOINT:
+    # a shipped model by name ("default"): groupae_cli/pretrained/NAME.ckpt
+    shipped = Path(__file__).resolve().parent.parent / "pretrained" / f"{path}.ckpt"
+    if path != "-" and (Path(path).suffix.lower() in _CHECKPOINT or (not Path(path).exists() and shipped.is_file())):
         described = _describe_checkpoint(path)
         print_json(described) if json else _print_checkpoint(described)
         return
