@@ -102,7 +102,7 @@ def test_shards_and_batch_sizes_give_the_same_embeddings(checkpoint, tmp_path):
 def test_usage_errors(checkpoint, tmp_path):
     sample = str(__import__("conftest").SAMPLE / "tetris.xyz")
     for args, message in [
-        (["embed", sample, "-o", str(tmp_path / "x.h5")], "no default model is shipped"),
+        (["embed", sample, "-o", str(tmp_path / "x.h5"), "--model", "nosuch"], "no such checkpoint file or shipped model"),
         (["embed", sample, "-o", str(tmp_path / "x.txt"), "--model", str(checkpoint)], "name it .h5"),
         (["embed", sample, "-o", str(tmp_path / "x.h5"), "--model", str(checkpoint), "--shard", "2/2"], "0 <= i < N"),
     ]:
