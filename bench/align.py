@@ -34,6 +34,7 @@ from groupae_cli.align import (
     axis_starts,
     kabsch,
 )
+from groupae_cli.embed import usable
 from groupae_cli.io import Failure, read_structures
 from groupae_cli.io.records import Structure
 from groupae_cli.io.sdf import read_sdf
@@ -128,7 +129,7 @@ def main() -> None:
                "rdkit_rmsd": rdkit, "rdkit_s": t_rdkit, "graph_optimum": optimum,
                "element_rmsd": elem.rmsd, "element_s": t_elem, "exhaustive_rmsd": exhaustive.rmsd,
                "baseline_rmsd": baseline(a, b)}
-        if model is not None:
+        if model is not None and usable(a, model) is None:  # the model knows the elements
             for match, optimum_key in (("graph", "graph_optimum"), ("elements", "exhaustive_rmsd")):
                 learned, t_learned = timed(align_structures, a, b, match, model, "cpu", refine_guess=False)
                 row[f"learned_{match}_rmsd"], row[f"learned_{match}_s"] = learned.rmsd, t_learned
@@ -174,6 +175,8 @@ def main() -> None:
          lambda s: f"{col('element_rmsd', s).mean():.3f} / {col('baseline_rmsd', s).mean():.3f} / "
                    f"{col('exhaustive_rmsd', s).mean():.3f} Å")
     if model is not None:
+        sets = [[r for r in s if "learned_graph_rmsd" in r] for s in sets]
+        line("pairs the model can take", lambda s: f"{len(s)}")
         line("learned guess alone optimal (graph / elements)",
              lambda s: f"{np.mean(col('learned_graph_optimal', s)):.3f} / {np.mean(col('learned_elements_optimal', s)):.3f}")
         line("learned guess alone, mean RMSD above the optimum (graph)",
@@ -184,7 +187,7 @@ def main() -> None:
     print("\n| symmetric molecule | atoms | isomorphisms (RDKit, capped at 10^6) | groupae RMSD | proven | GetBestRMS | "
           "groupae ms | GetBestRMS ms |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in sets[1]:
+    for r in [r for r in rows if r["set"] == "symmetric"]:
         print(f"| {r['molecule']} | {r['atoms']} | {r['rdkit_matches']:,} | {r['graph_rmsd']:.4f} | "
               f"{'yes' if r['proven_optimal'] else 'no'} | {r['rdkit_rmsd']:.4f} | {r['graph_s'] * 1e3:.1f} | "
               f"{r['rdkit_s'] * 1e3:.1f} |")
