@@ -161,7 +161,7 @@ def axis_starts(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0, ord
 
 
 def align(a_positions: np.ndarray, a_numbers: np.ndarray, b_positions: np.ndarray, b_numbers: np.ndarray,
-          guess: tuple[np.ndarray, np.ndarray] | None = None, extra_starts: int = 24,
+          guess: tuple[np.ndarray, np.ndarray] | None = None, extra_starts: int = 48,
           refine_guess: bool = True, seed: int = 0) -> AlignResult:
     """Align A onto B with element-preserving correspondence (`--match elements`).
 
@@ -453,7 +453,7 @@ def learned_guess(model, a, b, device) -> tuple[tuple[np.ndarray, np.ndarray], n
 
 
 def align_structures(a, b, match: str | None = None, model=None, device=None, refine_guess: bool = True,
-                     extra_starts: int = 24, graph_limit: int = 5_000) -> AlignResult:
+                     extra_starts: int = 48, graph_limit: int = 5_000) -> AlignResult:
     """Align structure A onto B: `match` "elements" or "graph" (default: graph when both have bonds).
 
     With a model, its guess comes first; `refine_guess=False` returns the learned answer alone.
