@@ -257,7 +257,9 @@ def terminal_groups(structure, classes: np.ndarray) -> dict[tuple[int, int], np.
         for atom, other in ((int(i), int(j)), (int(j), int(i))):
             if degree[atom] == 1:
                 groups.setdefault((int(classes[atom]), other), []).append(atom)
-    return {key: np.array(sorted(atoms)) for key, atoms in groups.items() if len(atoms) > 1}
+    # groups of more than 6 (7! = 5,040 permutations each) stay in the skeleton: rare, and their
+    # permutation tables would not be small
+    return {key: np.array(sorted(atoms)) for key, atoms in groups.items() if 1 < len(atoms) <= 6}
 
 
 class _GraphSearch:
@@ -268,7 +270,7 @@ class _GraphSearch:
         from itertools import permutations
         from math import factorial
 
-        self.pa, self.pb, self.limit = a.positions, b.positions, limit
+        self.pa, self.pb = a.positions, b.positions
         self.groups_a, self.groups_b = terminal_groups(a, classes_a), terminal_groups(b, classes_b)
         free_a, free_b = np.zeros(len(a), bool), np.zeros(len(b), bool)
         for free, groups in ((free_a, self.groups_a), (free_b, self.groups_b)):
