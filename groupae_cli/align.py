@@ -140,6 +140,20 @@ def _signed_permutations() -> np.ndarray:
 _AXIS_MAPS = _signed_permutations()
 
 
+def principal_shape(x: np.ndarray, tol: float = 0.02) -> str:
+    """How degenerate a point set's principal axes are: "linear" (one moment only), "spherical top"
+    (three equal moments: methane, SF6, neopentane), "symmetric top" (two equal: benzene, CF3-X,
+    ammonia) or "asymmetric" (three distinct: a unique principal frame). Moments compare within
+    `tol` of the largest. Where axes are degenerate, the principal frame is arbitrary about them and
+    the extra starts (every axis order, random rotations) carry the search."""
+    _, values = principal_axes(np.asarray(x, float))
+    top = max(float(values[0]), 1e-12)
+    if values[1] < tol * top:
+        return "linear"
+    equal = [abs(values[0] - values[1]) < tol * top, abs(values[1] - values[2]) < tol * top]
+    return "spherical top" if all(equal) else "symmetric top" if any(equal) else "asymmetric"
+
+
 def axis_starts(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0, orders: bool = False) -> list[np.ndarray]:
     """Proper rotations taking A's principal axes onto B's, for every sign choice (4); with
     `orders`, also onto B's axes in every order (24 in all: for conformers whose axes swap rank);
@@ -441,9 +455,10 @@ def align_graph(a, b, guess: tuple[np.ndarray, np.ndarray] | None = None, extra_
     return result
 
 
-def learned_guess(model, a, b, device) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
-    """The model's guess: rotation R_B R_A^T, translation from the centroids, and the
-    correspondence of canonical slots (slot k of A <-> slot k of B)."""
+def learned_guess(model, a, b, device) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, list[bool]]:
+    """The model's guess: rotation R_B R_A^T, translation from the centroids, the correspondence
+    of canonical slots (slot k of A <-> slot k of B), and whether each learned frame was flagged
+    degenerate (anchor atoms stood in for cancelled frame vectors)."""
     from groupae_cli.embed import encode_batch
 
     encoded = encode_batch(model, [a, b], device)
@@ -451,7 +466,7 @@ def learned_guess(model, a, b, device) -> tuple[tuple[np.ndarray, np.ndarray], n
     rotation = rb @ ra.T
     mapping = np.empty(len(a), dtype=np.int64)
     mapping[encoded["permutation"][0]] = encoded["permutation"][1]
-    return (rotation, tb - ta @ rotation.T), mapping
+    return (rotation, tb - ta @ rotation.T), mapping, [bool(d) for d in encoded["degenerate"]]
 
 
 def align_structures(a, b, match: str | None = None, model=None, device=None, refine_guess: bool = True,
@@ -463,20 +478,25 @@ def align_structures(a, b, match: str | None = None, model=None, device=None, re
     match = match or ("graph" if a.has_bonds and b.has_bonds else "elements")
     if match not in ("elements", "graph"):
         raise ValueError(f"match must be 'elements' or 'graph', not {match!r}")
-    guess, guess_mapping = (None, None)
+    guess, guess_mapping, learned_degenerate = None, None, None
     if model is not None:
-        guess, guess_mapping = learned_guess(model, a, b, device)
+        guess, guess_mapping, learned_degenerate = learned_guess(model, a, b, device)
+    shapes = {"principal_axes_a": principal_shape(a.positions), "principal_axes_b": principal_shape(b.positions)}
+    if learned_degenerate is not None:
+        shapes["learned_frame_degenerate"] = learned_degenerate
     if not refine_guess:
         if guess is None:
             raise ValueError("--no-refine needs a model (its learned guess is the answer)")
         rotation, translation = guess
         moved = a.positions @ rotation.T + translation
         rmsd = float(np.sqrt(((moved - b.positions[guess_mapping]) ** 2).sum(-1).mean()))
-        return AlignResult(rmsd, rotation, translation, guess_mapping, mode=f"{match} (learned, not refined)", starts=1)
+        return AlignResult(rmsd, rotation, translation, guess_mapping, mode=f"{match} (learned, not refined)", starts=1,
+                           details=shapes)
     if match == "graph":
         result = align_graph(a, b, guess, extra_starts, graph_limit)
     else:
         result = align(a.positions, a.numbers, b.positions, b.numbers, guess, extra_starts)
+    result.details.update(shapes)
     if guess_mapping is not None:
         rotation, translation = guess
         moved = a.positions @ rotation.T + translation

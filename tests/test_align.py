@@ -201,3 +201,31 @@ def test_align_command_json_output_and_aligned_file(tmp_path, checkpoint):
     assert bad.exit_code == 2 and "no learned guess" in bad.stderr
     plain = json.loads(runner.invoke(app, ["align", str(a), str(b), "--no-model", "--prove", "--json"]).stdout)
     assert plain["model"] is None and plain["proven_optimal"] and plain["rmsd"] == pytest.approx(data["rmsd"])
+
+
+@pytest.mark.parametrize("smiles,shape", [
+    ("c1ccccc1", "symmetric top"),          # benzene
+    ("C", "spherical top"),                 # methane
+    ("FC(F)(F)c1ccccc1", "asymmetric"),     # a CF3 group on an asymmetric frame
+    ("CC(C)(C)C", "spherical top"),         # neopentane: four tert-butyl-like methyls
+    ("O=C=O", "linear"),
+    ("C#C", "linear"),
+])
+def test_symmetric_and_degenerate_inputs_are_recovered_and_reported(smiles, shape, rng):
+    """Moved, renumbered copies of symmetric molecules come back exactly in both modes, through
+    the extra starts, with the degeneracy of their principal axes reported."""
+    from groupae_cli.align import align_structures
+    from groupae_cli.io import Structure
+
+    (s,), _, _ = conformers(smiles, count=1)
+    sigma = rng.permutation(len(s))
+    rotation = random_rotations(1).numpy()[0]
+    moved = Structure(s.numbers[sigma], (s.positions @ rotation.T + 3.0)[sigma], "copy", "", 0,
+                      bonds=np.argsort(sigma)[s.bonds], bond_orders=s.bond_orders, charges=s.charges[sigma])
+    for match in ("elements", "graph"):
+        result = align_structures(s, moved, match)
+        assert result.rmsd < 1e-5, (smiles, match, result.rmsd)
+        assert np.isclose(np.linalg.det(result.rotation), 1.0)
+        assert result.details["principal_axes_a"] == result.details["principal_axes_b"] == shape
+        np.testing.assert_allclose(s.positions @ result.rotation.T + result.translation,
+                                   moved.positions[result.mapping], atol=1e-4)

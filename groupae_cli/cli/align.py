@@ -100,6 +100,11 @@ def align(
     elif out != "-":
         for r in results:
             typer.echo(f"{first.name} -> {r['reference']}: RMSD {r['rmsd']:.4f} Å ({r['mode']})")
+            shapes = {r.get("principal_axes_a"), r.get("principal_axes_b")} - {"asymmetric", None}
+            if shapes:
+                typer.echo(f"  degenerate principal axes ({', '.join(sorted(shapes))}): extra starts searched")
+            if r.get("proven_optimal") is False:
+                typer.echo("  not proven optimal (rerun with --prove for an exhaustive completion)")
             if len(results) == 1:
                 typer.echo("rotation:\n" + "\n".join("  " + " ".join(f"{v:9.5f}" for v in row) for row in r["rotation"]))
                 typer.echo("translation: " + " ".join(f"{v:.5f}" for v in r["translation"]))
