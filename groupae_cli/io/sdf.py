@@ -75,9 +75,11 @@ def _structure(mol, source: str, index: int, name: str) -> Structure | str:
     positions = conf.GetPositions()
     if not conf.Is3D() and len(positions) > 2 and np.all(positions[:, 2] == 0):
         return "2D coordinates (header says 2D, all z = 0); groupae needs 3D structures"
-    bonds = np.array([(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds()], dtype=np.int64).reshape(-1, 2)
-    orders = np.array([b.GetBondTypeAsDouble() for b in mol.GetBonds()], dtype=np.float64)
-    atoms = mol.GetAtoms()
+    # by index, not through mol.GetAtoms() / GetBonds(): RDKit's Python sequence wrappers cost
+    # more than the parse itself
+    atoms = [mol.GetAtomWithIdx(i) for i in range(mol.GetNumAtoms())]
+    bond_list = [mol.GetBondWithIdx(i) for i in range(mol.GetNumBonds())]
+    bonds = np.array([(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in bond_list], dtype=np.int64).reshape(-1, 2)
     return Structure(
         numbers=[a.GetAtomicNum() for a in atoms],
         positions=positions,
@@ -85,7 +87,7 @@ def _structure(mol, source: str, index: int, name: str) -> Structure | str:
         source=source,
         index=index,
         bonds=bonds,
-        bond_orders=orders,
+        bond_orders=np.array([b.GetBondTypeAsDouble() for b in bond_list], dtype=np.float64),
         charges=np.array([a.GetFormalCharge() for a in atoms], dtype=np.int64),
     )
 
