@@ -97,6 +97,11 @@ def kabsch(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rotations[0], translations[0]
 
 
+def fit_rmsd(a: np.ndarray, b_mapped: np.ndarray, rotation: np.ndarray, translation: np.ndarray) -> float:
+    """RMSD between A moved by (rotation, translation) and B's atoms in A's order."""
+    return float(np.sqrt(((a @ rotation.T + translation - b_mapped) ** 2).sum(-1).mean()))
+
+
 def assign(moved: np.ndarray, target: np.ndarray, classes_a: np.ndarray, classes_b: np.ndarray) -> np.ndarray:
     """The mapping minimising the summed squared distances, one Hungarian problem per class."""
     mapping = np.empty(len(moved), dtype=np.int64)
@@ -118,8 +123,8 @@ def refine(a: np.ndarray, b: np.ndarray, classes_a: np.ndarray, classes_b: np.nd
             break
         mapping = new
         rotation, translation = kabsch(a, b[mapping])
-    rmsd = float(np.sqrt(((a @ rotation.T + translation - b[mapping]) ** 2).sum(-1).mean()))
-    return AlignResult(rmsd, rotation, translation, mapping, converged=step < max_iter - 1)
+    return AlignResult(fit_rmsd(a, b[mapping], rotation, translation), rotation, translation, mapping,
+                       converged=step < max_iter - 1)
 
 
 def principal_axes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -187,17 +192,14 @@ def align(a_positions: np.ndarray, a_numbers: np.ndarray, b_positions: np.ndarra
     za, zb = np.asarray(a_numbers), np.asarray(b_numbers)
     if sorted(za.tolist()) != sorted(zb.tolist()):
         raise ValueError("the two structures have different compositions")
-    poses = []
-    if guess is not None:
-        poses.append(guess)
-    ta, tb = a.mean(0), b.mean(0)
-    for rotation in axis_starts(a, b, extra_starts, seed, orders=True):
-        poses.append((rotation, tb - ta @ rotation.T))
     if guess is not None and not refine_guess:
         rotation, translation = guess
         mapping = assign(a @ rotation.T + translation, b, za, zb)
-        rmsd = float(np.sqrt(((a @ rotation.T + translation - b[mapping]) ** 2).sum(-1).mean()))
-        return AlignResult(rmsd, rotation, translation, mapping, starts=1)
+        return AlignResult(fit_rmsd(a, b[mapping], rotation, translation), rotation, translation, mapping, starts=1)
+    poses = [guess] if guess is not None else []
+    ta, tb = a.mean(0), b.mean(0)
+    for rotation in axis_starts(a, b, extra_starts, seed, orders=True):
+        poses.append((rotation, tb - ta @ rotation.T))
     results = [refine(a, b, za, zb, r, t) for r, t in poses]
     best = min(range(len(results)), key=lambda k: results[k].rmsd)
     result = results[best]
@@ -484,23 +486,18 @@ def align_structures(a, b, match: str | None = None, model=None, device=None, re
     shapes = {"principal_axes_a": principal_shape(a.positions), "principal_axes_b": principal_shape(b.positions)}
     if learned_degenerate is not None:
         shapes["learned_frame_degenerate"] = learned_degenerate
+    learned = None if guess is None else fit_rmsd(a.positions, b.positions[guess_mapping], *guess)
     if not refine_guess:
         if guess is None:
             raise ValueError("--no-refine needs a model (its learned guess is the answer)")
-        rotation, translation = guess
-        moved = a.positions @ rotation.T + translation
-        rmsd = float(np.sqrt(((moved - b.positions[guess_mapping]) ** 2).sum(-1).mean()))
-        return AlignResult(rmsd, rotation, translation, guess_mapping, mode=f"{match} (learned, not refined)", starts=1,
+        return AlignResult(learned, *guess, guess_mapping, mode=f"{match} (learned, not refined)", starts=1,
                            details=shapes)
     if match == "graph":
         result = align_graph(a, b, guess, extra_starts, graph_limit)
     else:
         result = align(a.positions, a.numbers, b.positions, b.numbers, guess, extra_starts)
     result.details.update(shapes)
-    if guess_mapping is not None:
-        rotation, translation = guess
-        moved = a.positions @ rotation.T + translation
-        learned = float(np.sqrt(((moved - b.positions[guess_mapping]) ** 2).sum(-1).mean()))
+    if learned is not None:
         result.details["learned_rmsd"] = learned
         result.details["learned_was_optimal"] = bool(learned <= result.rmsd + 1e-3)
     return result
