@@ -4,4 +4,10 @@ The latent of a structure splits into an invariant embedding (what the structure
 element (rotation, translation, atom permutation: where it sits and how it is numbered).
 """
 
+from pathlib import Path
+
 __version__ = "0.1.0"
+
+#: Models shipped inside the package, found by name (groupae_cli/pretrained/NAME.ckpt). Defined
+#: here, free of torch, so that commands can tell a shipped name without importing it.
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"

@@ -80,10 +80,10 @@ def info(
 ) -> None:
     """Show what a file holds: records, atoms, elements, bonds and failures; an HDF5 file's datasets;
     or a checkpoint's versions, config and training figures."""
+    from groupae_cli import PRETRAINED_DIR
     from groupae_cli.errors import FailureReport, UsageError
 
-    # a shipped model by name ("default"): groupae_cli/pretrained/NAME.ckpt
-    shipped = Path(__file__).resolve().parent.parent / "pretrained" / f"{path}.ckpt"
+    shipped = PRETRAINED_DIR / f"{path}.ckpt"  # a shipped model by name ("default")
     if path != "-" and (Path(path).suffix.lower() in _CHECKPOINT or (not Path(path).exists() and shipped.is_file())):
         described = _describe_checkpoint(path)
         print_json(described) if json else _print_checkpoint(described)

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import torch
 
-from groupae_cli import __version__
+from groupae_cli import PRETRAINED_DIR, __version__
 from groupae_cli.errors import UsageError
 from groupae_cli.io.formats import written_atomically
 
 FORMAT_VERSION = 1
-#: Models shipped inside the package, found by name (groupae_cli/pretrained/NAME.ckpt).
-PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 
 
 def save_checkpoint(path: str | Path, model, training: dict | None = None, state: dict | None = None) -> None:
