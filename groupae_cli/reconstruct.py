@@ -96,20 +96,22 @@ def decode_embeddings(model, path: str | Path, device: torch.device, batch_size:
             n_atoms = torch.as_tensor(sizes, device=device)
             slot_types = torch.zeros(len(sizes), int(sizes.max()), dtype=torch.long, device=device)
             cuts = np.cumsum(sizes)[:-1]
-            for b, (perm, nums) in enumerate(zip(np.split(permutation, cuts), np.split(numbers, cuts))):
+            perms = np.split(permutation, cuts)
+            for b, (perm, nums) in enumerate(zip(perms, np.split(numbers, cuts))):
                 slot_types[b, : len(perm)] = torch.as_tensor(type_indices(nums[perm], model.config.elements))
             y, logits = model.decode(z, n_atoms, slot_types)
             world = y.double() @ rotation.transpose(1, 2) + translation[:, None]
             names = f["name"][start:stop]
-            for b, (perm, idx) in enumerate(zip(np.split(permutation, cuts), range(start, stop))):
+            source_files, source_indices = f["source_file"][start:stop], f["source_index"][start:stop]
+            for b, perm in enumerate(perms):
                 positions = np.empty((len(perm), 3))
                 positions[perm] = world[b, : len(perm)].cpu().numpy()  # slot k goes back to input atom perm[k]
                 elements = np.empty(len(perm), dtype=np.int64)
                 elements[perm] = _elements(model, logits[b, : len(perm)])
                 name = names[b].decode() if isinstance(names[b], bytes) else str(names[b])
-                source_file = int(f["source_file"][idx])
+                source_file = int(source_files[b])
                 source = sources[source_file] if source_file < len(sources) else str(path)
-                decoded = Structure(elements, positions, name, str(source), int(f["source_index"][idx]))
+                decoded = Structure(elements, positions, name, str(source), int(source_indices[b]))
                 yield Reconstruction(decoded, None, None)
 
 
