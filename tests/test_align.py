@@ -99,16 +99,21 @@ def test_graph_mode_matches_rdkit_best_rms_on_conformer_pairs():
         assert np.isclose(np.linalg.det(result.rotation), 1.0)
 
 
+def bonded_copy(s, rotation, shift, sigma):
+    """s rotated, shifted and renumbered (new atom k is old atom sigma[k]), bonds and charges kept."""
+    from groupae_cli.io import Structure
+
+    return Structure(s.numbers[sigma], (s.positions @ rotation.T + shift)[sigma], "copy", "", 0,
+                     bonds=np.argsort(sigma)[s.bonds], bond_orders=s.bond_orders, charges=s.charges[sigma])
+
+
 def test_graph_mode_recovers_a_moved_renumbered_copy(rng):
     from groupae_cli.align import align_graph
-    from groupae_cli.io import Structure
 
     s = one(SAMPLE / "align" / "a.sdf")
     sigma = rng.permutation(len(s))
-    inverse = np.argsort(sigma)
     rotation = random_rotations(1).numpy()[0]
-    moved = Structure(s.numbers[sigma], (s.positions @ rotation.T + 2.0)[sigma], "copy", "", 0,
-                      bonds=inverse[s.bonds], bond_orders=s.bond_orders, charges=s.charges[sigma])
+    moved = bonded_copy(s, rotation, 2.0, sigma)
     result = align_graph(s, moved)
     assert result.rmsd < 1e-6 and result.details["proven_optimal"]
     np.testing.assert_allclose(result.rotation, rotation, atol=1e-6)
@@ -149,13 +154,11 @@ def test_graph_mode_is_right_where_rdkits_match_cap_is_not(rng):
     """1,3,5-tri-tert-butylbenzene has 1.3e10 isomorphisms: RDKit's GetBestRMS stops at its
     maxMatches cap with a wrong answer; a moved, renumbered copy is found exactly."""
     from groupae_cli.align import align_graph
-    from groupae_cli.io import Structure
 
     (s,), _, _ = conformers("CC(C)(C)c1cc(C(C)(C)C)cc(C(C)(C)C)c1", count=1)
     sigma = rng.permutation(len(s))
     rotation = random_rotations(1).numpy()[0]
-    moved = Structure(s.numbers[sigma], (s.positions @ rotation.T - 4.0)[sigma], "copy", "", 0,
-                      bonds=np.argsort(sigma)[s.bonds], bond_orders=s.bond_orders, charges=s.charges[sigma])
+    moved = bonded_copy(s, rotation, -4.0, sigma)
     result = align_graph(s, moved)
     assert result.details["isomorphisms"] > 10**10 and not result.details["proven_optimal"]
     assert result.rmsd < 1e-6
@@ -215,13 +218,11 @@ def test_symmetric_and_degenerate_inputs_are_recovered_and_reported(smiles, shap
     """Moved, renumbered copies of symmetric molecules come back exactly in both modes, through
     the extra starts, with the degeneracy of their principal axes reported."""
     from groupae_cli.align import align_structures
-    from groupae_cli.io import Structure
 
     (s,), _, _ = conformers(smiles, count=1)
     sigma = rng.permutation(len(s))
     rotation = random_rotations(1).numpy()[0]
-    moved = Structure(s.numbers[sigma], (s.positions @ rotation.T + 3.0)[sigma], "copy", "", 0,
-                      bonds=np.argsort(sigma)[s.bonds], bond_orders=s.bond_orders, charges=s.charges[sigma])
+    moved = bonded_copy(s, rotation, 3.0, sigma)
     for match in ("elements", "graph"):
         result = align_structures(s, moved, match)
         assert result.rmsd < 1e-5, (smiles, match, result.rmsd)
