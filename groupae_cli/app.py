@@ -5,7 +5,7 @@ Heavy imports (torch, rdkit, h5py, ...) happen inside the commands, so `groupae 
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -31,7 +31,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     version: Annotated[
-        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = None,
 ) -> None:
     """Learn what a 3D structure is apart from its pose and atom order (SE(3) x S_n group autoencoder)."""

@@ -5,9 +5,9 @@ import gzip
 
 import numpy as np
 import pytest
+from conftest import split
 from typer.testing import CliRunner
 
-from conftest import split
 from groupae_cli.app import app
 from groupae_cli.errors import UsageError
 from groupae_cli.io import Failure, read_inputs, read_structures

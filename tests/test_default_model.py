@@ -12,9 +12,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import SAMPLE, split
 from typer.testing import CliRunner
 
-from conftest import SAMPLE, split
 from groupae_cli.app import app
 from groupae_cli.io import Structure, read_structures, write_structures
 from groupae_cli.io.checkpoint import read_checkpoint, resolve_model_path

@@ -4,9 +4,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import split
 from typer.testing import CliRunner
 
-from conftest import split
 from groupae_cli.app import app
 from groupae_cli.io import Structure, read_structures, write_structures
 from groupae_cli.models.symmetry import random_rotations

@@ -4,9 +4,9 @@ themselves shown to fail on deliberately broken models."""
 import numpy as np
 import pytest
 import torch
+from conftest import split
 from rdkit import Chem
 
-from conftest import split
 from groupae_cli.data import collate
 from groupae_cli.io import read_structures
 from groupae_cli.models import GroupAE, preset

@@ -7,9 +7,9 @@ import textwrap
 import h5py
 import numpy as np
 import pytest
+from conftest import split
 from typer.testing import CliRunner
 
-from conftest import split
 from groupae_cli.app import app
 from groupae_cli.io import read_structures
 from groupae_cli.io.hdf5 import embedding_writer

@@ -6,9 +6,9 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import split
 from rdkit import Chem
 
-from conftest import split
 from groupae_cli.io import POINT_TYPE, read_structures, write_structures
 from groupae_cli.io.formats import sniff
 from groupae_cli.io.ply import write_ply

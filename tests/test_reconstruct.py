@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import split
 from typer.testing import CliRunner
 
-from conftest import split
 from groupae_cli.app import app
 from groupae_cli.io import read_structures
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import split
 from typer.testing import CliRunner
 
-from conftest import split
 from groupae_cli.app import app
 from groupae_cli.errors import UsageError
 from groupae_cli.io import read_structures, write_structures

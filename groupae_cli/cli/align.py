@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -31,10 +31,10 @@ def _one(path: str, fmt: str | None):
 def align(
     a: Annotated[str, typer.Argument(help="The structure to move (A).")],
     b: Annotated[str, typer.Argument(help="The reference (B); with several records, A is aligned to each.")],
-    match: Annotated[Optional[str], typer.Option(help="elements (no bonds needed) or graph (bond-graph "
+    match: Annotated[str | None, typer.Option(help="elements (no bonds needed) or graph (bond-graph "
                                                        "isomorphisms); default: graph when both have bonds.")] = None,
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Write A moved onto B (.xyz/.sdf).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A checkpoint or shipped model whose learned "
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Write A moved onto B (.xyz/.sdf).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="A checkpoint or shipped model whose learned "
                                                  "guess is tried first (the answer with --no-refine); default: the "
                                                  "shipped default model, when it knows A's elements.")] = None,
     no_model: Annotated[bool, typer.Option("--no-model", help="No learned guess: the exact search alone.")] = False,

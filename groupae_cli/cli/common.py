@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,10 +15,10 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or 
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 Strict = Annotated[bool, typer.Option("--strict", help="Exit 1 if any record fails (default: skip and report).")]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, or cuda[:i].")]
-Model = Annotated[Optional[str], typer.Option("--model", "-m", help="A checkpoint path, or the name of a model shipped "
+Model = Annotated[str | None, typer.Option("--model", "-m", help="A checkpoint path, or the name of a model shipped "
                                               "with groupae (default: the shipped default model).")]
 Format = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--format", "-f", help="Input format (xyz, sdf, ply) when the extension does not tell, e.g. for '-'."),
 ]
 
@@ -54,4 +54,4 @@ def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
 
 
-__all__ = ["EXIT_USAGE", "Device", "Format", "Model", "Json", "Quiet", "Strict", "handle_errors", "print_json", "progress"]
+__all__ = ["EXIT_USAGE", "Device", "Format", "Json", "Model", "Quiet", "Strict", "handle_errors", "print_json", "progress"]

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from groupae_cli.cli.common import Device, Format, Model, Quiet, Strict, handle_errors, progress
+from groupae_cli.cli.common import (
+    Device,
+    Format,
+    Model,
+    Quiet,
+    Strict,
+    handle_errors,
+    progress,
+)
 
 DEFAULT_MODEL = "default"
 
@@ -35,7 +43,7 @@ def embed(
     out: Annotated[Path, typer.Option("--out", "-o", help="The HDF5 file to write.")],
     model: Model = None,
     batch_size: Annotated[int, typer.Option(help="Structures per batch.", min=1)] = 64,
-    shard: Annotated[Optional[str], typer.Option(help="i/N: embed only every N-th record, from the i-th (0-based).")] = None,
+    shard: Annotated[str | None, typer.Option(help="i/N: embed only every N-th record, from the i-th (0-based).")] = None,
     device: Device = "auto",
     fmt: Format = None,
     strict: Strict = False,

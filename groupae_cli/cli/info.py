@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from groupae_cli.cli.common import Format, Json, Quiet, Strict, handle_errors, print_json, progress
+from groupae_cli.cli.common import (
+    Format,
+    Json,
+    Quiet,
+    Strict,
+    handle_errors,
+    print_json,
+    progress,
+)
 
 _HDF5 = (".h5", ".hdf5")
 _CHECKPOINT = (".ckpt", ".pt")

@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from groupae_cli.cli.common import Device, Format, Json, Model, Quiet, Strict, handle_errors, print_json, progress
+from groupae_cli.cli.common import (
+    Device,
+    Format,
+    Json,
+    Model,
+    Quiet,
+    Strict,
+    handle_errors,
+    print_json,
+    progress,
+)
 
 
 @handle_errors

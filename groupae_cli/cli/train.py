@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,19 +13,19 @@ from groupae_cli.cli.common import Device, Format, Quiet, Strict, handle_errors
 @handle_errors
 def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory: config.yaml, metrics.csv, best.ckpt, last.ckpt.")],
-    files: Annotated[Optional[list[str]], typer.Argument(help="Structure files (XYZ, SDF/MOL, PLY; .gz); "
+    files: Annotated[list[str] | None, typer.Argument(help="Structure files (XYZ, SDF/MOL, PLY; .gz); "
                                                      "none with --resume.")] = None,
     preset: Annotated[str, typer.Option(help="Model size: tiny, small, medium, large, tetris.")] = "small",
-    config: Annotated[Optional[Path], typer.Option("--config", help="YAML with 'model:' and 'train:' sections; options given here win.")] = None,
-    embedding_dim: Annotated[Optional[int], typer.Option(help="Size of the invariant embedding z.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default 50).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Structures per batch (default 32).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 2e-3).")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Share of molecules held out (default 0.1).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for the split, the weights and the batches.")] = None,
-    graph: Annotated[Optional[str], typer.Option(help="radius (molecules) or knn (sparse point clouds).")] = None,
-    cutoff: Annotated[Optional[float], typer.Option(help="Radius-graph cutoff (Å for molecules).")] = None,
-    curriculum: Annotated[Optional[float], typer.Option(help="Fraction of epochs over which the largest size allowed grows.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML with 'model:' and 'train:' sections; options given here win.")] = None,
+    embedding_dim: Annotated[int | None, typer.Option(help="Size of the invariant embedding z.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default 50).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Structures per batch (default 32).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 2e-3).")] = None,
+    val_fraction: Annotated[float | None, typer.Option(help="Share of molecules held out (default 0.1).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for the split, the weights and the batches.")] = None,
+    graph: Annotated[str | None, typer.Option(help="radius (molecules) or knn (sparse point clouds).")] = None,
+    cutoff: Annotated[float | None, typer.Option(help="Radius-graph cutoff (Å for molecules).")] = None,
+    curriculum: Annotated[float | None, typer.Option(help="Fraction of epochs over which the largest size allowed grows.")] = None,
     augment: Annotated[bool, typer.Option("--augment", help="Random pose and order per batch (invariance is exact without).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.ckpt.")] = False,
     device: Device = "auto",

@@ -10,16 +10,24 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from groupae_cli.errors import Failure, UsageError
-from groupae_cli.io.formats import STDIN, format_from_name, open_binary, peek_head, resolve, sniff, written_atomically
+from groupae_cli.io.formats import (
+    STDIN,
+    format_from_name,
+    open_binary,
+    peek_head,
+    resolve,
+    sniff,
+    written_atomically,
+)
 from groupae_cli.io.records import POINT_TYPE, Structure, check
 
 __all__ = [
-    "Failure",
     "POINT_TYPE",
+    "Failure",
     "Structure",
     "check",
-    "read_structures",
     "read_inputs",
+    "read_structures",
     "resolve_inputs",
     "write_structures",
 ]

@@ -3,4 +3,4 @@
 from groupae_cli.models.autoencoder import GroupAE
 from groupae_cli.models.config import PRESETS, ModelConfig, preset
 
-__all__ = ["GroupAE", "ModelConfig", "PRESETS", "preset"]
+__all__ = ["PRESETS", "GroupAE", "ModelConfig", "preset"]

@@ -16,7 +16,12 @@ from groupae_cli.models.decoder import Decoder
 from groupae_cli.models.encoder import Encoder
 from groupae_cli.models.graph import Layout, build_edges
 from groupae_cli.models.heads import NodeInvariants, RotationHead, centroid, mlp
-from groupae_cli.models.permutation import ScoreHead, canonical_order, hard_permutation, soft_permutation
+from groupae_cli.models.permutation import (
+    ScoreHead,
+    canonical_order,
+    hard_permutation,
+    soft_permutation,
+)
 
 
 class GroupAE(nn.Module):

@@ -116,4 +116,4 @@ def preset(name: str, **overrides) -> ModelConfig:
     return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
 
 
-__all__ = ["ModelConfig", "ORGANIC", "POINTS", "PRESETS", "preset"]
+__all__ = ["ORGANIC", "POINTS", "PRESETS", "ModelConfig", "preset"]

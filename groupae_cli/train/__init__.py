@@ -21,7 +21,7 @@ from groupae_cli.train.dataset import (
 )
 from groupae_cli.train.loop import Distributed, Trainer
 
-__all__ = ["TrainConfig", "Trainer", "train_from_files", "read_run_config", "write_run_config"]
+__all__ = ["TrainConfig", "Trainer", "read_run_config", "train_from_files", "write_run_config"]
 
 CACHE, SPLIT, CONFIG = "cache.npz", "split.json", "config.yaml"
 
