@@ -44,9 +44,9 @@ def main() -> None:
             rd_cmd = [sys.executable, "-c", RDKIT, str(path)]
             embed_cmd = [sys.executable, "-m", "groupae_cli", "embed", str(path), "-o", f"{tmp}/out{n}.h5",
                          "--model", args.model, "--device", "cpu", "--quiet", "--batch-size", str(args.batch_size)]
-            wrap = [sys.executable, "-c", "import json,subprocess,sys,time,resource;"
+            wrap = [sys.executable, "-c", ("import json,subprocess,sys,time,resource;"
                     "t=time.perf_counter();subprocess.run(sys.argv[1:],check=True,capture_output=True);"
-                    "print(json.dumps([time.perf_counter()-t,resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024]))"]
+                    "print(json.dumps([time.perf_counter()-t,resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024]))")]
             rd_s, rd_mb = json.loads(subprocess.run(wrap + rd_cmd, capture_output=True, text=True, check=True).stdout)
             em_s, em_mb = json.loads(subprocess.run(wrap + embed_cmd, capture_output=True, text=True, check=True).stdout)
             rows.append((n, rd_s, rd_mb, em_s, em_mb))

@@ -146,17 +146,18 @@ def bench(preset_name: str, lmax: int, n_mols: int, repeats: int) -> list[dict]:
     rows = []
     for name, block in blocks.items():
         err = equivariance_error(block, irreps, h, pos, src, dst, encoder)
-        rows.append(dict(preset=preset_name, lmax=lmax, layer=name, params=sum(p.numel() for p in block.parameters()),
-                         atoms=len(pos), edges=len(src), fwd_ms=1e3 * t[name, "fwd"], fb_ms=1e3 * t[name, "fb"],
-                         mols_s=n_mols / t[name, "fb"], eq_err=err))
+        rows.append({"preset": preset_name, "lmax": lmax, "layer": name,
+                     "params": sum(p.numel() for p in block.parameters()), "atoms": len(pos), "edges": len(src),
+                     "fwd_ms": 1e3 * t[name, "fwd"], "fb_ms": 1e3 * t[name, "fb"], "mols_s": n_mols / t[name, "fb"],
+                     "eq_err": err})
         print(f"  {preset_name} lmax={lmax} {name:16s} fwd+bwd {1e3 * t[name, 'fb']:8.1f} ms  equivariance "
               f"{err:.1e} {'ok' if err < 1e-4 else 'FAIL'}", flush=True)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| preset | sh lmax | layer | params | atoms | edges | fwd ms | fwd+bwd ms | mol/s (fwd+bwd) "
-             "| vs uvu | equiv. err |", "|" + "---|" * 11]
+    lines = [("| preset | sh lmax | layer | params | atoms | edges | fwd ms | fwd+bwd ms | mol/s (fwd+bwd) "
+              "| vs uvu | equiv. err |"), "|" + "---|" * 11]
     for r in rows:
         base = next(b for b in rows if b["preset"] == r["preset"] and b["lmax"] == r["lmax"] and b["layer"] == "uvu")
         lines.append(f"| {r['preset']} | {r['lmax']} | {r['layer']} | {r['params']:,} | {r['atoms']} | {r['edges']:,} "

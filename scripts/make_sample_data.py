@@ -74,8 +74,7 @@ def write_xyz(path, frames):
     with open(path, "w") as fh:
         for title, symbols, pos in frames:
             fh.write(f"{len(symbols)}\n{title}\n")
-            for s, (x, y, z) in zip(symbols, pos):
-                fh.write(f"{s:<2s} {x:15.8f} {y:15.8f} {z:15.8f}\n")
+            fh.writelines(f"{s:<2s} {x:15.8f} {y:15.8f} {z:15.8f}\n" for s, (x, y, z) in zip(symbols, pos))
 
 
 def write_ply(path, arr, text):

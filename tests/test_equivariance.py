@@ -128,7 +128,12 @@ def broken(kind, monkeypatch):
         monkeypatch.setattr(ae, "centroid", lambda x, layout: real(x, layout) + x.new_tensor([1.0, 0.0, 0.0]))
     elif kind == "transposed permutation":  # the paper's other trap
         order = ae.canonical_order
-        monkeypatch.setattr(ae, "canonical_order", lambda *a, **k: (lambda o, t: (torch.argsort(o, dim=1), t))(*order(*a, **k)))
+
+        def transposed(*a, **k):
+            o, t = order(*a, **k)
+            return torch.argsort(o, dim=1), t
+
+        monkeypatch.setattr(ae, "canonical_order", transposed)
     return m
 
 

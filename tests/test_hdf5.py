@@ -72,10 +72,9 @@ def test_written_file_holds_every_batch(sample, tmp_path, rng):
 def test_interrupted_write_leaves_no_file_under_the_final_name(sample, tmp_path, rng):
     structures, _ = split(read_structures(sample / "molecules.sdf"))
     out = tmp_path / "emb.h5"
-    with pytest.raises(KeyboardInterrupt):
-        with embedding_writer(out, DIM) as writer:
-            writer.append(*batch(structures[:50], rng))
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), embedding_writer(out, DIM) as writer:
+        writer.append(*batch(structures[:50], rng))
+        raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
 
 
@@ -103,9 +102,8 @@ def test_batch_not_matching_the_schema_is_refused(tmp_path, rng, sample):
     structures, _ = split(read_structures(sample / "tetris.xyz"))
     records, atoms = batch(structures, rng)
     del records["degenerate"]
-    with pytest.raises(ValueError, match="do not match the schema"):
-        with embedding_writer(tmp_path / "x.h5", DIM) as writer:
-            writer.append(records, atoms)
+    with pytest.raises(ValueError, match="do not match the schema"), embedding_writer(tmp_path / "x.h5", DIM) as writer:
+        writer.append(records, atoms)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -43,7 +43,7 @@ def trained(subset, tmp_path_factory):
 
 
 def test_run_directory_holds_what_it_promises(trained):
-    run, history = trained
+    run, _ = trained
     assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.csv", "best.ckpt", "last.ckpt", "cache.npz", "split.json"}
     lines = (run / "metrics.csv").read_text().splitlines()
     assert len(lines) == 5 and lines[0].startswith("epoch,lr,tau")
@@ -144,7 +144,7 @@ def test_torchrun_two_processes_train_one_checkpoint(subset, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "groupae_cli", "train", str(subset), "-o", str(tmp_path), "--preset", "tiny", "--epochs", "1",
            "--batch-size", "8", "--device", "cpu", "--quiet"]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 2

@@ -53,7 +53,7 @@ def read_checkpoint(name_or_path: str | Path) -> dict:
     path = resolve_model_path(name_or_path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # not a torch file, or one holding pickled code
+    except Exception as exc:  # noqa: BLE001 - not a torch file, or one holding pickled code
         raise UsageError(f"{path}: not a groupae checkpoint ({str(exc).splitlines()[0][:120]})") from None
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise UsageError(f"{path}: not a groupae checkpoint (no format_version)")

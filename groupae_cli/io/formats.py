@@ -90,7 +90,7 @@ def open_binary(path: str) -> BinaryIO:
     if path == STDIN:
         raw = io.BufferedReader(sys.stdin.buffer, 1 << 16)  # type: ignore[arg-type]
     else:
-        raw = open(path, "rb", buffering=1 << 16)
+        raw = open(path, "rb", buffering=1 << 16)  # noqa: SIM115 - the caller owns the stream
     if raw.peek(2)[:2] == GZIP_MAGIC:
         return io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), 1 << 16)  # type: ignore[arg-type]
     return raw

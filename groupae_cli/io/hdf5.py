@@ -126,7 +126,7 @@ class RecordWriter:
         finally:
             self.tmp_path.unlink(missing_ok=True)
 
-    def __enter__(self) -> RecordWriter:
+    def __enter__(self) -> RecordWriter:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

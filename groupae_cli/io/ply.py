@@ -36,7 +36,7 @@ def read_ply(stream: BinaryIO, source: str) -> Iterator[Structure | Failure]:
         missing = [c for c in _XYZ if c not in vertex.dtype.names]
         if missing:
             raise ValueError(f"vertex element lacks {', '.join(missing)}")
-    except Exception as exc:  # plyfile raises PlyHeaderParseError, PlyElementParseError, ValueError, ...
+    except Exception as exc:  # noqa: BLE001 - plyfile raises PlyHeaderParseError, PlyElementParseError, ValueError, ...
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         text = text if len(text) <= 100 else text[:97] + "..."
         yield Failure(source, 0, f"broken PLY: {text}", name)

@@ -149,7 +149,7 @@ def to_rdkit(structure: Structure, perceive_bonds: bool = True):
         with rdkit_messages():
             try:
                 rdDetermineBonds.DetermineConnectivity(mol)
-            except Exception:  # geometry too odd to perceive bonds from: write atoms only
+            except Exception:  # noqa: BLE001, S110 - geometry too odd to perceive bonds from: write atoms only
                 pass
     mol.SetProp("_Name", structure.name)
     mol.UpdatePropertyCache(strict=False)

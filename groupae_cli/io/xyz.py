@@ -148,7 +148,7 @@ def read_xyz(stream: BinaryIO, source: str) -> Iterator[Structure | Failure]:
             structure = _parse_frame("".join(frame + body), frame[1], source, index, f"{stem}:{index}")
         except KeyError as exc:
             yield Failure(source, index, f"unknown element symbol {exc.args[0]!r}", name)
-        except Exception as exc:  # ase raises many types for malformed frames
+        except Exception as exc:  # noqa: BLE001 - ase raises many types for malformed frames
             yield Failure(source, index, f"line {lineno}: malformed frame ({exc})", name)
         else:
             yield checked(structure)

@@ -66,7 +66,7 @@ class StructureSet:
         groups = self.groups()
         unique = np.unique(groups)
         rng = np.random.default_rng(seed)
-        n_val = int(round(val_fraction * len(unique)))
+        n_val = round(val_fraction * len(unique))
         if val_fraction > 0:
             n_val = max(1, min(n_val, len(unique) - 1))
         val_groups = rng.choice(unique, size=n_val, replace=False) if n_val else np.array([], dtype=groups.dtype)

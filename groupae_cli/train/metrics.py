@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -76,7 +77,7 @@ def by_size(model, batches: Iterable[dict]) -> list[dict]:
 def size_table(cat: dict[str, np.ndarray]) -> list[dict]:
     """Median RMSD, element and permutation accuracy per size bin of `all_structures` output."""
     table = []
-    for lo, hi in zip(SIZE_BINS[:-1], SIZE_BINS[1:]):
+    for lo, hi in pairwise(SIZE_BINS):
         sel = (cat["n_atoms"] > lo) & (cat["n_atoms"] <= hi)
         if sel.any():
             table.append({"atoms": f"{lo + 1}-{hi}" if hi < 10**9 else f">{lo}", "records": int(sel.sum()),

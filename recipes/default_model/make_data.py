@@ -49,7 +49,7 @@ class Output:
 
     def __init__(self, path: Path):
         self.path, self.tmp = path, path.with_name(path.name + ".part")
-        self.raw = open(self.tmp, "wb")
+        self.raw = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()
         self.gz = gzip.GzipFile(filename="", mode="wb", fileobj=self.raw, mtime=0)
         self.text = io.TextIOWrapper(self.gz, encoding="utf-8", newline="\n")
         self.writer = Chem.SDWriter(self.text)
@@ -135,7 +135,7 @@ def qm9_mol(elements, xyz):
             perceive(mol)
             Chem.MolToMolBlock(mol)  # the molecule must also be writable
             return mol, method
-        except Exception:  # ValueError (no valid bond orders, bad valence), RuntimeError, ...
+        except Exception:  # noqa: BLE001, S112 - ValueError (no valid bond orders, bad valence), RuntimeError, ...
             continue
     return bare, "none"
 
