@@ -65,3 +65,13 @@ def test_console_script_runs(sample):
     result = subprocess.run([sys.executable, "-m", "groupae_cli", "info", str(sample / "tetris.xyz"), "--json"],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0 and json.loads(result.stdout)["records"] == 8
+
+
+def test_models_load_without_torch_dynamo():
+    """Start-up: e3nn comes in without torch._dynamo (about 1.3 s per command), and torch's own
+    compiler.disable is back afterwards."""
+    code = ("import sys, torch; d = torch.compiler.disable; from groupae_cli.io.checkpoint import load_model; "
+            "load_model('default'); print('torch._dynamo' in sys.modules, torch.compiler.disable is d)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["False", "True"]
