@@ -10,7 +10,7 @@ Pairs:
 Graph mode is compared with RDKit's GetBestRMS (its default maxMatches, 10^6; the reference
 optimum is the better of the two where RDKit hits its cap, and RDKit's own answer otherwise).
 Element mode is compared with an exhaustive multi-start search (the same refinement from 300
-random rotations, another seed, plus the 24 principal-axis starts) and with a plain
+random rotations as well as its own 84 starts) and with a plain
 principal-axes + Hungarian baseline (one assignment, no iteration, best of the 4 proper sign
 choices). With a model, the learned guess alone (`--no-refine`) is scored against the optimum.
 """

@@ -72,7 +72,7 @@ def test_a_given_guess_is_used_first_and_can_stand_alone(molecules, rng):
     assert alone.starts == 1 and alone.rmsd < 1e-9
     np.testing.assert_array_equal(alone.mapping, np.arange(len(s)))
     refined = align(s.positions, s.numbers, moved, s.numbers, guess=(rotation, shift))
-    assert refined.details["guess_was_optimal"] and refined.starts == 1 + 24 + 48  # guess, axes, random
+    assert refined.details["guess_was_optimal"] and refined.starts == 1 + 24 + 60  # guess, axes, spread
 
 
 # --- graph mode --------------------------------------------------------------------------------
