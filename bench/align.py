@@ -32,6 +32,7 @@ from groupae_cli.align import (
     align_structures,
     assign,
     axis_starts,
+    fit_rmsd,
     kabsch,
 )
 from groupae_cli.embed import usable
@@ -88,8 +89,7 @@ def baseline(a: Structure, b: Structure) -> float:
     for rotation in axis_starts(a.positions, b.positions):
         translation = b.positions.mean(0) - a.positions.mean(0) @ rotation.T
         mapping = assign(a.positions @ rotation.T + translation, b.positions, a.numbers, b.numbers)
-        r, t = kabsch(a.positions, b.positions[mapping])
-        best = min(best, float(np.sqrt(((a.positions @ r.T + t - b.positions[mapping]) ** 2).sum(-1).mean())))
+        best = min(best, fit_rmsd(a.positions, b.positions[mapping], *kabsch(a.positions, b.positions[mapping])))
     return best
 
 

@@ -11,3 +11,8 @@ __version__ = "0.1.0"
 #: Models shipped inside the package, found by name (groupae_cli/pretrained/NAME.ckpt). Defined
 #: here, free of torch, so that commands can tell a shipped name without importing it.
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+
+def shipped_model_path(name: str | Path) -> Path:
+    """Where the shipped model called `name` lives (whether or not there is one)."""
+    return PRETRAINED_DIR / f"{name}.ckpt"

@@ -5,8 +5,8 @@ and one-to-one mappings that keep elements (`--match elements`) or are bond-grap
 Element mode: refinement alternates an assignment step (scipy's Hungarian `linear_sum_assignment`
 on squared distances, within each element) and a proper-rotation Kabsch step until the mapping
 stops changing. Starting poses: a given guess (the learned one, when a model is used), the proper
-rotations that carry A's principal axes onto B's (every sign choice and order: 24), and random
-rotations. The best result over all starts wins.
+rotations that carry A's principal axes onto B's (every sign choice and order: 24), and 60 evenly
+spread rotations between the two principal frames. The best result over all starts wins.
 
 Graph mode: skeleton isomorphisms times permutations of interchangeable terminal atoms, searched
 best bound first (see `align_graph`); exact where it says `proven_optimal`.
@@ -188,6 +188,13 @@ def axis_starts(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0, ord
     return starts
 
 
+def start_poses(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The search's starting poses (rotation, translation): every rotation of `axis_starts` (axis
+    orders and the spread set, plus `extra` random ones), centroid onto centroid."""
+    ta, tb = a.mean(0), b.mean(0)
+    return [(rotation, tb - ta @ rotation.T) for rotation in axis_starts(a, b, extra, seed, orders=True, spread=True)]
+
+
 def align(a_positions: np.ndarray, a_numbers: np.ndarray, b_positions: np.ndarray, b_numbers: np.ndarray,
           guess: tuple[np.ndarray, np.ndarray] | None = None, extra_starts: int = 0,
           refine_guess: bool = True, seed: int = 0) -> AlignResult:
@@ -205,10 +212,7 @@ def align(a_positions: np.ndarray, a_numbers: np.ndarray, b_positions: np.ndarra
         rotation, translation = guess
         mapping = assign(a @ rotation.T + translation, b, za, zb)
         return AlignResult(fit_rmsd(a, b[mapping], rotation, translation), rotation, translation, mapping, starts=1)
-    poses = [guess] if guess is not None else []
-    ta, tb = a.mean(0), b.mean(0)
-    for rotation in axis_starts(a, b, extra_starts, seed, orders=True, spread=True):
-        poses.append((rotation, tb - ta @ rotation.T))
+    poses = ([guess] if guess is not None else []) + start_poses(a, b, extra_starts, seed)
     results = [refine(a, b, za, zb, r, t) for r, t in poses]
     best = min(range(len(results)), key=lambda k: results[k].rmsd)
     result = results[best]
@@ -336,9 +340,8 @@ class _GraphSearch:
         mapping = base.copy()
         for (atoms_a, atoms_b), pick in zip(pairs, picks):
             mapping[atoms_a] = atoms_b[self.perms[len(atoms_a)][pick]]
-        rotation, translation = kabsch(self.pa, self.pb[mapping])
-        ssd = float(((self.pa @ rotation.T + translation - self.pb[mapping]) ** 2).sum())
-        return ssd, rotation, translation, mapping
+        rotations, translations, ssd = kabsch_many(self.pa, self.pb[mapping][None])
+        return float(ssd[0]), rotations[0], translations[0], mapping
 
     def exhaustive(self, skeleton_row: np.ndarray, chunk: int = 65_536) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
         """The best fit over every permutation within the groups: (ssd, rotation, translation,
@@ -447,9 +450,7 @@ def align_graph(a, b, guess: tuple[np.ndarray, np.ndarray] | None = None, extra_
             if found[0] < best[0]:
                 best = found
     else:
-        poses = []
-        for rotation in axis_starts(pa, pb, extra_starts, orders=True, spread=True):
-            poses.append((rotation, pb.mean(0) - pa.mean(0) @ rotation.T))
+        poses = start_poses(pa, pb, extra_starts)
         for r in (refine(pa, pb, classes_a, classes_b, r, t) for r, t in poses):
             if is_isomorphism(r.mapping, a.bonds, b.bonds) and r.rmsd ** 2 * len(pa) < best[0]:
                 best = (r.rmsd ** 2 * len(pa), r.rotation, r.translation, r.mapping)

@@ -88,10 +88,10 @@ def info(
 ) -> None:
     """Show what a file holds: records, atoms, elements, bonds and failures; an HDF5 file's datasets;
     or a checkpoint's versions, config and training figures."""
-    from groupae_cli import PRETRAINED_DIR
+    from groupae_cli import shipped_model_path
     from groupae_cli.errors import FailureReport, UsageError
 
-    shipped = PRETRAINED_DIR / f"{path}.ckpt"  # a shipped model by name ("default")
+    shipped = shipped_model_path(path)  # a shipped model by name ("default")
     if path != "-" and (Path(path).suffix.lower() in _CHECKPOINT or (not Path(path).exists() and shipped.is_file())):
         described = _describe_checkpoint(path)
         print_json(described) if json else _print_checkpoint(described)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from groupae_cli import PRETRAINED_DIR, __version__
+from groupae_cli import PRETRAINED_DIR, __version__, shipped_model_path
 from groupae_cli.errors import UsageError
 from groupae_cli.io.formats import written_atomically
 
@@ -42,7 +42,7 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped = PRETRAINED_DIR / f"{name_or_path}.ckpt"
+    shipped = shipped_model_path(name_or_path)
     if shipped.is_file():
         return shipped
     known = sorted(p.stem for p in PRETRAINED_DIR.glob("*.ckpt")) if PRETRAINED_DIR.is_dir() else []

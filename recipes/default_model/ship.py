@@ -12,12 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from groupae_cli.io.checkpoint import (
-    PRETRAINED_DIR,
-    export_checkpoint,
-    load_model,
-    sha256,
-)
+from groupae_cli import PRETRAINED_DIR, shipped_model_path
+from groupae_cli.io.checkpoint import export_checkpoint, load_model, sha256
 
 
 def main(argv=None) -> int:
@@ -26,7 +22,7 @@ def main(argv=None) -> int:
     parser.add_argument("--name", default="default", help="shipped model name (default: default)")
     args = parser.parse_args(argv)
     PRETRAINED_DIR.mkdir(exist_ok=True)
-    target = PRETRAINED_DIR / f"{args.name}.ckpt"
+    target = shipped_model_path(args.name)
     export_checkpoint(args.checkpoint, target, {"recipe": "recipes/default_model"})
     load_model(target)  # it must load as users will load it
     print(f"{target}: {target.stat().st_size / 1e6:.2f} MB, sha256 {sha256(target)}")
