@@ -107,7 +107,7 @@ def anchor_frames(dense: torch.Tensor, mask: torch.Tensor, u1: torch.Tensor | No
     forms = dense[:, None] @ frames  # (B, K1*K2, N, 3)
     key = form_key(forms, mask[:, None])
     key = key.masked_fill(~(valid1[:, :, None] & valid2).reshape(len(dense), -1), -torch.inf)
-    return frames[torch.arange(len(dense)), key.argmax(1)]
+    return frames[torch.arange(len(dense), device=dense.device), key.argmax(1)]
 
 
 class RotationHead(nn.Module):

@@ -15,7 +15,7 @@ from groupae_cli.data import BATCH, N_ATOMS, POSITIONS, TYPES
 
 def random_rotations(n: int, dtype=torch.float64, generator: torch.Generator | None = None) -> torch.Tensor:
     """(n, 3, 3) uniformly random proper rotations (QR of Gaussian matrices, det fixed to +1)."""
-    q, r = torch.linalg.qr(torch.randn(n, 3, 3, dtype=torch.float64, generator=generator))
+    q, r = torch.linalg.qr(torch.randn(n, 3, 3, dtype=torch.float64, generator=generator, device="cpu"))
     q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
     q[:, :, 0] *= torch.linalg.det(q)[:, None]
     return q.to(dtype)
@@ -37,13 +37,15 @@ class GroupElement:
     def random(cls, batch: dict[str, torch.Tensor], shift: float = 10.0, permute: bool = True,
                generator: torch.Generator | None = None) -> GroupElement:
         n_atoms = batch[N_ATOMS]
-        dtype = batch[POSITIONS].dtype
+        dtype, device = batch[POSITIONS].dtype, batch[POSITIONS].device
         offsets = torch.cumsum(n_atoms, 0) - n_atoms
-        pieces = [off + (torch.randperm(int(n), generator=generator) if permute else torch.arange(int(n)))
+        # drawn on the CPU (a seeded CPU generator gives the same draw whatever the batch's device)
+        pieces = [off + (torch.randperm(int(n), generator=generator, device="cpu") if permute
+                         else torch.arange(int(n), device="cpu"))
                   for off, n in zip(offsets.tolist(), n_atoms.tolist())]
-        return cls(random_rotations(len(n_atoms), dtype, generator),
-                   shift * torch.randn(len(n_atoms), 3, dtype=torch.float64, generator=generator).to(dtype),
-                   torch.cat(pieces).to(n_atoms.device))
+        shifts = shift * torch.randn(len(n_atoms), 3, dtype=torch.float64, generator=generator, device="cpu")
+        return cls(random_rotations(len(n_atoms), dtype, generator).to(device), shifts.to(dtype).to(device),
+                   torch.cat(pieces).to(device))
 
     def apply_points(self, x: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
         """sigma . (X R0^T + t0) for per-atom points x (A, 3) in the original numbering."""

@@ -27,7 +27,9 @@ def per_structure(model, batch: dict) -> dict[str, np.ndarray]:
     predicted = out["reconstruction_logits"].argmax(-1)
     elements = layout.pool((predicted == batch[TYPES]).to(sq.dtype)) / n
     # the slot the model sends each atom to, against the Hungarian-optimal slot for its own decoding
-    rank = torch.empty_like(out["order"]).scatter_(1, out["order"], torch.arange(out["order"].shape[1]).expand_as(out["order"]).contiguous())
+    order = out["order"]
+    slots = torch.arange(order.shape[1], device=order.device).expand_as(order).contiguous()
+    rank = torch.empty_like(order).scatter_(1, order, slots)
     best = hungarian_slots(out, batch)
     agree = ((rank == best) & layout.mask).sum(1).to(sq.dtype) / n
     return {"rmsd": rmsd.cpu().numpy(), "baseline_rmsd": baseline.cpu().numpy(), "element_acc": elements.cpu().numpy(),
