@@ -32,7 +32,11 @@ def _elements(model, logits: torch.Tensor) -> np.ndarray:
 
 @torch.inference_mode()
 def reconstruct(model, structures: Sequence[Structure], device: torch.device) -> list[Reconstruction]:
-    """Encode and decode a batch of structures; X_hat = P^T (Y R^T) + t with the hard permutation."""
+    """Encode and decode a batch of structures; X_hat = P^T (Y R^T) + t with the hard permutation.
+
+    The decoded structures keep the input's bonds and formal charges, and carry their RMSD and
+    element accuracy as SD properties.
+    """
     batch = to_device(collate(structures, model.config.elements), device)
     out = model(batch)
     x_hat = out["reconstruction"].double().cpu().numpy()
@@ -42,8 +46,12 @@ def reconstruct(model, structures: Sequence[Structure], device: torch.device) ->
         stop = start + len(s)
         positions, numbers = x_hat[start:stop], elements[start:stop]
         rmsd = float(np.sqrt(((positions - s.positions) ** 2).sum(-1).mean()))
-        decoded = Structure(numbers, positions, s.name, s.source, s.index)
-        results.append(Reconstruction(decoded, rmsd, float((numbers == s.numbers).mean())))
+        accuracy = float((numbers == s.numbers).mean())
+        properties = {"groupae_rmsd": f"{rmsd:.4f}", "groupae_element_accuracy": f"{accuracy:.4f}"}
+        # same atom order as the input, so its bonds and charges carry over
+        decoded = Structure(numbers, positions, s.name, s.source, s.index, bonds=s.bonds,
+                            bond_orders=s.bond_orders, charges=s.charges, properties=properties)
+        results.append(Reconstruction(decoded, rmsd, accuracy))
         start = stop
     return results
 
@@ -115,4 +123,16 @@ def decode_embeddings(model, path: str | Path, device: torch.device, batch_size:
                 yield Reconstruction(decoded, None, None)
 
 
-__all__ = ["Reconstruction", "decode_embeddings", "reconstruct", "reconstruct_stream"]
+def summarise(rows: Sequence[dict]) -> dict:
+    """Figures over all records: their number and, where known, median and mean RMSD (Å) and
+    element accuracy over all atoms."""
+    summary: dict = {"n_records": len(rows)}
+    rmsds = [r["rmsd"] for r in rows if r["rmsd"] is not None]
+    if rmsds:
+        atoms = sum(r["n_atoms"] for r in rows)
+        summary |= {"rmsd_median": float(np.median(rmsds)), "rmsd_mean": float(np.mean(rmsds)),
+                    "element_accuracy": sum(r["element_accuracy"] * r["n_atoms"] for r in rows) / atoms}
+    return summary
+
+
+__all__ = ["Reconstruction", "decode_embeddings", "reconstruct", "reconstruct_stream", "summarise"]

@@ -1,10 +1,12 @@
 """`groupae reconstruct`: decoded structures and their errors, from structure files and embed files."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 from conftest import split
+from rdkit import Chem
 from typer.testing import CliRunner
 
 from groupae_cli.app import app
@@ -14,10 +16,35 @@ runner = CliRunner()
 SAMPLE = __import__("conftest").SAMPLE
 
 
+SUMMARY = re.compile(r"summary: (\d+) records, RMSD median (\S+) Å \(mean (\S+)\), element accuracy (\S+)%")
+BOND_SOURCES = {"input", "perceived", "connectivity", "none"}
+
+
 def run(*args):
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     return result
+
+
+@pytest.fixture(scope="module")
+def molecules(tmp_path_factory):
+    """The first 24 records of the sample SDF: enough variety, a few seconds to reconstruct."""
+    records = (SAMPLE / "molecules.sdf").read_text().split("$$$$\n")[:24]
+    path = tmp_path_factory.mktemp("sdf") / "molecules_24.sdf"
+    path.write_text("$$$$\n".join(records) + "$$$$\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def decoded(molecules, tmp_path_factory):
+    """(JSON output, SDF written) of reconstructing `molecules` with the shipped default model."""
+    out = tmp_path_factory.mktemp("decoded") / "decoded.sdf"
+    return json.loads(run("reconstruct", molecules, "-o", out, "--device", "cpu", "--json").stdout), out
+
+
+def graph(mol):
+    return ({(b.GetBeginAtomIdx(), b.GetEndAtomIdx(), b.GetBondType()) for b in mol.GetBonds()},
+            [a.GetFormalCharge() for a in mol.GetAtoms()])
 
 
 def test_reconstruct_writes_structures_and_their_errors(checkpoint, tmp_path):
@@ -32,7 +59,50 @@ def test_reconstruct_writes_structures_and_their_errors(checkpoint, tmp_path):
         rmsd = np.sqrt(((after.positions - before.positions) ** 2).sum(-1).mean())
         assert row["rmsd"] == pytest.approx(rmsd, abs=1e-3)  # the SDF keeps 4 decimals
         assert row["element_accuracy"] == pytest.approx((after.numbers == before.numbers).mean())
-        assert after.has_bonds and len(after.bonds) > 0  # perceived from the decoded geometry
+
+
+def test_sdf_reconstructions_read_back_with_the_input_bonds_and_charges(molecules, decoded):
+    rows, out = decoded
+    assert all(m is not None for m in Chem.SDMolSupplier(str(out)))  # default sanitisation, every record
+    inputs = list(Chem.SDMolSupplier(str(molecules), removeHs=False))
+    outputs = list(Chem.SDMolSupplier(str(out), removeHs=False))
+    assert len(outputs) == len(inputs) == len(rows["records"]) == 24
+    for row, before, after in zip(rows["records"], inputs, outputs):
+        assert after.GetProp("_Name") == before.GetProp("_Name") == row["name"]
+        assert after.GetProp("groupae_bonds") == "input"
+        assert graph(after) == graph(before)  # same bonds, orders and formal charges, same atom order
+        assert float(after.GetProp("groupae_rmsd")) == pytest.approx(row["rmsd"], abs=1e-4)
+        assert float(after.GetProp("groupae_element_accuracy")) == pytest.approx(row["element_accuracy"], abs=1e-4)
+
+
+@pytest.mark.parametrize("trained", [True, False], ids=["default-model", "untrained"])
+def test_reconstructions_without_input_bonds_read_back(checkpoint, tmp_path, trained):
+    """Bonds perceived from a blurred decoding (or, untrained, nonsense) never make an unreadable record."""
+    source = SAMPLE / "xyz" / "molecules_10.xyz"
+    out = tmp_path / "decoded.sdf"
+    run("reconstruct", source, "-o", out, "--model", "default" if trained else checkpoint, "--device", "cpu",
+        "--quiet")
+    mols = list(Chem.SDMolSupplier(str(out)))
+    assert len(mols) == 10 and all(m is not None for m in mols)
+    for mol, before in zip(mols, split(read_structures(source))[0]):
+        assert mol.GetProp("_Name") == before.name
+        assert mol.GetProp("groupae_bonds") in BOND_SOURCES - {"input"}
+        assert mol.HasProp("groupae_rmsd") and mol.HasProp("groupae_element_accuracy")
+
+
+def test_summary_line_and_json_summary(molecules, decoded, tmp_path):
+    lines = run("reconstruct", molecules, "-o", tmp_path / "decoded.xyz", "--device", "cpu", "--quiet").stdout.splitlines()
+    table = [float(line.split("\t")[3]) for line in lines[1:-1]]
+    n, median, mean, accuracy = SUMMARY.fullmatch(lines[-1]).groups()
+    assert int(n) == len(table) == 24
+    assert float(median) == pytest.approx(np.median(table), abs=0.006)  # the line keeps 2 decimals
+    assert float(mean) == pytest.approx(np.mean(table), abs=0.006)
+    summary = decoded[0]["summary"]
+    assert summary["n_records"] == 24 and summary["rmsd_median"] == pytest.approx(float(median), abs=0.006)
+    atoms = sum(r["n_atoms"] for r in decoded[0]["records"])
+    right = sum(r["element_accuracy"] * r["n_atoms"] for r in decoded[0]["records"])
+    assert summary["element_accuracy"] == pytest.approx(right / atoms)
+    assert float(accuracy) == pytest.approx(100 * right / atoms, abs=0.006)
 
 
 def test_decoding_an_embed_file_gives_the_same_structures(checkpoint, tmp_path):
@@ -48,6 +118,7 @@ def test_decoding_an_embed_file_gives_the_same_structures(checkpoint, tmp_path):
         np.testing.assert_array_equal(a.numbers, b.numbers)
         np.testing.assert_allclose(a.positions, b.positions, atol=1e-4)
     assert table.splitlines()[1].split("\t")[3] == ""  # no input to compare with: no RMSD
+    assert table.splitlines()[-1] == "summary: 10 records"
 
 
 def test_bad_output_name_and_stdout(checkpoint, tmp_path):

@@ -25,7 +25,8 @@ def reconstruct(
     source: Annotated[str, typer.Argument(help="A structure file (XYZ, SDF/MOL, PLY; .gz; '-' for stdin), "
                                                "or an HDF5 file written by groupae embed.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Where the decoded structures go: .xyz or .sdf "
-                                                         "(bonds perceived from the geometry); '-' for XYZ on stdout.")],
+                                                         "(bonds from the input, else perceived from the geometry); "
+                                                         "'-' for XYZ on stdout.")],
     model: Model = None,
     batch_size: Annotated[int, typer.Option(help="Structures per batch.", min=1)] = 64,
     device: Device = "auto",
@@ -34,7 +35,7 @@ def reconstruct(
     strict: Strict = False,
     quiet: Quiet = False,
 ) -> None:
-    """Encode and decode every record; print each one's RMSD (Å) and element accuracy.
+    """Encode and decode every record; print each one's RMSD (Å) and element accuracy, then a summary.
 
     From an embed HDF5 file the structures are decoded from the stored embeddings and group
     elements (with the model that wrote them); there is no input to compare with, so no error.
@@ -43,7 +44,7 @@ def reconstruct(
     from groupae_cli.errors import Failure, FailureReport, UsageError
     from groupae_cli.io import read_structures, write_structures
     from groupae_cli.io.formats import format_from_name, resolve
-    from groupae_cli.reconstruct import decode_embeddings, reconstruct_stream
+    from groupae_cli.reconstruct import decode_embeddings, reconstruct_stream, summarise
 
     out_fmt = "xyz" if out == "-" else format_from_name(out)
     if out_fmt not in ("xyz", "sdf"):
@@ -68,13 +69,24 @@ def reconstruct(
         structures.append(item.structure)
     write_structures(structures, out, out_fmt)
     if json and out != "-":
-        print_json({"records": rows, "failed": [str(f) for f in report.failures]})
+        print_json({"records": rows, "summary": summarise(rows), "failed": [str(f) for f in report.failures]})
     elif out != "-":
         typer.echo("name\tindex\tn_atoms\trmsd\telement_accuracy")
         for r in rows:
             rmsd = "" if r["rmsd"] is None else f"{r['rmsd']:.4f}"
             acc = "" if r["element_accuracy"] is None else f"{r['element_accuracy']:.4f}"
             typer.echo(f"{r['name']}\t{r['index']}\t{r['n_atoms']}\t{rmsd}\t{acc}")
+        typer.echo(_summary_line(summarise(rows)))
     if not quiet:
         report.summarise()
     raise typer.Exit(report.exit_code())
+
+
+def _summary_line(summary: dict) -> str:
+    """e.g. `summary: 310 records, RMSD median 1.83 Å (mean 1.96), element accuracy 99.99%`."""
+    n = summary["n_records"]
+    line = f"summary: {n} record{'s' if n != 1 else ''}"
+    if "rmsd_median" in summary:
+        line += (f", RMSD median {summary['rmsd_median']:.2f} Å (mean {summary['rmsd_mean']:.2f}), "
+                 f"element accuracy {100 * summary['element_accuracy']:.2f}%")
+    return line

@@ -31,6 +31,7 @@ class Structure:
     charges:   (n,) int64 formal charges (SDF), or None
     features:  (n, f) float64 per-point features (extra PLY vertex properties), or None
     feature_names: names of the feature columns
+    properties: name -> text written with the structure as SD properties (SDF output only)
     """
 
     numbers: np.ndarray
@@ -43,6 +44,7 @@ class Structure:
     charges: np.ndarray | None = None
     features: np.ndarray | None = None
     feature_names: tuple[str, ...] = field(default=())
+    properties: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.numbers = np.asarray(self.numbers, dtype=np.int64).reshape(-1)

@@ -113,12 +113,14 @@ def read_sdf(stream: BinaryIO, source: str) -> Iterator[Structure | Failure]:
         yield Failure(source, index, result, name) if isinstance(result, str) else checked(result)
 
 
-def to_rdkit(structure: Structure, perceive_bonds: bool = True):
-    """An RDKit molecule with the structure's atoms, coordinates, charges and bonds.
+#: How a written record's bonds were obtained, in the order tried (the `groupae_bonds` SD property).
+BOND_SOURCES = ("input", "perceived", "connectivity", "none")
+#: Bound on RDKit's bond-order search (real molecules need well under 100 iterations).
+_MAX_BOND_ORDER_ITERATIONS = 1000
 
-    Without bonds, connectivity is perceived from the geometry (RDKit's DetermineConnectivity)
-    when `perceive_bonds` is set.
-    """
+
+def _atoms(structure: Structure):
+    """An RDKit molecule with the structure's atoms, formal charges and coordinates, no bonds."""
     from rdkit import Chem
     from rdkit.Geometry import Point3D
 
@@ -129,35 +131,94 @@ def to_rdkit(structure: Structure, perceive_bonds: bool = True):
         atom.SetFormalCharge(int(q))
         atom.SetNoImplicit(True)
         mol.AddAtom(atom)
-    if structure.bonds is not None:
-        types = {1.0: Chem.BondType.SINGLE, 1.5: Chem.BondType.AROMATIC, 2.0: Chem.BondType.DOUBLE, 3.0: Chem.BondType.TRIPLE}
-        orders = structure.bond_orders if structure.bond_orders is not None else np.ones(len(structure.bonds))
-        for (i, j), order in zip(structure.bonds.tolist(), orders.tolist()):
-            mol.AddBond(int(i), int(j), types.get(float(order), Chem.BondType.SINGLE))
-            if order == 1.5:
-                mol.GetBondBetweenAtoms(int(i), int(j)).SetIsAromatic(True)
-                mol.GetAtomWithIdx(int(i)).SetIsAromatic(True)
-                mol.GetAtomWithIdx(int(j)).SetIsAromatic(True)
     conf = Chem.Conformer(len(structure))
     for k, (x, y, z) in enumerate(structure.positions.tolist()):
         conf.SetAtomPosition(k, Point3D(x, y, z))
     conf.Set3D(True)
     mol.AddConformer(conf, assignId=True)
-    if structure.bonds is None and perceive_bonds:
-        from rdkit.Chem import rdDetermineBonds
+    return mol
 
-        with rdkit_messages():
-            try:
+
+def _add_bonds(mol, structure: Structure) -> None:
+    """The structure's own bonds, with their orders (1.5: aromatic)."""
+    from rdkit import Chem
+
+    types = {1.0: Chem.BondType.SINGLE, 1.5: Chem.BondType.AROMATIC, 2.0: Chem.BondType.DOUBLE, 3.0: Chem.BondType.TRIPLE}
+    orders = structure.bond_orders if structure.bond_orders is not None else np.ones(len(structure.bonds))
+    for (i, j), order in zip(structure.bonds.tolist(), orders.tolist()):
+        mol.AddBond(int(i), int(j), types.get(float(order), Chem.BondType.SINGLE))
+        if order == 1.5:
+            mol.GetBondBetweenAtoms(int(i), int(j)).SetIsAromatic(True)
+            mol.GetAtomWithIdx(int(i)).SetIsAromatic(True)
+            mol.GetAtomWithIdx(int(j)).SetIsAromatic(True)
+
+
+def _bonded(atoms, structure: Structure, how: str):
+    """A copy of `atoms` with bonds got as `how` says, or None when RDKit cannot get them."""
+    from rdkit import Chem
+    from rdkit.Chem import rdDetermineBonds
+
+    mol = Chem.RWMol(atoms)
+    if how == "input":
+        _add_bonds(mol, structure)
+        return mol
+    charge = int(structure.charges.sum()) if structure.charges is not None else 0
+    with rdkit_messages():
+        try:
+            if how == "perceived":
+                rdDetermineBonds.DetermineBonds(mol, charge=charge, maxIterations=_MAX_BOND_ORDER_ITERATIONS)
+            else:
                 rdDetermineBonds.DetermineConnectivity(mol)
-            except Exception:  # noqa: BLE001, S110 - geometry too odd to perceive bonds from: write atoms only
-                pass
+        except (RuntimeError, ValueError):  # geometry too odd: no consistent bonds
+            return None
+    return mol
+
+
+def _reads_back(mol) -> bool:
+    """Whether RDKit reads the molecule's SDF record back with its default sanitisation."""
+    from rdkit import Chem
+
+    mol.UpdatePropertyCache(strict=False)
+    with rdkit_messages():
+        # sanitising a copy first fails fast on the crowded valences of a blurred decoding, where
+        # writing the record would be slow (ring perception on a near-complete graph)
+        try:
+            Chem.SanitizeMol(Chem.Mol(mol))
+        except (RuntimeError, ValueError):
+            return False
+        return Chem.MolFromMolBlock(Chem.MolToMolBlock(mol, kekulize=False)) is not None
+
+
+def to_rdkit(structure: Structure, perceive_bonds: bool = True):
+    """An RDKit molecule with the structure's atoms, coordinates, charges, bonds and properties.
+
+    Without `perceive_bonds` the bonds are the structure's own, as given. With it the molecule is
+    one whose SDF record RDKit reads back with sanitisation: the structure's bonds when they
+    sanitise, else bonds perceived from the geometry (RDKit's DetermineBonds), else connectivity
+    alone (DetermineConnectivity, single bonds), else none. The `groupae_bonds` property says which
+    (see BOND_SOURCES).
+    """
+    atoms = _atoms(structure)
+    mol, how = atoms, "none"
+    if not perceive_bonds and structure.has_bonds:
+        mol, how = _bonded(atoms, structure, "input"), "input"
+    elif perceive_bonds:
+        tries = BOND_SOURCES[:-1] if structure.has_bonds else BOND_SOURCES[1:-1]
+        for candidate in tries:
+            bonded = _bonded(atoms, structure, candidate)
+            if bonded is not None and _reads_back(bonded):
+                mol, how = bonded, candidate
+                break
     mol.SetProp("_Name", structure.name)
+    mol.SetProp("groupae_bonds", how)
+    for key, value in structure.properties.items():
+        mol.SetProp(key, value)
     mol.UpdatePropertyCache(strict=False)
     return mol.GetMol()
 
 
 def write_sdf(structures, out: TextIO | str | Path, perceive_bonds: bool = True) -> int:
-    """Write structures as SDF records (bonds as given, else perceived); returns the count."""
+    """Write structures as SDF records that RDKit reads back (see `to_rdkit`); returns the count."""
     from rdkit import Chem
 
     count = 0
