@@ -33,6 +33,12 @@ def chiral():
     return structures[0]
 
 
+#: the attention-pooled embedding in the canonical frame, with composition and a decoder memory
+CANONICAL = {"pooling": "canonical", "pool_tokens": 2, "pool_dim": 16, "pool_heads": 2, "pool_vectors": 4,
+             "embedding_composition": True, "decoder_memory": 2}
+DESIGNS = {"mean": {}, "canonical": CANONICAL}
+
+
 def model(dtype, seed=0, name="tiny", **changes):
     torch.manual_seed(seed)
     return GroupAE(preset(name, **changes)).to(dtype).eval()
@@ -50,9 +56,9 @@ def assert_contract(errors, dtype, canonical=True):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("message_fraction", [1.0, 0.5])
-def test_contract_holds_on_real_molecules(molecules, dtype, message_fraction):
-    m = model(dtype, message_fraction=message_fraction)
+@pytest.mark.parametrize("design,message_fraction", [("mean", 1.0), ("mean", 0.5), ("canonical", 0.5)])
+def test_contract_holds_on_real_molecules(molecules, dtype, design, message_fraction):
+    m = model(dtype, message_fraction=message_fraction, **DESIGNS[design])
     batch = collate(molecules, m.config.elements, dtype=dtype)
     for seed in range(3):
         errors = symmetry_errors(m, batch, GroupElement.random(batch, generator=torch.Generator().manual_seed(seed)))
@@ -77,8 +83,9 @@ def test_float32_order_differs_only_between_near_tied_atoms(molecules):
     assert (gap <= 3 * m.config.tie_tol).all(), gap
 
 
-def test_mirror_image_gets_a_different_embedding(chiral):
-    m = model(torch.float64)
+@pytest.mark.parametrize("design", DESIGNS)
+def test_mirror_image_gets_a_different_embedding(chiral, design):
+    m = model(torch.float64, **DESIGNS[design])
     mirrored = type(chiral)(chiral.numbers, chiral.positions * np.array([-1.0, 1.0, 1.0]), "mirror", "", 0)
     batch = collate([chiral, mirrored], m.config.elements, dtype=torch.float64)
     z = m.encode(batch)["z"]
@@ -96,8 +103,13 @@ def test_achiral_rotation_of_mirror_is_not_a_mirror(molecules):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_batched_equals_one_by_one(molecules, dtype):
-    m = model(dtype)
+@pytest.mark.parametrize("design", DESIGNS)
+def test_batched_equals_one_by_one(molecules, dtype, design):
+    assert_batched_equals_one_by_one(molecules, dtype, design)
+
+
+def assert_batched_equals_one_by_one(molecules, dtype, design):
+    m = model(dtype, **DESIGNS[design])
     together = m(collate(molecules, m.config.elements, dtype=dtype))
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     for i, s in enumerate(molecules):
@@ -169,11 +181,13 @@ def test_mirror_check_catches_an_e3_invariant_embedding(chiral):
 
 def test_batched_check_catches_pooling_across_structures(molecules, monkeypatch):
     monkeypatch.setattr(Layout, "pool", lambda self, x: x.sum(0, keepdim=True).expand(self.n_structures, *x.shape[1:]))
-    with pytest.raises(AssertionError):
-        test_batched_equals_one_by_one(molecules, torch.float64)
+    for design in DESIGNS:
+        with pytest.raises(AssertionError):
+            assert_batched_equals_one_by_one(molecules, torch.float64, design)
 
 
-def test_symmetric_molecules_are_flagged_and_still_reach_one_canonical_form():
+@pytest.mark.parametrize("design", DESIGNS)
+def test_symmetric_molecules_are_flagged_and_still_reach_one_canonical_form(design):
     """Symmetric molecules of ase's g2 set: an equivariant map cannot pick a frame for them. The
     frame is flagged degenerate, anchor atoms stand in, z stays exactly invariant, and every copy
     reaches the same canonical form (to the 1e-6 Å to which g2's geometries are symmetric)."""
@@ -184,7 +198,7 @@ def test_symmetric_molecules_are_flagged_and_still_reach_one_canonical_form():
     symmetric = ["C6H6", "CH4", "CF4", "C2H2", "CO2", "C2H6", "C2H4", "NH3", "H2O", "SiH4"]
     structures = [Structure(g2[n].numbers, g2[n].positions, n, "g2", 0) for n in symmetric + ["CH3CH2OH"]]
     torch.manual_seed(0)
-    m = GroupAE(preset("tiny").replace(elements=(1, 6, 7, 8, 9, 14))).double().eval()
+    m = GroupAE(preset("tiny", elements=(1, 6, 7, 8, 9, 14), **DESIGNS[design])).double().eval()
     batch = collate(structures, m.config.elements, dtype=torch.float64)
     assert m.encode(batch)["frame_degenerate"].tolist() == [True] * len(symmetric) + [False]
     for seed in range(5):

@@ -13,9 +13,10 @@ from torch import nn
 from groupae_cli.data import BATCH, N_ATOMS, POSITIONS, TYPES
 from groupae_cli.models.config import ModelConfig
 from groupae_cli.models.decoder import Decoder
+from groupae_cli.models.embedding import embedding_head
 from groupae_cli.models.encoder import Encoder
 from groupae_cli.models.graph import Layout, build_edges
-from groupae_cli.models.heads import NodeInvariants, RotationHead, centroid, mlp
+from groupae_cli.models.heads import NodeInvariants, RotationHead, centroid
 from groupae_cli.models.permutation import (
     ScoreHead,
     canonical_order,
@@ -30,7 +31,7 @@ class GroupAE(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.invariants = NodeInvariants(config)
-        self.embedding = mlp([self.invariants.dim, 2 * config.embedding_dim + 32, config.embedding_dim])
+        self.embedding = embedding_head(config, self.invariants.dim)
         self.rotation = RotationHead(config)
         self.scores = ScoreHead(self.invariants.dim, config.score_hidden)
         self.decoder = Decoder(config)
@@ -48,11 +49,12 @@ class GroupAE(nn.Module):
         src, dst = build_edges(x, layout, c.graph, c.cutoff, c.knn)
         h = self.encoder(x, types, src, dst)
         inv = self.invariants(h)
-        z = self.embedding(layout.pool(inv) / layout.n_atoms[:, None].to(inv.dtype))
         translation = centroid(x, layout)
         rotation, frame_degenerate = self.rotation(h, layout, x, translation)
         canonical = (layout.to_dense(x) - translation[:, None]) @ rotation  # (X - t) R, input order
-        scores = self.scores(inv, layout.to_flat(canonical))
+        flat_canonical = layout.to_flat(canonical)
+        z = self.embedding(inv, h, flat_canonical, rotation, types, layout)
+        scores = self.scores(inv, flat_canonical)
         if tie_noise:
             scores = scores + tie_noise * torch.randn_like(scores)
         order, ties = canonical_order(layout.to_dense(scores), layout.to_dense(types), canonical, layout.mask,

@@ -43,6 +43,16 @@ class ModelConfig:
     cutoff: float = 5.0
     knn: int = 8
     avg_neighbors: float = 16.0
+    # the invariant embedding: "mean" (an MLP of the mean of the atoms' invariant features) or
+    # "canonical" (atom tokens in the predicted canonical frame pooled by `pool_tokens` attention
+    # queries of width `pool_dim`; see models/embedding.py); `embedding_composition` adds the element
+    # counts, so that z alone tells molecules of different formulas apart
+    pooling: str = "mean"
+    pool_tokens: int = 4
+    pool_dim: int = 64
+    pool_heads: int = 4
+    pool_vectors: int = 8
+    embedding_composition: bool = False
     # permutation head
     score_hidden: int = 64
     # decoder
@@ -50,6 +60,9 @@ class ModelConfig:
     decoder_layers: int = 3
     decoder_heads: int = 4
     decoder_composition: bool = True  # the decoder is told each slot's element (z need not carry it)
+    # 0: z is added to every slot; k > 0: z is also unfolded into k memory tokens that every decoder
+    # layer cross-attends to (a transformer decoder), so slots can read different parts of z
+    decoder_memory: int = 0
     max_atoms: int = 256
     # degeneracy: a pooled frame vector smaller than frame_tol x its typical size is taken to vanish
     # (the input's symmetry, or near-symmetry, cancels it) and anchor atoms define the frame;
@@ -61,6 +74,10 @@ class ModelConfig:
     anchor_tie: float = 0.05
 
     def __post_init__(self) -> None:
+        if self.pooling not in ("mean", "canonical"):
+            raise ValueError(f"pooling must be 'mean' or 'canonical', not {self.pooling!r}")
+        if self.pool_dim % self.pool_heads:
+            raise ValueError("pool_dim must be a multiple of pool_heads")
         if self.graph not in ("radius", "knn"):
             raise ValueError(f"graph must be 'radius' or 'knn', not {self.graph!r}")
         if self.layers < 2:

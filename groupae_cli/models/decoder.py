@@ -32,9 +32,18 @@ class Decoder(nn.Module):
         d = config.decoder_dim
         self.dim = d
         self.from_z = nn.Sequential(nn.Linear(config.embedding_dim, d), nn.SiLU(), nn.Linear(d, d))
-        layer = nn.TransformerEncoderLayer(d, config.decoder_heads, 2 * d, dropout=0.0, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.transformer = nn.TransformerEncoder(layer, config.decoder_layers, enable_nested_tensor=False)
+        self.memory_tokens = config.decoder_memory
+        if self.memory_tokens:
+            self.memory = nn.Sequential(nn.Linear(config.embedding_dim, 2 * d), nn.SiLU(),
+                                        nn.Linear(2 * d, self.memory_tokens * d))
+            self.memory_code = nn.Parameter(torch.randn(self.memory_tokens, d) / math.sqrt(d))
+            layer = nn.TransformerDecoderLayer(d, config.decoder_heads, 2 * d, dropout=0.0, activation="gelu",
+                                               batch_first=True, norm_first=True)
+            self.transformer = nn.TransformerDecoder(layer, config.decoder_layers)
+        else:
+            layer = nn.TransformerEncoderLayer(d, config.decoder_heads, 2 * d, dropout=0.0, activation="gelu",
+                                               batch_first=True, norm_first=True)
+            self.transformer = nn.TransformerEncoder(layer, config.decoder_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.coordinates = nn.Linear(d, 3)
         self.types = nn.Linear(d, len(config.elements))
@@ -62,5 +71,10 @@ class Decoder(nn.Module):
         x = self.from_z(z)[:, None, :] + codes.to(z.dtype)
         if self.element is not None:
             x = x + self.element(t)
-        x = self.norm(self.transformer(x, src_key_padding_mask=~mask))
+        if self.memory_tokens:
+            memory = self.memory(z).reshape(len(z), self.memory_tokens, self.dim) + self.memory_code
+            x = self.transformer(x, memory, tgt_key_padding_mask=~mask)
+        else:
+            x = self.transformer(x, src_key_padding_mask=~mask)
+        x = self.norm(x)
         return self.coordinates(x), self.types(x)

@@ -1,0 +1,85 @@
+"""The invariant embedding z: how the encoder's per-atom features become one vector per structure.
+
+Two heads, chosen by `ModelConfig.pooling`:
+
+- "mean": an MLP of the mean over atoms of each atom's invariant features, a bag of local
+  environments. Exactly invariant, but it loses the global arrangement the decoder must rebuild.
+- "canonical": every atom becomes a token of quantities that are invariant because they are
+  measured in the predicted canonical frame: its invariant features, its canonical coordinates
+  c_i = (x_i - t) R (with Fourier features of them), its vector features' components along the
+  frame axes (v_i R), and its element. A few learned queries attend to the tokens (a permutation-
+  invariant set pooling, as in the Set Transformer's PMA), and z is an MLP of the pooled queries,
+  the mean of the invariant features and, with `embedding_composition`, the element counts. Since
+  R and t are exactly equivariant and the pooling is a symmetric function of the atoms, z is exactly
+  invariant; unlike the mean it keeps where each atom sits relative to the others.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from groupae_cli.models.config import ModelConfig
+from groupae_cli.models.graph import Layout
+from groupae_cli.models.heads import mlp
+
+
+def composition(types: torch.Tensor, layout: Layout, n_types: int, dtype: torch.dtype) -> torch.Tensor:
+    """Element counts per structure, log-scaled: (B, K) log(1 + count)."""
+    return torch.log1p(layout.pool(torch.nn.functional.one_hot(types, n_types).to(dtype)))
+
+
+class MeanEmbedding(nn.Sequential):
+    """z = MLP(mean over atoms of the atoms' invariant features). (A Sequential: the parameter
+    names of checkpoints written before the canonical head existed.)"""
+
+    def __init__(self, config: ModelConfig, inv_dim: int):
+        super().__init__(*mlp([inv_dim, 2 * config.embedding_dim + 32, config.embedding_dim]))
+
+    def forward(self, inv, h, canonical, rotation, types, layout: Layout) -> torch.Tensor:
+        return super().forward(layout.pool(inv) / layout.n_atoms[:, None].to(inv.dtype))
+
+
+class CanonicalEmbedding(nn.Module):
+    """z from atom tokens in the predicted canonical frame, pooled by attention (see the module doc)."""
+
+    FREQUENCIES = 8  # Fourier features of each canonical coordinate, periods from about 1 to 20 Å
+
+    def __init__(self, config: ModelConfig, inv_dim: int):
+        super().__init__()
+        self.n_types = len(config.elements)
+        self.composition = config.embedding_composition
+        d = config.pool_dim
+        self.vectors = o3.Linear(o3.Irreps(config.hidden_irreps), o3.Irreps(f"{config.pool_vectors}x1o"))
+        self.register_buffer("freq", 2 * math.pi / torch.logspace(math.log10(20.0), 0.0, self.FREQUENCIES))
+        self.element = nn.Embedding(self.n_types, d)
+        token_in = inv_dim + 3 + 6 * self.FREQUENCIES + 3 * config.pool_vectors
+        self.token = mlp([token_in, d, d])
+        self.queries = nn.Parameter(torch.randn(config.pool_tokens, d) / math.sqrt(d))
+        self.attention = nn.MultiheadAttention(d, config.pool_heads, batch_first=True)
+        self.norm = nn.LayerNorm(d)
+        pooled = config.pool_tokens * d + inv_dim + (self.n_types if self.composition else 0)
+        self.net = mlp([pooled, 2 * config.embedding_dim + 64, config.embedding_dim])
+
+    def forward(self, inv: torch.Tensor, h: torch.Tensor, canonical: torch.Tensor, rotation: torch.Tensor,
+                types: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """inv (A, F) invariant features, h (A, irreps) node features, canonical (A, 3) = (x - t) R,
+        rotation (B, 3, 3), types (A,) -> z (B, embedding_dim)."""
+        frame_vectors = self.vectors(h).reshape(len(h), -1, 3) @ rotation[layout.batch]  # components along e1..e3
+        angle = canonical[:, :, None] * self.freq  # (A, 3, F)
+        tokens = torch.cat([inv, canonical, angle.sin().flatten(1), angle.cos().flatten(1), frame_vectors.flatten(1)], -1)
+        tokens = self.token(tokens) + self.element(types)
+        dense = layout.to_dense(tokens)  # (B, N, d)
+        queries = self.queries.expand(layout.n_structures, -1, -1)
+        pooled, _ = self.attention(queries, dense, dense, key_padding_mask=~layout.mask, need_weights=False)
+        parts = [self.norm(pooled).flatten(1), layout.pool(inv) / layout.n_atoms[:, None].to(inv.dtype)]
+        if self.composition:
+            parts.append(composition(types, layout, self.n_types, inv.dtype))
+        return self.net(torch.cat(parts, -1))
+
+
+def embedding_head(config: ModelConfig, inv_dim: int) -> nn.Module:
+    return {"mean": MeanEmbedding, "canonical": CanonicalEmbedding}[config.pooling](config, inv_dim)
