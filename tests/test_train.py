@@ -148,3 +148,21 @@ def test_torchrun_two_processes_train_one_checkpoint(subset, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 2
+
+
+def test_distance_loss_sees_local_geometry_not_pose(subset):
+    """Zero for the input itself and for a rigidly moved copy; positive once one bond is stretched."""
+    from groupae_cli.data import collate
+    from groupae_cli.models.graph import Layout
+    from groupae_cli.models.symmetry import GroupElement
+    from groupae_cli.train.losses import distance_error
+
+    structures, _ = split(read_structures(subset))
+    batch = collate(structures[:4], preset("tiny").elements, dtype=torch.float64)
+    layout = Layout(batch["batch"], batch["n_atoms"])
+    g = GroupElement.random(batch, permute=False, generator=torch.Generator().manual_seed(0))
+    for positions in (batch["positions"], g.apply_points(batch["positions"], batch["batch"])):
+        assert distance_error({"layout": layout, "reconstruction": positions}, batch, 3.0) < 1e-20
+    stretched = batch["positions"].clone()
+    stretched[0] += 0.2 * (stretched[0] - stretched[1]) / (stretched[0] - stretched[1]).norm()
+    assert distance_error({"layout": layout, "reconstruction": stretched}, batch, 3.0) > 1e-4

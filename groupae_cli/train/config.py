@@ -31,6 +31,10 @@ class TrainConfig:
     tie_noise: float = 1e-3
     entropy_weight: float = 0.025  # the paper's weight for point clouds
     type_weight: float = 0.1
+    # a loss on the decoded interatomic distances of pairs closer than `distance_cutoff` (Å) in the
+    # input (bonds and angles): local geometry, whatever the frame and order (0: off)
+    distance_weight: float = 0.0
+    distance_cutoff: float = 3.0
     # helping the order be learned: Hungarian-matched reconstruction first, fading out over this
     # fraction of the epochs (0: off)
     match_fraction: float = 0.0

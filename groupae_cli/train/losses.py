@@ -39,8 +39,22 @@ def hungarian_slots(out: dict, batch: dict) -> torch.Tensor:
     return torch.as_tensor(slots, device=layout.mask.device)
 
 
+def distance_error(out: dict, batch: dict, cutoff: float) -> torch.Tensor:
+    """Mean squared error (Å^2) of the decoded distances between atoms closer than `cutoff` in the
+    input; both in the input's atom order, so frame and order play no part."""
+    layout = out["layout"]
+    x, x_hat = layout.to_dense(batch[POSITIONS]), layout.to_dense(out["reconstruction"])
+    true = torch.cdist(x, x)
+    pairs = (true < cutoff) & layout.mask[:, :, None] & layout.mask[:, None, :]
+    pairs &= ~torch.eye(layout.n_max, dtype=torch.bool, device=x.device)
+    b, i, j = pairs.nonzero(as_tuple=True)
+    got = (((x_hat[b, i] - x_hat[b, j]) ** 2).sum(-1) + 1e-12).sqrt()  # safe where decoded atoms coincide
+    return ((got - true[b, i, j]) ** 2).mean() if len(b) else got.sum()
+
+
 def objective(out: dict, batch: dict, type_weight: float, entropy_weight: float,
-              match_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+              match_weight: float = 0.0, distance_weight: float = 0.0,
+              distance_cutoff: float = 3.0) -> tuple[torch.Tensor, dict[str, float]]:
     """(loss, parts) for one batch. Squared errors are per atom, in Å^2."""
     layout = out["layout"]
     mask = layout.mask
@@ -50,6 +64,10 @@ def objective(out: dict, batch: dict, type_weight: float, entropy_weight: float,
     type_nll = -(layout.to_flat(probs).gather(1, types[:, None]) + _EPS).log().mean()
     loss = sq + type_weight * type_nll
     parts = {"recon_sq": sq.item(), "type_nll": type_nll.item()}
+    if distance_weight:
+        dist = distance_error(out, batch, distance_cutoff)
+        loss = loss + distance_weight * dist
+        parts["distance_sq"] = dist.item()
     if "p_soft" in out and entropy_weight:
         ent = entropy_penalty(out["p_soft"], mask)
         loss = loss + entropy_weight * ent
