@@ -36,7 +36,8 @@ def chiral():
 #: the attention-pooled embedding in the canonical frame, with composition and a decoder memory
 CANONICAL = {"pooling": "canonical", "pool_tokens": 2, "pool_dim": 16, "pool_heads": 2, "pool_vectors": 4,
              "embedding_composition": True, "decoder_memory": 2}
-DESIGNS = {"mean": {}, "canonical": CANONICAL}
+ATTENTION = {**CANONICAL, "pooling": "attention", "pool_layers": 1}
+DESIGNS = {"mean": {}, "canonical": CANONICAL, "attention": ATTENTION}
 
 
 def model(dtype, seed=0, name="tiny", **changes):
@@ -56,7 +57,7 @@ def assert_contract(errors, dtype, canonical=True):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("design,message_fraction", [("mean", 1.0), ("mean", 0.5), ("canonical", 0.5)])
+@pytest.mark.parametrize("design,message_fraction", [("mean", 1.0), ("mean", 0.5), ("canonical", 0.5), ("attention", 0.5)])
 def test_contract_holds_on_real_molecules(molecules, dtype, design, message_fraction):
     m = model(dtype, message_fraction=message_fraction, **DESIGNS[design])
     batch = collate(molecules, m.config.elements, dtype=dtype)
@@ -134,7 +135,7 @@ def broken(kind, monkeypatch):
     elif kind == "coordinate leak":  # a raw coordinate in the node scalars
         m.encoder.register_forward_hook(lambda mod, inp, out: out + 0.1 * inp[0][:, :1])
     elif kind == "transposed rotation":
-        m.rotation.register_forward_hook(lambda mod, inp, out: (out[0].transpose(1, 2), out[1]))
+        m.rotation.register_forward_hook(lambda mod, inp, out: (out[0].transpose(1, 2), *out[1:]))
     elif kind == "offset translation":
         real = ae.centroid
         monkeypatch.setattr(ae, "centroid", lambda x, layout: real(x, layout) + x.new_tensor([1.0, 0.0, 0.0]))

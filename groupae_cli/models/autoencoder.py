@@ -41,7 +41,8 @@ class GroupAE(nn.Module):
 
         Returns z (B, d), rotation (B, 3, 3), translation (B, 3), scores (A,), order (B, N) (the
         input atom in each canonical slot; padding last), canonical (B, N, 3) ((X - t) R in input
-        order), frame_degenerate (B,), ties (B,), and the layout. `tie_noise` (training only) jitters the scores to break ties at random.
+        order), frame_degenerate (B,), frame_conditioning (B,) (see RotationHead), ties (B,), and
+        the layout. `tie_noise` (training only) jitters the scores to break ties at random.
         """
         c = self.config
         x, types = batch[POSITIONS], batch[TYPES]
@@ -50,7 +51,7 @@ class GroupAE(nn.Module):
         h = self.encoder(x, types, src, dst)
         inv = self.invariants(h)
         translation = centroid(x, layout)
-        rotation, frame_degenerate = self.rotation(h, layout, x, translation)
+        rotation, frame_degenerate, frame_conditioning = self.rotation(h, layout, x, translation)
         canonical = (layout.to_dense(x) - translation[:, None]) @ rotation  # (X - t) R, input order
         flat_canonical = layout.to_flat(canonical)
         z = self.embedding(inv, h, flat_canonical, rotation, types, layout)
@@ -60,7 +61,8 @@ class GroupAE(nn.Module):
         order, ties = canonical_order(layout.to_dense(scores), layout.to_dense(types), canonical, layout.mask,
                                       tie_tol=c.tie_tol)
         return {"z": z, "rotation": rotation, "translation": translation, "scores": scores, "order": order,
-                "canonical": canonical, "frame_degenerate": frame_degenerate, "ties": ties, "layout": layout}
+                "canonical": canonical, "frame_degenerate": frame_degenerate, "frame_conditioning": frame_conditioning,
+                "ties": ties, "layout": layout}
 
     def decode(self, z: torch.Tensor, n_atoms: torch.Tensor,
                slot_types: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

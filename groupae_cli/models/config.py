@@ -43,15 +43,17 @@ class ModelConfig:
     cutoff: float = 5.0
     knn: int = 8
     avg_neighbors: float = 16.0
-    # the invariant embedding: "mean" (an MLP of the mean of the atoms' invariant features) or
+    # the invariant embedding: "mean" (an MLP of the mean of the atoms' invariant features),
     # "canonical" (atom tokens in the predicted canonical frame pooled by `pool_tokens` attention
-    # queries of width `pool_dim`; see models/embedding.py); `embedding_composition` adds the element
-    # counts, so that z alone tells molecules of different formulas apart
+    # queries of width `pool_dim`) or "attention" (atom tokens through `pool_layers` blocks of
+    # distance-biased self-attention, then pooled the same way); see models/embedding.py.
+    # `embedding_composition` adds the element counts, so that z alone tells formulas apart
     pooling: str = "mean"
     pool_tokens: int = 4
     pool_dim: int = 64
     pool_heads: int = 4
     pool_vectors: int = 8
+    pool_layers: int = 2  # distance-biased self-attention blocks of the "attention" head
     embedding_composition: bool = False
     # permutation head
     score_hidden: int = 64
@@ -74,8 +76,8 @@ class ModelConfig:
     anchor_tie: float = 0.05
 
     def __post_init__(self) -> None:
-        if self.pooling not in ("mean", "canonical"):
-            raise ValueError(f"pooling must be 'mean' or 'canonical', not {self.pooling!r}")
+        if self.pooling not in ("mean", "canonical", "attention"):
+            raise ValueError(f"pooling must be 'mean', 'canonical' or 'attention', not {self.pooling!r}")
         if self.pool_dim % self.pool_heads:
             raise ValueError("pool_dim must be a multiple of pool_heads")
         if self.graph not in ("radius", "knn"):

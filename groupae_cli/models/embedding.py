@@ -81,5 +81,70 @@ class CanonicalEmbedding(nn.Module):
         return self.net(torch.cat(parts, -1))
 
 
+class DistanceAttention(nn.Module):
+    """One pre-norm self-attention block over a structure's atoms whose logits carry a learned bias
+    of each pair's distance (per head): a function of distances only, so exactly SE(3)-invariant,
+    and of all pairs, so each atom learns where the others are."""
+
+    def __init__(self, dim: int, heads: int, basis: int, cutoff: float):
+        super().__init__()
+        self.heads, self.cutoff, self.basis = heads, cutoff, basis
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.bias = nn.Linear(basis, heads)
+        self.out = nn.Linear(dim, dim)
+        self.ff = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor, distances: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, N, d), distances (B, N, N), mask (B, N) -> (B, N, d)."""
+        from e3nn.math import soft_one_hot_linspace
+
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        rbf = soft_one_hot_linspace(distances.clamp(max=self.cutoff), 0.0, self.cutoff, self.basis,
+                                    basis="gaussian", cutoff=False)
+        bias = self.bias(rbf).permute(0, 3, 1, 2)  # (B, H, N, N)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads) + bias
+        logits = logits.masked_fill(~mask[:, None, None, :], float("-inf"))
+        attended = (torch.softmax(logits, -1) @ v).transpose(1, 2).reshape(b, n, d)
+        x = x + self.out(attended)
+        return x + self.ff(x)
+
+
+class AttentionEmbedding(nn.Module):
+    """z from atom tokens that attend to each other with distance-biased attention, then pooled by
+    learned queries: global arrangement without a frame, so float32 round-off in the frame never
+    reaches z (invariance as tight as the mean head's)."""
+
+    def __init__(self, config: ModelConfig, inv_dim: int):
+        super().__init__()
+        self.n_types = len(config.elements)
+        self.composition = config.embedding_composition
+        d = config.pool_dim
+        self.element = nn.Embedding(self.n_types, d)
+        self.token = mlp([inv_dim, d, d])
+        self.blocks = nn.ModuleList(DistanceAttention(d, config.pool_heads, 16, 12.0) for _ in range(config.pool_layers))
+        self.queries = nn.Parameter(torch.randn(config.pool_tokens, d) / math.sqrt(d))
+        self.attention = nn.MultiheadAttention(d, config.pool_heads, batch_first=True)
+        self.norm = nn.LayerNorm(d)
+        pooled = config.pool_tokens * d + inv_dim + (self.n_types if self.composition else 0)
+        self.net = mlp([pooled, 2 * config.embedding_dim + 64, config.embedding_dim])
+
+    def forward(self, inv: torch.Tensor, h: torch.Tensor, canonical: torch.Tensor, rotation: torch.Tensor,
+                types: torch.Tensor, layout: Layout) -> torch.Tensor:
+        dense = layout.to_dense(self.token(inv) + self.element(types))  # (B, N, d)
+        centred = layout.to_dense(canonical)  # distances are the same in any frame
+        distances = torch.cdist(centred, centred)
+        for block in self.blocks:
+            dense = block(dense, distances, layout.mask)
+        queries = self.queries.expand(layout.n_structures, -1, -1)
+        pooled, _ = self.attention(queries, dense, dense, key_padding_mask=~layout.mask, need_weights=False)
+        parts = [self.norm(pooled).flatten(1), layout.pool(inv) / layout.n_atoms[:, None].to(inv.dtype)]
+        if self.composition:
+            parts.append(composition(types, layout, self.n_types, inv.dtype))
+        return self.net(torch.cat(parts, -1))
+
+
 def embedding_head(config: ModelConfig, inv_dim: int) -> nn.Module:
-    return {"mean": MeanEmbedding, "canonical": CanonicalEmbedding}[config.pooling](config, inv_dim)
+    heads = {"mean": MeanEmbedding, "canonical": CanonicalEmbedding, "attention": AttentionEmbedding}
+    return heads[config.pooling](config, inv_dim)

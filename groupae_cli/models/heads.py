@@ -131,8 +131,14 @@ class RotationHead(nn.Module):
         self.anchor_tie = config.anchor_tie
 
     def forward(self, h: torch.Tensor, layout: Layout, positions: torch.Tensor,
-                translation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(R (B, 3, 3), degenerate (B,) bool)."""
+                translation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(R (B, 3, 3), degenerate (B,) bool, conditioning (B,)).
+
+        The conditioning, in [0, 1], says how well round-off in the atoms' vectors is kept out of R:
+        the smaller of |a1| / sum_i |v1_i| (how little the pooled vector cancels) and
+        sin(u1, u2) |a2| / sum_i |v2_i|. Near 0, float32 round-off in the features is amplified by
+        about its inverse in R, and in everything measured in the canonical frame.
+        """
         per_atom = self.vectors(h).reshape(-1, 2, 3)  # e3nn's 1o is (x, y, z)
         a = layout.pool(per_atom)  # (B, 2, 3)
         d = positions - translation[layout.batch]
@@ -147,6 +153,9 @@ class RotationHead(nn.Module):
         e1 = u1 / u1.norm(dim=-1, keepdim=True).clamp_min(1e-30)
         perp = u2 - (u2 * e1).sum(-1, keepdim=True) * e1
         vanish2 = vanish1 | (perp.norm(dim=-1) <= self.tol * scale[:, 1] * size)
+        coherence = a.norm(dim=-1) / scale.clamp_min(1e-30)  # (B, 2)
+        sine = perp.norm(dim=-1) / u2.norm(dim=-1).clamp_min(1e-30)
+        conditioning = torch.minimum(coherence[:, 0], sine * coherence[:, 1])
         rotation = gram_schmidt(u1, u2)
         if vanish2.any():
             dense = layout.to_dense(d)
@@ -155,7 +164,7 @@ class RotationHead(nn.Module):
                 if rows.any():
                     rotation[rows] = anchor_frames(dense[rows], layout.mask[rows],
                                                    None if given is None else given[rows], self.anchor_tie)
-        return rotation, vanish2
+        return rotation, vanish2, conditioning
 
 
 def centroid(positions: torch.Tensor, layout: Layout) -> torch.Tensor:

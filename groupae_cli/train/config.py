@@ -35,6 +35,10 @@ class TrainConfig:
     # input (bonds and angles): local geometry, whatever the frame and order (0: off)
     distance_weight: float = 0.0
     distance_cutoff: float = 3.0
+    # a penalty on learned frames whose conditioning (RotationHead) falls below `frame_floor`:
+    # well-conditioned frames keep float32 round-off out of R and of z's canonical-frame features
+    frame_weight: float = 0.0
+    frame_floor: float = 0.1
     # helping the order be learned: Hungarian-matched reconstruction first, fading out over this
     # fraction of the epochs (0: off)
     match_fraction: float = 0.0

@@ -53,8 +53,8 @@ def distance_error(out: dict, batch: dict, cutoff: float) -> torch.Tensor:
 
 
 def objective(out: dict, batch: dict, type_weight: float, entropy_weight: float,
-              match_weight: float = 0.0, distance_weight: float = 0.0,
-              distance_cutoff: float = 3.0) -> tuple[torch.Tensor, dict[str, float]]:
+              match_weight: float = 0.0, distance_weight: float = 0.0, distance_cutoff: float = 3.0,
+              frame_weight: float = 0.0, frame_floor: float = 0.1) -> tuple[torch.Tensor, dict[str, float]]:
     """(loss, parts) for one batch. Squared errors are per atom, in Å^2."""
     layout = out["layout"]
     mask = layout.mask
@@ -68,6 +68,12 @@ def objective(out: dict, batch: dict, type_weight: float, entropy_weight: float,
         dist = distance_error(out, batch, distance_cutoff)
         loss = loss + distance_weight * dist
         parts["distance_sq"] = dist.item()
+    if frame_weight:
+        learned = ~out["frame_degenerate"]  # anchor frames do not depend on the learned vectors
+        shortfall = (torch.relu(frame_floor - out["frame_conditioning"]) / frame_floor)[learned]
+        frame = shortfall.mean() if len(shortfall) else shortfall.sum()
+        loss = loss + frame_weight * frame
+        parts["frame"] = frame.item()
     if "p_soft" in out and entropy_weight:
         ent = entropy_penalty(out["p_soft"], mask)
         loss = loss + entropy_weight * ent
