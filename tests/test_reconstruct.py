@@ -128,3 +128,15 @@ def test_bad_output_name_and_stdout(checkpoint, tmp_path):
     to_stdout = run("reconstruct", SAMPLE / "same" / "molecule.sdf", "-o", "-", "--model", checkpoint,
                     "--device", "cpu", "--quiet")
     assert to_stdout.stdout.startswith("49\n")
+
+
+def test_stdout_output_sends_the_table_to_stderr_and_refuses_json(checkpoint):
+    """`-o -`: the structures own stdout, so the table and summary go to stderr; --json would mix
+    with them and is refused, one line, exit 2."""
+    args = ["reconstruct", str(SAMPLE / "same" / "molecule.sdf"), "-o", "-", "--model", str(checkpoint), "--device", "cpu"]
+    shown = runner.invoke(app, args)
+    assert shown.exit_code == 0 and shown.stdout.startswith("49\n")
+    assert "summary: 1 record," in shown.stderr and "name\tindex\tn_atoms" in shown.stderr
+    assert "summary" not in shown.stdout
+    both = runner.invoke(app, [*args, "--json"])
+    assert both.exit_code == 2 and both.stderr.count("\n") == 1 and "--json" in both.stderr and not both.stdout

@@ -26,7 +26,7 @@ def reconstruct(
                                                "or an HDF5 file written by groupae embed.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Where the decoded structures go: .xyz or .sdf "
                                                          "(bonds from the input, else perceived from the geometry); "
-                                                         "'-' for XYZ on stdout.")],
+                                                         "'-' for XYZ on stdout (the table then goes to stderr).")],
     model: Model = None,
     batch_size: Annotated[int, typer.Option(help="Structures per batch.", min=1)] = 64,
     device: Device = "auto",
@@ -37,7 +37,8 @@ def reconstruct(
 ) -> None:
     """Encode and decode every record; print each one's RMSD (Å) and element accuracy, then a summary.
 
-    From an embed HDF5 file the structures are decoded from the stored embeddings and group
+    With `-o -` the structures go to stdout and the table to stderr (--quiet: none); --json needs
+    `-o FILE`. From an embed HDF5 file the structures are decoded from the stored embeddings and group
     elements (with the model that wrote them); there is no input to compare with, so no error.
     """
     from groupae_cli.cli.embed import load_for_command
@@ -49,6 +50,8 @@ def reconstruct(
     out_fmt = "xyz" if out == "-" else format_from_name(out)
     if out_fmt not in ("xyz", "sdf"):
         raise UsageError(f"{out}: write reconstructions as .xyz or .sdf")
+    if json and out == "-":
+        raise UsageError("--json and -o - would both write to stdout; write the structures to a file (-o FILE)")
     from_h5 = source != "-" and Path(source).suffix.lower() in (".h5", ".hdf5")
     if from_h5 and not Path(source).is_file():
         raise UsageError(f"{source}: no such file")
@@ -68,15 +71,16 @@ def reconstruct(
         rows.append(item.row())
         structures.append(item.structure)
     write_structures(structures, out, out_fmt)
-    if json and out != "-":
+    if json:
         print_json({"records": rows, "summary": summarise(rows), "failed": [str(f) for f in report.failures]})
-    elif out != "-":
-        typer.echo("name\tindex\tn_atoms\trmsd\telement_accuracy")
+    elif out != "-" or not quiet:  # with -o - the structures own stdout: the table goes to stderr
+        to_stderr = out == "-"
+        typer.echo("name\tindex\tn_atoms\trmsd\telement_accuracy", err=to_stderr)
         for r in rows:
             rmsd = "" if r["rmsd"] is None else f"{r['rmsd']:.4f}"
             acc = "" if r["element_accuracy"] is None else f"{r['element_accuracy']:.4f}"
-            typer.echo(f"{r['name']}\t{r['index']}\t{r['n_atoms']}\t{rmsd}\t{acc}")
-        typer.echo(_summary_line(summarise(rows)))
+            typer.echo(f"{r['name']}\t{r['index']}\t{r['n_atoms']}\t{rmsd}\t{acc}", err=to_stderr)
+        typer.echo(_summary_line(summarise(rows)), err=to_stderr)
     if not quiet:
         report.summarise()
     raise typer.Exit(report.exit_code())
