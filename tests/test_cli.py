@@ -75,3 +75,72 @@ def test_models_load_without_torch_dynamo():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["False", "True"]
+
+
+class _Terminal:
+    """A stderr that says it is a terminal, so progress bars draw, and keeps what they drew."""
+
+    def __init__(self):
+        import io
+
+        self.buffer = io.StringIO()
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        return self.buffer.write(text)
+
+    def flush(self):
+        pass
+
+
+def test_progress_bars_show_a_total_and_an_eta(sample, tmp_path, monkeypatch, checkpoint):
+    """On a terminal the bars know how far they are (the inputs' bytes, as on disk), so they show
+    a percentage and the time left, with the records read so far."""
+    import gzip
+
+    import pytest
+    import typer
+
+    from groupae_cli.cli.embed import embed
+    from groupae_cli.cli.info import info
+
+    packed = tmp_path / "molecules.sdf.gz"
+    packed.write_bytes(gzip.compress((sample / "molecules.sdf").read_bytes()))
+    for run in (lambda: info(str(sample / "molecules.sdf"), fmt=None, json=True, strict=False, quiet=False),
+                lambda: embed([str(packed)], tmp_path / "out.h5", model=str(checkpoint), batch_size=64, shard=None,
+                              device="cpu", fmt=None, strict=False, quiet=False)):
+        terminal = _Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        with pytest.raises(typer.Exit):
+            run()
+        monkeypatch.undo()
+        drawn = terminal.buffer.getvalue()
+        assert "100%" in drawn and "<00:00" in drawn and "records" in drawn, drawn[-400:]
+
+
+def test_every_model_command_defaults_to_device_auto():
+    """`--device auto` everywhere (align defaulted to cpu)."""
+    import inspect
+
+    for command in app.registered_commands:
+        parameters = inspect.signature(command.callback).parameters
+        if "device" in parameters:
+            assert parameters["device"].default == "auto", command.name
+
+
+def test_info_on_a_model_names_elements_and_counts_epochs_once():
+    """`groupae info default`: elements as symbols, and one epoch count (done of planned), not
+    'trained 15 epochs' beside a 0-based 'epoch: 14' from metrics.csv."""
+    described = json.loads(runner.invoke(app, ["info", "default", "--json"]).stdout)
+    shown = runner.invoke(app, ["info", "default"])
+    assert shown.exit_code == 0
+    lines = shown.stdout.splitlines()
+    elements = next(line for line in lines if line.strip().startswith("elements:")).split()[1:]
+    assert elements[:3] == ["H", "B", "C"] and len(elements) == len(described["config"]["elements"])
+    assert "elements=[" not in shown.stdout
+    training = described["training"]
+    done, planned = training["epoch"], training["train_config"]["epochs"]
+    assert f"trained:     {done} of {planned} epochs" in shown.stdout
+    assert not any(line.strip().startswith("epoch:") for line in lines)

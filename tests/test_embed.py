@@ -109,3 +109,10 @@ def test_usage_errors(checkpoint, tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and message in result.stderr, result.output
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_one_record_is_one_record(checkpoint, tmp_path):
+    """The closing line counts in English: '1 record embedded', not '1 records'."""
+    result = runner.invoke(app, ["embed", str(__import__("conftest").SAMPLE / "same" / "molecule.sdf"), "-o", str(tmp_path / "one.h5"),
+                                 "--model", str(checkpoint), "--device", "cpu"])
+    assert result.exit_code == 0 and "groupae: 1 record embedded into" in result.stderr, result.output

@@ -41,7 +41,7 @@ def align(
     no_refine: Annotated[bool, typer.Option("--no-refine", help="The learned guess alone.")] = False,
     prove: Annotated[bool, typer.Option("--prove", help="Graph mode: complete every skeleton exactly up to 10^6 "
                                         "terminal-group permutations (slower), so more answers are proven optimal.")] = False,
-    device: Device = "cpu",
+    device: Device = "auto",
     json: Json = False,
     fmt: Format = None,
     quiet: Quiet = False,

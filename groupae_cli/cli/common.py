@@ -50,8 +50,43 @@ def progress(iterable, quiet: bool, **kwargs):
     return tqdm(iterable, disable=quiet or not sys.stderr.isatty(), file=sys.stderr, dynamic_ncols=True, **kwargs)
 
 
+def read_progress(paths, fmt: str | None, quiet: bool, desc: str):
+    """(file number, record) over the inputs, with a bar on stderr whose total is the inputs' size
+    in bytes (compressed size for .gz), so it shows a percentage and an ETA; the records read so
+    far are its postfix. With stdin among the inputs the total is unknown: a plain record count."""
+    import os
+
+    from tqdm import tqdm
+
+    from groupae_cli.io import read_inputs, resolve_inputs
+
+    paths = resolve_inputs(paths, fmt)
+    if "-" in paths:
+        yield from progress(read_inputs(paths, fmt), quiet, desc=desc, unit=" rec")
+        return
+    sizes = [os.path.getsize(p) for p in paths]
+    done = [0] * len(paths)
+    bar = tqdm(total=sum(sizes), desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+               disable=quiet or not sys.stderr.isatty(), file=sys.stderr, dynamic_ncols=True)
+
+    def on_bytes(number: int, n: int) -> None:
+        done[number] = min(n, sizes[number])
+        bar.update(sum(done) - bar.n)
+
+    records = 0
+    try:
+        for number, item in read_inputs(paths, fmt, on_bytes):
+            records += 1
+            bar.set_postfix_str(f"{records} records", refresh=False)
+            yield number, item
+        bar.update(bar.total - bar.n)
+    finally:
+        bar.close()
+
+
 def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
 
 
-__all__ = ["EXIT_USAGE", "Device", "Format", "Json", "Model", "Quiet", "Strict", "handle_errors", "print_json", "progress"]
+__all__ = ["EXIT_USAGE", "Device", "Format", "Json", "Model", "Quiet", "Strict", "handle_errors", "print_json", "progress",
+           "read_progress"]

@@ -14,7 +14,7 @@ from groupae_cli.cli.common import (
     Quiet,
     Strict,
     handle_errors,
-    progress,
+    read_progress,
 )
 
 DEFAULT_MODEL = "default"
@@ -57,7 +57,7 @@ def embed(
     from groupae_cli import __version__
     from groupae_cli.embed import embed_files, parse_shard
     from groupae_cli.errors import FailureReport, UsageError
-    from groupae_cli.io import read_inputs, resolve_inputs
+    from groupae_cli.io import resolve_inputs
     from groupae_cli.io.checkpoint import sha256
 
     try:
@@ -80,9 +80,9 @@ def embed(
         "command": f"groupae {__version__} embed",
     }
     report = FailureReport(strict=strict)
-    items = progress(read_inputs(paths, fmt), quiet, desc="embedding", unit=" rec")
+    items = read_progress(paths, fmt, quiet, desc="embedding")
     count = embed_files(items, net, out, attrs, torch_device, batch_size, part, on_failure=report.add)
     if not quiet:
         report.summarise()
-        typer.echo(f"groupae: {count} records embedded into {out}", err=True)
+        typer.echo(f"groupae: {count} record{'s' if count != 1 else ''} embedded into {out}", err=True)
     raise typer.Exit(report.exit_code())

@@ -17,6 +17,7 @@ from groupae_cli.cli.common import (
     handle_errors,
     print_json,
     progress,
+    read_progress,
 )
 
 
@@ -43,7 +44,7 @@ def reconstruct(
     """
     from groupae_cli.cli.embed import load_for_command
     from groupae_cli.errors import Failure, FailureReport, UsageError
-    from groupae_cli.io import read_structures, write_structures
+    from groupae_cli.io import write_structures
     from groupae_cli.io.formats import format_from_name, resolve
     from groupae_cli.reconstruct import decode_embeddings, reconstruct_stream, summarise
 
@@ -60,11 +61,13 @@ def reconstruct(
     net, torch_device, _ = load_for_command(model, device)
     report = FailureReport(strict=strict)
     if from_h5:
-        results = decode_embeddings(net, source, torch_device, batch_size)
+        results = progress(decode_embeddings(net, source, torch_device, batch_size), quiet, desc="decoding",
+                           unit=" rec", total=_records_in(source))
     else:
-        results = reconstruct_stream(net, read_structures(source, fmt), torch_device, batch_size)
+        records = (item for _, item in read_progress([source], fmt, quiet, desc="reconstructing"))
+        results = reconstruct_stream(net, records, torch_device, batch_size)
     rows, structures = [], []
-    for item in progress(results, quiet, desc="reconstructing", unit=" rec"):
+    for item in results:
         if isinstance(item, Failure):
             report.add(item)
             continue
@@ -84,6 +87,17 @@ def reconstruct(
     if not quiet:
         report.summarise()
     raise typer.Exit(report.exit_code())
+
+
+def _records_in(path: str) -> int | None:
+    """How many records an embed file holds (for the progress bar's total)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return len(f["offsets"]) - 1
+    except (OSError, KeyError):
+        return None  # decode_embeddings says what is wrong with it
 
 
 def _summary_line(summary: dict) -> str:

@@ -6,12 +6,13 @@ a bad record.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from groupae_cli.errors import Failure, UsageError
 from groupae_cli.io.formats import (
     STDIN,
+    bytes_read,
     format_from_name,
     open_binary,
     peek_head,
@@ -47,16 +48,20 @@ def _reader(fmt: str):
     return read_ply
 
 
-def read_structures(path: str | Path, fmt: str | None = None) -> Iterator[Structure | Failure]:
+def read_structures(path: str | Path, fmt: str | None = None,
+                    on_bytes: Callable[[int], None] | None = None) -> Iterator[Structure | Failure]:
     """Stream the records of one file (or "-" for stdin) as Structures or Failures.
 
     Raises UsageError only for what stops a command before it starts (no such file, unknown
     format); everything found while reading becomes a Failure: an empty file, binary garbage,
     a broken record (and reading goes on), a stream that breaks off (reading stops there).
+    `on_bytes`, if given, is called after each record with the bytes of the file (as stored, so
+    compressed for .gz) read so far; not for stdin.
     """
     source = str(path)
     fmt = resolve(source, fmt)
     stream = open_binary(source)
+    position = None if source == STDIN or on_bytes is None else bytes_read(stream)
     seen = 0
     try:
         if not peek_head(stream):
@@ -69,6 +74,8 @@ def read_structures(path: str | Path, fmt: str | None = None) -> Iterator[Struct
                 return
         for item in _reader(fmt)(stream, source):
             seen += 1
+            if position is not None:
+                on_bytes(position())
             yield item
     except (OSError, EOFError) as exc:  # e.g. a .gz cut short or corrupt
         yield Failure(source, seen if seen else None, f"unreadable after {seen} records: {exc}")
@@ -91,10 +98,15 @@ def resolve_inputs(paths: Iterable[str | Path], fmt: str | None = None) -> list[
     return paths
 
 
-def read_inputs(paths: Iterable[str | Path], fmt: str | None = None) -> Iterator[tuple[int, Structure | Failure]]:
-    """(file number, record or failure) over several inputs, in order."""
+def read_inputs(paths: Iterable[str | Path], fmt: str | None = None,
+                on_bytes: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, Structure | Failure]]:
+    """(file number, record or failure) over several inputs, in order.
+
+    `on_bytes(file number, bytes read)` follows each file's progress (see `read_structures`).
+    """
     for number, path in enumerate(resolve_inputs(paths, fmt)):
-        for item in read_structures(path, fmt):
+        track = None if on_bytes is None else (lambda n, number=number: on_bytes(number, n))
+        for item in read_structures(path, fmt, track):
             yield number, item
 
 

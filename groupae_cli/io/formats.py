@@ -96,6 +96,15 @@ def open_binary(path: str) -> BinaryIO:
     return raw
 
 
+def bytes_read(stream: BinaryIO):
+    """A function giving how many bytes of the file under `stream` (from `open_binary`) have been
+    read: compressed bytes for gzip, so that progress compares with the file's size on disk."""
+    inner = getattr(stream, "raw", None)
+    if isinstance(inner, gzip.GzipFile):
+        return inner.fileobj.tell
+    return stream.tell
+
+
 def peek_head(stream: BinaryIO) -> bytes:
     """Up to a few KB from the start of a buffered stream, without consuming them."""
     return stream.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]

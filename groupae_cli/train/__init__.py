@@ -45,11 +45,10 @@ def read_run_config(path: str | Path) -> tuple[dict, dict, list]:
 
 
 def _parse_inputs(inputs: Sequence[str], fmt: str | None, report: FailureReport, quiet: bool) -> StructureSet:
-    from groupae_cli.cli.common import progress
-    from groupae_cli.io import read_inputs
+    from groupae_cli.cli.common import read_progress
 
     structures = []
-    for _, item in progress(read_inputs(inputs, fmt), quiet, desc="parsing", unit=" rec"):
+    for _, item in read_progress(inputs, fmt, quiet, desc="parsing"):
         if isinstance(item, Failure):
             report.add(item)
         else:
