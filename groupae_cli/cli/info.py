@@ -14,7 +14,7 @@ from groupae_cli.cli.common import (
     Strict,
     handle_errors,
     print_json,
-    progress,
+    read_progress,
 )
 
 _HDF5 = (".h5", ".hdf5")
@@ -68,12 +68,25 @@ def _print_checkpoint(d: dict) -> None:
     typer.echo("  written by:  " + ", ".join(f"{k} {v}" for k, v in d["versions"].items()))
     typer.echo(f"  parameters:  {d['parameters']:,}")
     typer.echo(f"  sha256:      {d['sha256']}")
-    typer.echo("  model:       " + ", ".join(f"{k}={v}" for k, v in d["config"].items()))
+    config = dict(d["config"])
+    if "elements" in config:
+        typer.echo("  elements:    " + " ".join(_symbol(z) for z in config.pop("elements")))
+    typer.echo("  model:       " + ", ".join(f"{k}={v}" for k, v in config.items()))
     training = d["training"]
     if training:
-        typer.echo(f"  trained:     {training.get('epoch', '?')} epochs")
-        for key, value in (training.get("metrics") or {}).items():
+        done, planned = training.get("epoch"), (training.get("train_config") or {}).get("epochs")
+        trained = f"{done if done is not None else '?'}{f' of {planned}' if planned else ''} epochs"
+        metrics = dict(training.get("metrics") or {})
+        metrics.pop("epoch", None)  # 0-based in metrics.csv; the count above says which epoch
+        typer.echo(f"  trained:     {trained}" + (f"; validation figures after epoch {done}:" if metrics else ""))
+        for key, value in metrics.items():
             typer.echo(f"    {key}: {value:.5g}" if isinstance(value, float) else f"    {key}: {value}")
+
+
+def _symbol(z: int) -> str:
+    from ase.data import chemical_symbols
+
+    return chemical_symbols[z] if 0 <= z < len(chemical_symbols) else str(z)
 
 
 @handle_errors
@@ -109,14 +122,13 @@ def info(
         print_json(described) if json else _print_hdf5(described)
         return
 
-    from groupae_cli.io import read_structures
     from groupae_cli.io.formats import resolve
     from groupae_cli.io.summary import summarise
 
     resolved = resolve(path, fmt)
     # the failures are part of this command's result (stdout), so no second summary on stderr
     report = FailureReport(strict=strict)
-    records = progress(read_structures(path, fmt), quiet, desc="reading", unit=" rec")
+    records = (item for _, item in read_progress([path], fmt, quiet, desc="reading"))
     summary = summarise(records, on_failure=report.add)
     print_json({"path": path, "format": resolved, **summary}) if json else _print_structures(path, resolved, summary)
     raise typer.Exit(report.exit_code())
