@@ -168,3 +168,23 @@ def test_a_write_that_fails_half_way_leaves_no_file(sample, tmp_path):
     with pytest.raises(RuntimeError):
         write_structures(breaking(), tmp_path / "out.sdf")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_mol_blocks_concatenated_without_separators_are_each_a_record(sample, tmp_path):
+    """20 MOL blocks joined without `$$$$` (RDKit reads the first and warns) are 20 records, data
+    items and blank titles included."""
+    mols = [m for m in Chem.SDMolSupplier(str(sample / "molecules.sdf"), removeHs=False)][:20]
+    blocks = []
+    for k, mol in enumerate(mols):
+        if k == 3:
+            mol.SetProp("_Name", "")  # a blank title line
+        block = Chem.MolToMolBlock(mol)
+        blocks.append(block + ("> <note>\nkept with its molecule\n\n" if k == 5 else ""))
+    path = tmp_path / "joined.mol"
+    path.write_text("".join(blocks))
+    structures, failures = split(read_structures(path))
+    assert not failures and len(structures) == 20
+    assert [s.name for s in structures] == [m.GetProp("_Name") or f"joined:{k}" for k, m in enumerate(mols)]
+    for s, mol in zip(structures, mols):
+        np.testing.assert_allclose(s.positions, mol.GetConformer().GetPositions())
+        assert s.numbers.tolist() == [a.GetAtomicNum() for a in mol.GetAtoms()]

@@ -50,18 +50,35 @@ def rdkit_messages() -> Iterator[list[str]]:
         logger.handlers[:], logger.propagate = saved
 
 
+#: A MOL block's counts line (its 4th): atom and bond counts ... V2000 or V3000.
+_COUNTS_LINE = re.compile(r"^\s*\d+\s+\d+\s.*V[23]000\s*$")
+
+
 def _blocks(stream: BinaryIO) -> Iterator[tuple[int, str | None, str]]:
-    """(first line number, text or None when binary, first line) for each `$$$$`-separated record."""
+    """(first line number, text or None when binary, first line) for each record.
+
+    Records end at `$$$$`, and also where a new MOL block begins after a block's `M  END` (MOL
+    files concatenated without `$$$$`: RDKit would read the first and drop the rest): after `M  END`
+    only SD data items may come, so a counts line there is the 4th line of the next molecule.
+    """
     lines: list[str] = []
     start = 1
     binary = False
+    end = None  # index in `lines` of the current block's `M  END`
     for lineno, raw in enumerate(stream, 1):
         line = raw.decode("utf-8", errors="replace")
-        if line.rstrip("\r\n") == "$$$$":
+        bare = line.rstrip("\r\n")
+        if bare == "$$$$":
             yield start, None if binary else "".join(lines), lines[0] if lines else ""
-            lines, start, binary = [], lineno + 1, False
+            lines, start, binary, end = [], lineno + 1, False, None
             continue
         binary = binary or "\x00" in line or "\ufffd" in line
+        if end is not None and len(lines) - 3 > end and _COUNTS_LINE.match(bare):
+            cut = len(lines) - 3  # the next molecule's title, program and comment lines come first
+            yield start, None if binary else "".join(lines[:cut]), lines[0]
+            lines, start, end = lines[cut:], start + cut, None
+        if bare.startswith("M  END"):
+            end = len(lines)
         if len(lines) < _MAX_RECORD_LINES:
             lines.append(line)
     if any(line.strip() for line in lines):
