@@ -2,6 +2,7 @@
 around a bad one are all kept."""
 
 import gzip
+import shutil
 
 import numpy as np
 import pytest
@@ -164,3 +165,16 @@ def test_cli_reports_bad_records_and_strict_fails(sample, tmp_path, case):
     strict = runner.invoke(app, ["info", str(path), "--strict"])
     assert strict.exit_code == 1
     assert "Traceback" not in relaxed.output + strict.output
+
+
+def test_unknown_extension_lists_what_is_read_and_suggests_format_only_where_one_fits(sample, tmp_path):
+    """A .pdb (no reader fits): the formats groupae reads, no --format hint. An XYZ named .txt: the
+    format it looks like, as the --format to pass."""
+    (tmp_path / "protein.pdb").write_text("ATOM      1  N   ALA A   1      11.104   6.134  -6.504  1.00  0.00           N\n")
+    shutil.copy(sample / "xyz" / "molecules_10.xyz", tmp_path / "frames.txt")
+    no_fit = runner.invoke(app, ["info", str(tmp_path / "protein.pdb")])
+    assert no_fit.exit_code == 2 and no_fit.stderr.count("\n") == 1
+    assert "--format" not in no_fit.stderr
+    assert all(kind in no_fit.stderr for kind in ("XYZ (.xyz, .extxyz)", "SDF/MOL (.sdf, .sd, .mol, .mdl)", "PLY (.ply)"))
+    fits = runner.invoke(app, ["info", str(tmp_path / "frames.txt")])
+    assert fits.exit_code == 2 and fits.stderr.count("\n") == 1 and "pass --format xyz" in fits.stderr

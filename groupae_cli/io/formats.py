@@ -27,8 +27,27 @@ STDIN = "-"
 _SNIFF_BYTES = 4096
 
 
+_NAMES = {"xyz": "XYZ", "sdf": "SDF/MOL", "ply": "PLY"}
+
+
 def _known() -> str:
-    return ", ".join(sorted(EXTENSIONS)) + " (each also as .gz)"
+    """e.g. `XYZ (.xyz, .extxyz), SDF/MOL (.sdf, .sd, .mol, .mdl), PLY (.ply), each also gzip'ed (.gz)`."""
+    kinds = [f"{_NAMES[f]} ({', '.join(e for e, g in EXTENSIONS.items() if g == f)})" for f in FORMATS]
+    return ", ".join(kinds) + ", each also gzip'ed (.gz)"
+
+
+def _sniff_file(path: Path) -> str | None:
+    """The format a file's first bytes look like, or None (also when it cannot be read)."""
+    try:
+        stream = open_binary(str(path))
+    except OSError:
+        return None
+    try:
+        return sniff(peek_head(stream))
+    except (OSError, EOFError):
+        return None
+    finally:
+        stream.close()
 
 
 def format_from_name(path: str) -> str | None:
@@ -72,10 +91,11 @@ def resolve(path: str, fmt: str | None = None) -> str:
     if fmt is None:
         fmt = format_from_name(path)
         if fmt is None:
-            raise UsageError(
-                f"{path}: unknown file extension {''.join(p.suffixes) or '(none)'!r}; "
-                f"known: {_known()}; or pass --format"
-            )
+            extension = "".join(p.suffixes) or "(none)"
+            looks = _sniff_file(p)
+            hint = (f"it looks like {_NAMES[looks]}: pass --format {looks}" if looks
+                    else f"groupae reads {_known()}")
+            raise UsageError(f"{path}: unknown file extension {extension!r}; {hint}")
     try:
         with open(p, "rb"):
             pass
