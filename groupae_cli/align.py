@@ -36,6 +36,10 @@ class AlignResult:
     converged: bool = True
     details: dict = field(default_factory=dict)
 
+    def transform(self, positions: np.ndarray) -> np.ndarray:
+        """Points in A's frame moved onto B: positions @ rotation.T + translation."""
+        return np.asarray(positions, dtype=np.float64) @ self.rotation.T + self.translation
+
     def as_dict(self) -> dict:
         return {"rmsd": self.rmsd, "rotation": self.rotation.tolist(), "translation": self.translation.tolist(),
                 "mapping": self.mapping.tolist(), "mode": self.mode, "starts": self.starts,

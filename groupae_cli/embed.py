@@ -43,6 +43,23 @@ def usable(structure: Structure, model) -> str | None:
     return None
 
 
+def provenance(model_path, model_name: str | None, input_files: list[str], shard: tuple[int, int],
+               command: str) -> dict:
+    """The attributes an embed file carries: the model (name, sha256), the inputs, the shard, what
+    its datasets mean and what wrote it."""
+    from groupae_cli import __version__
+    from groupae_cli.io.checkpoint import sha256
+
+    attrs = {"model": model_name or "", "model_sha256": sha256(model_path) if model_path else ""}
+    return attrs | {
+        "input_files": input_files,
+        "shard": f"{shard[0]}/{shard[1]}",
+        "permutation_convention": "permutation[offsets[i] + k] is the input atom of record i in canonical slot k",
+        "degenerate_meaning": "the input's symmetry cancels the learned frame vectors; anchor atoms define it",
+        "command": f"groupae {__version__} {command}",
+    }
+
+
 @torch.inference_mode()
 def encode_batch(model, structures: Sequence[Structure], device: torch.device) -> dict[str, np.ndarray | list]:
     """The model's invariant embedding and group element for each structure, as numpy arrays."""
@@ -107,4 +124,4 @@ def embed_files(items: Iterable[tuple[int, Structure | Failure]], model, out: st
     return written
 
 
-__all__ = ["embed_files", "encode_batch", "parse_shard", "usable"]
+__all__ = ["embed_files", "encode_batch", "parse_shard", "provenance", "usable"]

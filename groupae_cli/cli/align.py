@@ -47,21 +47,21 @@ def align(
     quiet: Quiet = False,
 ) -> None:
     """Align A onto B: minimum RMSD over proper rotations, translations and atom correspondences."""
-    from groupae_cli.align import align_structures
+    from groupae_cli._api import align as align_pair
     from groupae_cli.errors import Failure, FailureReport, UsageError
     from groupae_cli.io import Structure, read_structures, write_structures
 
     first = _one(a, fmt)
     if no_model and (model or no_refine):
         raise UsageError("--no-model leaves no learned guess: drop --model / --no-refine")
-    net, torch_device, model_path = None, None, None
+    net, model_path = None, None
     if not no_model:
         from groupae_cli.cli.embed import load_for_command
         from groupae_cli.embed import usable
 
         explicit = model is not None or no_refine
         try:
-            net, torch_device, model_path = load_for_command(model, device)
+            net, _, model_path = load_for_command(model, device)
         except UsageError:
             if explicit:
                 raise  # otherwise no default model is shipped: the exact search alone
@@ -77,15 +77,13 @@ def align(
             report.add(ref)
             continue
         try:
-            result = align_structures(first, ref, match, net, torch_device, refine_guess=not no_refine,
-                                      graph_limit=1_000_000 if prove else 5_000)
+            result = align_pair(first, ref, match, net, refine=not no_refine, prove=prove)
         except ValueError as exc:
             report.add(Failure(ref.source, ref.index, str(exc), ref.name))
             continue
         results.append({"reference": ref.name, "index": ref.index, **result.as_dict(),
                         "model": str(model_path) if net is not None else None})
-        positions = first.positions @ result.rotation.T + result.translation
-        moved.append(Structure(first.numbers, positions, f"{first.name} on {ref.name}", first.source, first.index,
+        moved.append(Structure(first.numbers, result.transform(first.positions), f"{first.name} on {ref.name}", first.source, first.index,
                                bonds=first.bonds, bond_orders=first.bond_orders, charges=first.charges))
     if not results:
         raise UsageError(f"nothing aligned: {report.failures[0] if report.failures else 'no reference structure'}")

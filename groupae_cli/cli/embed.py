@@ -22,9 +22,9 @@ DEFAULT_MODEL = "default"
 
 def load_for_command(model: str | None, device: str):
     """(model, torch device, checkpoint path) for a command's --model and --device."""
-    from groupae_cli.device import resolve_device
+    from groupae_cli._api import load_model
     from groupae_cli.errors import UsageError
-    from groupae_cli.io.checkpoint import load_model, resolve_model_path
+    from groupae_cli.io.checkpoint import resolve_model_path
 
     try:
         model_path = resolve_model_path(model or DEFAULT_MODEL)
@@ -33,8 +33,8 @@ def load_for_command(model: str | None, device: str):
             raise
         raise UsageError("no default model is shipped with this version yet; pass --model CHECKPOINT "
                          "(one written by groupae train)") from None
-    torch_device = resolve_device(device)
-    return load_model(model_path, torch_device), torch_device, model_path
+    net = load_model(model_path, device)
+    return net, next(net.parameters()).device, model_path
 
 
 @handle_errors
@@ -54,11 +54,9 @@ def embed(
     Records that cannot be read or that the model cannot take are skipped, listed in the file's
     `failed` table and summarised on stderr (--strict: exit 1 if any).
     """
-    from groupae_cli import __version__
-    from groupae_cli.embed import embed_files, parse_shard
+    from groupae_cli.embed import embed_files, parse_shard, provenance
     from groupae_cli.errors import FailureReport, UsageError
     from groupae_cli.io import resolve_inputs
-    from groupae_cli.io.checkpoint import sha256
 
     try:
         part = parse_shard(shard) if shard else (0, 1)
@@ -70,15 +68,7 @@ def embed(
     if not out.parent.is_dir():
         raise UsageError(f"{out.parent}: no such directory")
     net, torch_device, model_path = load_for_command(model, device)
-    attrs = {
-        "model": Path(model_path).stem if model is None else str(model),
-        "model_sha256": sha256(model_path),
-        "input_files": paths,
-        "shard": f"{part[0]}/{part[1]}",
-        "permutation_convention": "permutation[offsets[i] + k] is the input atom of record i in canonical slot k",
-        "degenerate_meaning": "the input's symmetry cancels the learned frame vectors; anchor atoms define it",
-        "command": f"groupae {__version__} embed",
-    }
+    attrs = provenance(model_path, Path(model_path).stem if model is None else str(model), paths, part, "embed")
     report = FailureReport(strict=strict)
     items = read_progress(paths, fmt, quiet, desc="embedding")
     count = embed_files(items, net, out, attrs, torch_device, batch_size, part, on_failure=report.add)

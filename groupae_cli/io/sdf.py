@@ -85,10 +85,11 @@ def _blocks(stream: BinaryIO) -> Iterator[tuple[int, str | None, str]]:
         yield start, None if binary else "".join(lines), lines[0]
 
 
-def _structure(mol, source: str, index: int, name: str) -> Structure | str:
+def _structure(mol, source: str, index: int, name: str, conf_id: int = -1) -> Structure | str:
+    """The Structure of an RDKit molecule's conformer `conf_id`, or why there is none."""
     if mol.GetNumConformers() == 0:
         return "no coordinates"
-    conf = mol.GetConformer()
+    conf = mol.GetConformer(conf_id)
     positions = conf.GetPositions()
     if not conf.Is3D() and len(positions) > 2 and np.all(positions[:, 2] == 0):
         return "2D coordinates (header says 2D, all z = 0); groupae needs 3D structures"
