@@ -10,7 +10,7 @@ from rdkit import Chem
 from groupae_cli.data import collate
 from groupae_cli.io import read_structures
 from groupae_cli.models import GroupAE, preset
-from groupae_cli.models.graph import Layout
+from groupae_cli.models.graph import Layout, build_edges
 from groupae_cli.models.symmetry import GroupElement, symmetry_errors
 
 # per dtype: (z, rotation, translation, canonical and reconstruction in Å)
@@ -33,10 +33,11 @@ def chiral():
     return structures[0]
 
 
-#: the attention-pooled embedding in the canonical frame, with composition and a decoder memory
+#: the attention-pooled embedding in the canonical frame, with composition, a frame-free part of z
+#: and a decoder memory; and the frame-free distance-attention head
 CANONICAL = {"pooling": "canonical", "pool_tokens": 2, "pool_dim": 16, "pool_heads": 2, "pool_vectors": 4,
-             "embedding_composition": True, "decoder_memory": 2}
-ATTENTION = {**CANONICAL, "pooling": "attention", "pool_layers": 1}
+             "embedding_composition": True, "embedding_identity": 3, "decoder_memory": 2}
+ATTENTION = {**CANONICAL, "pooling": "attention", "pool_layers": 1, "embedding_identity": 0}
 DESIGNS = {"mean": {}, "canonical": CANONICAL, "attention": ATTENTION}
 
 
@@ -257,3 +258,21 @@ def test_tetris_anchor_frames_hold_under_noise(tie, stable):
                              for p in permutations(range(4))]).amin(0)
     off = deviation > 0.1
     assert not off.any() if stable else off.any(), {p.name: int(o.sum()) for p, o in zip(pieces, off.view(len(pieces), -1))}
+
+
+def test_identity_part_of_z_ignores_the_frame(molecules):
+    """With embedding_identity k, the first k entries of z see only frame-free features: another
+    frame (and so other canonical coordinates) changes the rest of z, never them."""
+    m = model(torch.float64, **CANONICAL)
+    batch = collate(molecules, m.config.elements, dtype=torch.float64)
+    out = m.encode(batch)
+    layout = out["layout"]
+    edges = build_edges(batch["positions"], layout, m.config.graph, m.config.cutoff, m.config.knn)
+    h = m.encoder(batch["positions"], batch["types"], *edges)
+    inv = m.invariants(h)
+    other = GroupElement.random(batch, generator=torch.Generator().manual_seed(4)).rotation  # a wrong frame
+    canonical = torch.einsum("ai,aij->aj", batch["positions"] - out["translation"][batch["batch"]], other[batch["batch"]])
+    z = m.embedding(inv, h, canonical, other, batch["types"], layout)
+    k = CANONICAL["embedding_identity"]
+    torch.testing.assert_close(z[:, :k], out["z"][:, :k], rtol=0, atol=1e-12)
+    assert (z[:, k:] - out["z"][:, k:]).abs().max() > 1e-6

@@ -55,6 +55,8 @@ class ModelConfig:
     pool_vectors: int = 8
     pool_layers: int = 2  # distance-biased self-attention blocks of the "attention" head
     embedding_composition: bool = False
+    # canonical head: this many entries of z come from frame-free features only (see embedding.py)
+    embedding_identity: int = 0
     # permutation head
     score_hidden: int = 64
     # decoder
@@ -78,6 +80,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.pooling not in ("mean", "canonical", "attention"):
             raise ValueError(f"pooling must be 'mean', 'canonical' or 'attention', not {self.pooling!r}")
+        if not 0 <= self.embedding_identity < self.embedding_dim:
+            raise ValueError("embedding_identity must be in [0, embedding_dim)")
         if self.pool_dim % self.pool_heads:
             raise ValueError("pool_dim must be a multiple of pool_heads")
         if self.graph not in ("radius", "knn"):

@@ -61,8 +61,13 @@ class CanonicalEmbedding(nn.Module):
         self.queries = nn.Parameter(torch.randn(config.pool_tokens, d) / math.sqrt(d))
         self.attention = nn.MultiheadAttention(d, config.pool_heads, batch_first=True)
         self.norm = nn.LayerNorm(d)
-        pooled = config.pool_tokens * d + inv_dim + (self.n_types if self.composition else 0)
-        self.net = mlp([pooled, 2 * config.embedding_dim + 64, config.embedding_dim])
+        frame_free = inv_dim + (self.n_types if self.composition else 0)
+        # the first `embedding_identity` entries of z see only frame-free features (what the
+        # molecule is, robust to its conformation); the rest also see the canonical-frame tokens
+        self.identity = config.embedding_identity
+        geometry = config.embedding_dim - self.identity
+        self.net = mlp([config.pool_tokens * d + frame_free, 2 * geometry + 64, geometry])
+        self.identity_net = mlp([frame_free, 2 * self.identity + 32, self.identity]) if self.identity else None
 
     def forward(self, inv: torch.Tensor, h: torch.Tensor, canonical: torch.Tensor, rotation: torch.Tensor,
                 types: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -75,10 +80,13 @@ class CanonicalEmbedding(nn.Module):
         dense = layout.to_dense(tokens)  # (B, N, d)
         queries = self.queries.expand(layout.n_structures, -1, -1)
         pooled, _ = self.attention(queries, dense, dense, key_padding_mask=~layout.mask, need_weights=False)
-        parts = [self.norm(pooled).flatten(1), layout.pool(inv) / layout.n_atoms[:, None].to(inv.dtype)]
+        frame_free = [layout.pool(inv) / layout.n_atoms[:, None].to(inv.dtype)]
         if self.composition:
-            parts.append(composition(types, layout, self.n_types, inv.dtype))
-        return self.net(torch.cat(parts, -1))
+            frame_free.append(composition(types, layout, self.n_types, inv.dtype))
+        z = self.net(torch.cat([self.norm(pooled).flatten(1), *frame_free], -1))
+        if self.identity_net is not None:
+            z = torch.cat([self.identity_net(torch.cat(frame_free, -1)), z], -1)
+        return z
 
 
 class DistanceAttention(nn.Module):
