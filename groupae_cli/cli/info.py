@@ -83,6 +83,35 @@ def _print_checkpoint(d: dict) -> None:
             typer.echo(f"    {key}: {value:.5g}" if isinstance(value, float) else f"    {key}: {value}")
 
 
+def _print_run(d: dict) -> None:
+    typer.echo(f"{d['path']}  (training run)")
+    split = f" ({d['n_train']} train, {d['n_validation']} validation structures)" if d["n_train"] else ""
+    typer.echo("  inputs:      " + (", ".join(d["inputs"]) or "-") + split)
+    model = dict(d["model"])
+    if "elements" in model:
+        typer.echo("  elements:    " + " ".join(_symbol(z) for z in model.pop("elements")))
+    keys = ("embedding_dim", "layers", "scalars", "vectors", "graph", "cutoff", "decoder_layers", "max_atoms")
+    typer.echo("  model:       " + ", ".join(f"{k}={model[k]}" for k in keys if k in model))
+    planned = f" of {d['epochs_planned']}" if d["epochs_planned"] else ""
+    pace = f", {d['seconds_per_epoch']:.0f} s each (median)" if d["seconds_per_epoch"] is not None else ""
+    typer.echo(f"  epochs:      {d['epochs_done']}{planned} done{pace}")
+    for label, row in (("best", d["best"]), ("last", d["last"])):
+        if row is None:
+            continue
+        parts = []
+        if "val_rmsd_mean" in row:
+            parts.append(f"RMSD {row['val_rmsd_mean']:.3f} Å (median {row.get('val_rmsd_median', float('nan')):.3f}) "
+                         f"against the centroid baseline {row.get('val_baseline_rmsd', float('nan')):.3f} Å")
+        if "val_element_acc" in row:
+            parts.append(f"elements {100 * row['val_element_acc']:.2f}%")
+        if "val_perm_acc" in row:
+            parts.append(f"permutation {100 * row['val_perm_acc']:.1f}%")
+        if not parts and "train_recon_rmsd" in row:
+            parts.append(f"training RMSD {row['train_recon_rmsd']:.3f} Å")
+        typer.echo(f"  {label + ':':<12} epoch {row['epoch']}: " + ", ".join(parts))
+    typer.echo("  files:       " + ", ".join(d["files"]))
+
+
 def _symbol(z: int) -> str:
     from ase.data import chemical_symbols
 
@@ -92,17 +121,28 @@ def _symbol(z: int) -> str:
 @handle_errors
 def info(
     path: Annotated[str, typer.Argument(help="A structure file (XYZ, SDF/MOL, PLY; .gz; '-' for stdin), "
-                                             "a groupae HDF5 file, a checkpoint (.ckpt) or a shipped model's "
-                                             "name (default).")],
+                                             "a groupae HDF5 file, a checkpoint (.ckpt), a shipped model's "
+                                             "name (default) or a training run directory.")],
     fmt: Format = None,
     json: Json = False,
     strict: Strict = False,
     quiet: Quiet = False,
 ) -> None:
     """Show what a file holds: records, atoms, elements, bonds and failures; an HDF5 file's datasets;
-    or a checkpoint's versions, config and training figures."""
+    a checkpoint's versions, config and training figures; or a training run directory's inputs,
+    epochs and best and last validation figures."""
     from groupae_cli import shipped_model_path
     from groupae_cli.errors import FailureReport, UsageError
+
+    if path != "-" and Path(path).is_dir():
+        from groupae_cli.train.curves import is_run, summarise_run
+
+        if not is_run(path):
+            raise UsageError(f"{path}: is a directory, not a structure file or a training run "
+                             "(no config.yaml, metrics.csv or last.ckpt)")
+        described = summarise_run(path)
+        print_json(described) if json else _print_run(described)
+        return
 
     shipped = shipped_model_path(path)  # a shipped model by name ("default")
     if path != "-" and (Path(path).suffix.lower() in _CHECKPOINT or (not Path(path).exists() and shipped.is_file())):

@@ -12,7 +12,7 @@ from groupae_cli.cli.common import Device, Format, Quiet, Strict, handle_errors
 
 @handle_errors
 def train(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory: config.yaml, metrics.csv, best.ckpt, last.ckpt.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory: config.yaml, metrics.csv, learning_curves.png, best.ckpt, last.ckpt.")],
     files: Annotated[list[str] | None, typer.Argument(help="Structure files (XYZ, SDF/MOL, PLY; .gz); "
                                                      "none with --resume.")] = None,
     preset: Annotated[str, typer.Option(help="Model size: tiny, small, medium, large, tetris.")] = "small",

@@ -1,5 +1,5 @@
 """The training loop: AdamW with warm-up and cosine decay, tau annealing, gradient clipping,
-validation each epoch, checkpoints and metrics.csv; DistributedDataParallel under torchrun."""
+validation each epoch, checkpoints, metrics.csv and learning_curves.png; DistributedDataParallel under torchrun."""
 
 from __future__ import annotations
 
@@ -156,6 +156,8 @@ class Trainer:
     def fit(self) -> list[dict]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         val = [to_device(b, self.device) for b in self.val_batches()] if self.dist.main else []
+        self._plotted = (time.perf_counter(), 0)  # (when, epochs drawn) of learning_curves.png
+        self._told = False  # that matplotlib is missing
         try:
             while self.epoch < self.config.epochs:
                 start = time.perf_counter()
@@ -166,6 +168,7 @@ class Trainer:
                     row["seconds"] = time.perf_counter() - start
                     self.history.append(row)
                     self._write_metrics()
+                    self._plot(final=False)
                     score = row.get("val_rmsd_mean", row["train_recon_rmsd"])
                     if score < self.best:
                         self.best = score
@@ -174,9 +177,31 @@ class Trainer:
                     if not self.quiet:
                         self.log(_summary(row))
                 self.dist.barrier()
+            if self.dist.main:
+                self._plot(final=True)
         finally:
             self.dist.close()
         return self.history
+
+    def _plot(self, final: bool, every: float = 60.0) -> None:
+        """learning_curves.png beside metrics.csv: when training ends, and meanwhile at most once
+        every `every` seconds; without matplotlib a one-line note instead, once."""
+        from groupae_cli.train.curves import (
+            CURVES,
+            MISSING_MATPLOTLIB,
+            plot_curves,
+            read_metrics,
+        )
+
+        when, drawn = self._plotted
+        now = time.perf_counter()
+        if not self.history or drawn == len(self.history) or (not final and now - when < every):
+            return
+        self._plotted = (now, len(self.history))
+        if not plot_curves(read_metrics(self.run_dir / "metrics.csv"), self.run_dir / CURVES, self.run_dir.name):
+            if not self.quiet and not self._told:
+                self.log(MISSING_MATPLOTLIB)
+            self._told = True
 
     def _write_metrics(self) -> None:
         with written_atomically(self.run_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
