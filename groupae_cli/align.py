@@ -25,7 +25,13 @@ from scipy.spatial.transform import Rotation
 
 @dataclass
 class AlignResult:
-    """A mapped onto B: B[mapping[i]] ~ A[i] @ rotation.T + translation."""
+    """A mapped onto B: B[mapping[i]] ~ A[i] @ rotation.T + translation.
+
+    rmsd (Å) over all atoms; rotation (3, 3), proper (det +1: never a mirror image); translation
+    (3,); mapping (n,): atom i of A is atom mapping[i] of B; mode "elements" or "graph"; starts:
+    the starting poses searched; details: in graph mode `proven_optimal`, the principal-axes shape
+    of each input, and with a model `learned_rmsd` / `learned_was_optimal`.
+    """
 
     rmsd: float
     rotation: np.ndarray  # (3, 3), det +1

@@ -16,6 +16,10 @@ from groupae_cli.io.records import Structure
 
 @dataclass
 class Reconstruction:
+    """One decoded structure: `structure` in the input's frame and atom order (elements as
+    decoded, the input's bonds and charges), its `rmsd` (Å) and `element_accuracy` against the
+    input; both None when it was decoded from an embed file (no input to compare with)."""
+
     structure: Structure  # the decoded structure, in the input's frame and atom order
     rmsd: float | None  # Å, against the input (None when decoding an embed file)
     element_accuracy: float | None
