@@ -15,6 +15,7 @@ on top of the default starts. A pair counts as found when it is within 1e-3 Å o
 
 from __future__ import annotations
 
+import importlib
 import time
 
 import numpy as np
@@ -22,7 +23,8 @@ from align import sample_pairs, symmetric_pairs
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-import groupae_cli.align as alignment
+# the module, not the package's `align` function of the same name (groupae_cli's public API)
+alignment = importlib.import_module("groupae_cli.align")
 
 HARD = {
     "adamantane": "C1C2CC3CC1CC(C2)C3", "cyclohexane": "C1CCCCC1", "cyclooctane": "C1CCCCCCC1",
