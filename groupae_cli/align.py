@@ -19,8 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from scipy.spatial.transform import Rotation
+
+# scipy.optimize (Hungarian assignment) and scipy.spatial (random rotations) are imported where
+# they are used: graph mode on ordinary molecules needs neither, and `groupae align` starts fast.
 
 
 @dataclass
@@ -114,6 +115,8 @@ def fit_rmsd(a: np.ndarray, b_mapped: np.ndarray, rotation: np.ndarray, translat
 
 def assign(moved: np.ndarray, target: np.ndarray, classes_a: np.ndarray, classes_b: np.ndarray) -> np.ndarray:
     """The mapping minimising the summed squared distances, one Hungarian problem per class."""
+    from scipy.optimize import linear_sum_assignment
+
     mapping = np.empty(len(moved), dtype=np.int64)
     for c in np.unique(classes_a):
         ia, ib = np.flatnonzero(classes_a == c), np.flatnonzero(classes_b == c)
@@ -169,11 +172,46 @@ def principal_shape(x: np.ndarray, tol: float = 0.02) -> str:
     return "spherical top" if all(equal) else "symmetric top" if any(equal) else "asymmetric"
 
 
+def _quaternion_matrices(q: np.ndarray) -> np.ndarray:
+    """Rotation matrices (m, 3, 3) of unit quaternions (m, 4) in scalar-last order (x, y, z, w)."""
+    x, y, z, w = (q / np.linalg.norm(q, axis=1, keepdims=True)).T
+    return np.stack([
+        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+    ], -2)
+
+
+def icosahedral_rotations() -> np.ndarray:
+    """The 60 rotations of the icosahedral group, (60, 3, 3), in the order of scipy's
+    `Rotation.create_group("I")` (built here in numpy: importing scipy.spatial costs a quarter
+    of a second at start-up). Quaternions (x, y, z, w): the identity and the 8 of the form
+    (1/2)(1, +-1, +-1, +-1) — the tetrahedral group — then the even permutations of
+    (1/2, 1/(2 phi), phi/2, 0) with every sign, as scipy lists them."""
+    value = {"a": 0.5, "b": 0.25 * (np.sqrt(5.0) - 1.0), "c": 0.25 * (1.0 + np.sqrt(5.0)), "0": 0.0}
+    table = ("abc0 ab-c0 ac0b ac0-b a-bc0 a-b-c0 a-c0b a-c0-b a0bc a0b-c a0-bc a0-b-c "
+             "ba0c ba0-c bca0 bc-a0 b-a0c b-a0-c b-ca0 b-c-a0 b0ca b0c-a b0-ca b0-c-a "
+             "cab0 ca-b0 cb0a cb0-a c-ab0 c-a-b0 c-b0a c-b0-a c0ab c0a-b c0-ab c0-a-b "
+             "0acb 0ac-b 0a-cb 0a-c-b 0bac 0ba-c 0b-ac 0b-a-c 0cba 0cb-a 0c-ba 0c-b-a")
+    rows = []
+    for word in table.split():
+        row, sign = [], 1.0
+        for ch in word:
+            if ch == "-":
+                sign = -1.0
+            else:
+                row.append(sign * value[ch])
+                sign = 1.0
+        rows.append(row)
+    tetra = np.array([[0.5, u, v, w] for w in (0.5, -0.5) for u in (-0.5, 0.5) for v in (-0.5, 0.5)])
+    return _quaternion_matrices(np.concatenate([np.eye(4), tetra, np.array(rows)]))
+
+
 #: 60 well-spread rotations (the icosahedral group). Searches start from each of them, taken
 #: between the two structures' principal frames, as well as from the 24 matches of the axes. A
 #: fixed, even spread does not depend on a random draw: 48 random rotations in their place missed
 #: the optimum on 1 to 3 of the 72 pairs of bench/align.py, depending on the draw; these on none.
-_SPREAD = Rotation.create_group("I").as_matrix()
+_SPREAD = icosahedral_rotations()
 
 
 def axis_starts(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0, orders: bool = False,
@@ -193,6 +231,8 @@ def axis_starts(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0, ord
     if spread:
         starts.extend(axes_b @ g @ axes_a.T for g in _SPREAD)
     if extra:
+        from scipy.spatial.transform import Rotation
+
         # the generator goes in positionally: scipy's `rng` (`random_state` before scipy 1.15)
         starts.extend(Rotation.random(extra, np.random.default_rng(seed)).as_matrix())
     return starts
@@ -216,8 +256,9 @@ def align(a_positions: np.ndarray, a_numbers: np.ndarray, b_positions: np.ndarra
     """
     a, b = np.asarray(a_positions, float), np.asarray(b_positions, float)
     za, zb = np.asarray(a_numbers), np.asarray(b_numbers)
-    if sorted(za.tolist()) != sorted(zb.tolist()):
-        raise ValueError("the two structures have different compositions")
+    reason = composition_difference(za, zb)
+    if reason is not None:
+        raise ValueError(reason)
     if guess is not None and not refine_guess:
         rotation, translation = guess
         mapping = assign(a @ rotation.T + translation, b, za, zb)
@@ -317,7 +358,7 @@ class _GraphSearch:
                 free[atoms] = True
         self.core_a, self.core_b = np.flatnonzero(~free_a), np.flatnonzero(~free_b)
         if len(self.core_a) != len(self.core_b):
-            raise ValueError("the two structures are different molecules (their bond graphs differ)")
+            raise ValueError("different bond graphs: not isomorphic (the two are different molecules)")
         self.perms = {k: np.array(list(permutations(range(k)))) for k in {len(v) for v in self.groups_a.values()}}
         self.per_skeleton = int(np.prod([factorial(len(v)) for v in self.groups_a.values()], dtype=float))
         skeleton = _isomorphisms(_connectivity_mol(a, self.core_a, classes_a),
@@ -384,6 +425,8 @@ class _GraphSearch:
         group's best permutation at once; the distinct picks get an exact fit, and the best
         `polish` are improved by exact single-group sweeps (every permutation of one group, the
         others fixed) until no sweep helps. Not proven optimal. (ssd, rotation, translation, mapping)."""
+        from scipy.spatial.transform import Rotation
+
         base, pairs, norms, h_core, terms = self._terms(skeleton_row)
         rng = np.random.default_rng(seed)
         scales = np.repeat([0.05, 0.15, 0.3, 0.6, 1.2], samples // 5 + 1)[:samples, None]
@@ -434,11 +477,12 @@ def align_graph(a, b, guess: tuple[np.ndarray, np.ndarray] | None = None, extra_
         raise ValueError("graph matching needs bonds in both structures (use element matching)")
     classes_a, classes_b = symmetry_classes(a), symmetry_classes(b)
     if sorted(classes_a.tolist()) != sorted(classes_b.tolist()) or len(a.bonds) != len(b.bonds):
-        raise ValueError("the two structures are different molecules (their bond graphs differ)")
+        raise ValueError(composition_difference(a.numbers, b.numbers) or graph_difference(a, b)
+                         or "different bond graphs: not isomorphic (the two are different molecules)")
     pa, pb = a.positions, b.positions
     search = _GraphSearch(a, b, classes_a, classes_b, limit)
     if not len(search.skeleton):
-        raise ValueError("no graph isomorphism between the two structures")
+        raise ValueError("different bond graphs: not isomorphic (the two are different molecules)")
     best = (np.inf, None, None, None)
     if guess is not None:  # the learned guess, refined, tightens the bound from the start
         r = refine(pa, pb, classes_a, classes_b, *guess)
@@ -491,15 +535,80 @@ def learned_guess(model, a, b, device) -> tuple[tuple[np.ndarray, np.ndarray], n
     return (rotation, tb - ta @ rotation.T), mapping, [bool(d) for d in encoded["degenerate"]]
 
 
+def _symbol(z: int) -> str:
+    if z == 0:
+        return "X"
+    from rdkit import Chem
+
+    return Chem.GetPeriodicTable().GetElementSymbol(int(z))
+
+
+def formula(numbers) -> str:
+    """Hill formula of atomic numbers: C and H first, then the others alphabetically (C6H6O)."""
+    from collections import Counter
+
+    counts = Counter(_symbol(int(z)) for z in np.asarray(numbers).tolist())
+    first = [e for e in ("C", "H") if "C" in counts and e in counts]
+    order = first + sorted(e for e in counts if e not in first)
+    return "".join(f"{e}{counts[e] if counts[e] > 1 else ''}" for e in order)
+
+
+def composition_difference(a_numbers, b_numbers) -> str | None:
+    """Why A and B cannot be aligned atom for atom, in one line, or None: a single atom (no
+    orientation to align), or different compositions ("A has C6H6O (13 atoms), B has C6H6 (12
+    atoms)")."""
+    for label, numbers in (("A", a_numbers), ("B", b_numbers)):
+        if len(numbers) < 2:
+            return f"{label} has {len(numbers)} atom{'s' if len(numbers) != 1 else ''}: alignment needs at least 2 " \
+                   "(a single atom has no orientation)"
+    if sorted(np.asarray(a_numbers).tolist()) == sorted(np.asarray(b_numbers).tolist()):
+        return None
+    return (f"different compositions: A has {formula(a_numbers)} ({len(a_numbers)} atoms), "
+            f"B has {formula(b_numbers)} ({len(b_numbers)} atoms)")
+
+
+def graph_difference(a, b) -> str | None:
+    """How the bond graphs of A and B (same composition) plainly differ, in one line, or None when
+    no simple count tells them apart (they may still not be isomorphic)."""
+    from collections import Counter
+
+    if len(a.bonds) != len(b.bonds):
+        return f"different bond graphs: A has {len(a.bonds)} bonds, B has {len(b.bonds)} (both {formula(a.numbers)})"
+
+    def environments(s):
+        neighbours = [[] for _ in range(len(s))]
+        for i, j in np.asarray(s.bonds).tolist():
+            neighbours[i].append(_symbol(s.numbers[j]))
+            neighbours[j].append(_symbol(s.numbers[i]))
+        return Counter((_symbol(s.numbers[i]), ", ".join(sorted(n))) for i, n in enumerate(neighbours))
+
+    env_a, env_b = environments(a), environments(b)
+    for (element, around), count in sorted(env_a.items()):
+        if env_b[(element, around)] < count:
+            return (f"different bond graphs: A has {count} {element} bonded to ({around or 'nothing'}), "
+                    f"B has {env_b[(element, around)]} (both {formula(a.numbers)})")
+    return None
+
+
 def align_structures(a, b, match: str | None = None, model=None, device=None, refine_guess: bool = True,
                      extra_starts: int = 0, graph_limit: int = 5_000) -> AlignResult:
     """Align structure A onto B: `match` "elements" or "graph" (default: graph when both have bonds).
 
     With a model, its guess comes first; `refine_guess=False` returns the learned answer alone.
+    ValueError, in one line, for a single atom, different compositions, and in graph mode for
+    missing bonds or different bond graphs.
     """
     match = match or ("graph" if a.has_bonds and b.has_bonds else "elements")
     if match not in ("elements", "graph"):
         raise ValueError(f"match must be 'elements' or 'graph', not {match!r}")
+    reason = composition_difference(a.numbers, b.numbers)
+    if reason is None and match == "graph":
+        if a.bonds is None or b.bonds is None:
+            reason = "graph matching needs bonds in both structures (use --match elements)"
+        else:
+            reason = graph_difference(a, b)
+    if reason is not None:
+        raise ValueError(reason)
     guess, guess_mapping, learned_degenerate = None, None, None
     if model is not None:
         guess, guess_mapping, learned_degenerate = learned_guess(model, a, b, device)

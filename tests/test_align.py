@@ -185,25 +185,34 @@ def test_align_command_json_output_and_aligned_file(tmp_path, checkpoint):
     a, b = SAMPLE / "align" / "a.sdf", SAMPLE / "align" / "b.sdf"
     result = runner.invoke(app, ["align", str(a), str(b), "--json", "-o", str(tmp_path / "moved.sdf")])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
-    assert {"rmsd", "rotation", "translation", "mapping"} <= set(data) and data["mode"] == "graph"
+    data = json.loads(result.stdout)  # JSON Lines: one object on one line for one pair
+    assert {"rmsd", "rotation", "translation", "mapping"} <= set(data) and data["match"] == "graph"
     moved = one(tmp_path / "moved.sdf")
     target = one(b)
     mapping = np.asarray(data["mapping"])
     rmsd = np.sqrt(((moved.positions - target.positions[mapping]) ** 2).sum(-1).mean())
     assert rmsd == pytest.approx(data["rmsd"], abs=1e-3)
     elements = runner.invoke(app, ["align", str(SAMPLE / "align" / "a.xyz"), str(SAMPLE / "align" / "b.xyz"), "--json"])
-    assert json.loads(elements.stdout)["mode"] == "elements" and json.loads(elements.stdout)["rmsd"] <= data["rmsd"]
-    learned = runner.invoke(app, ["align", str(a), str(b), "--model", str(checkpoint), "--json"])
-    assert "learned_rmsd" in json.loads(learned.stdout)
+    assert json.loads(elements.stdout)["match"] == "elements" and json.loads(elements.stdout)["rmsd"] <= data["rmsd"]
+    learned = json.loads(runner.invoke(app, ["align", str(a), str(b), "--model", str(checkpoint), "--json"]).stdout)
+    assert learned["learned_rmsd"] is not None and learned["model"] == str(checkpoint)
+    assert data["learned_rmsd"] is None and data["model"] is None  # no model unless asked for
     many = runner.invoke(app, ["align", str(a), str(SAMPLE / "molecules.sdf"), "--json", "--quiet"])
-    rows = json.loads(many.stdout)
-    assert [r["reference"] for r in rows] == [f"NCI_4331_conf{k}" for k in range(3)]  # the same molecule only
+    rows = [json.loads(line) for line in many.stdout.splitlines()]
+    assert [r["b_name"] for r in rows] == [f"NCI_4331_conf{k}" for k in range(3)]  # the same molecule only
     assert rows[0]["rmsd"] < 1e-3  # a against itself
     bad = runner.invoke(app, ["align", str(a), str(b), "--no-refine", "--no-model"])
     assert bad.exit_code == 2 and "no learned guess" in bad.stderr
-    plain = json.loads(runner.invoke(app, ["align", str(a), str(b), "--no-model", "--prove", "--json"]).stdout)
+    plain = json.loads(runner.invoke(app, ["align", str(a), str(b), "--prove", "--json"]).stdout)
     assert plain["model"] is None and plain["proven_optimal"] and plain["rmsd"] == pytest.approx(data["rmsd"])
+
+
+def test_spread_rotations_are_scipys_icosahedral_group():
+    from scipy.spatial.transform import Rotation
+
+    from groupae_cli.align import icosahedral_rotations
+
+    np.testing.assert_allclose(icosahedral_rotations(), Rotation.create_group("I").as_matrix(), atol=1e-12)
 
 
 @pytest.mark.parametrize("smiles,shape", [

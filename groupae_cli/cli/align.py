@@ -1,7 +1,20 @@
-"""`groupae align A B`: rotation, translation, atom correspondence and RMSD, without atom order."""
+"""`groupae align A B`: rotation, translation, atom correspondence and RMSD, without atom order.
+
+A is the moving structure, B the reference. Records pair up like numpy broadcasting: a file with
+one record goes against every record of the other (a conformer ensemble onto one reference, one
+structure onto several references); two files with several records pair record by record (equal
+counts); `--all-pairs` aligns every record of A onto every record of B. `--pairs FILE` lists
+(A, B) file pairs, one per line, all aligned in this one process.
+
+Start-up matters (a pair should take well under a second end to end): options and paths are
+checked before any structure is read, and torch is imported only for `--model`.
+"""
 
 from __future__ import annotations
 
+import re
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -9,104 +22,241 @@ import typer
 from groupae_cli.cli.common import (
     Device,
     Format,
-    Json,
     Quiet,
+    Strict,
     handle_errors,
-    print_json,
+    progress,
 )
 
+#: The keys of every JSON Lines row, in order; a key that does not apply to a pair is null.
+ROW_KEYS = ("a_file", "a_index", "a_name", "b_file", "b_index", "b_name", "atoms", "match", "refined", "rmsd",
+            "rotation", "translation", "mapping", "proven_optimal", "isomorphisms", "skeleton_isomorphisms",
+            "skeleton_complete", "completed_skeletons", "starts", "converged", "principal_axes_a",
+            "principal_axes_b", "model", "learned_rmsd", "learned_was_optimal", "learned_frame_degenerate")
 
-def _one(path: str, fmt: str | None):
+
+def read_pairs(path: str) -> list[tuple[str, str]]:
+    """(A path, B path) per line of a pairs file ('-': stdin): two paths per line, shell-quoted
+    where they hold spaces; blank lines and # comments skipped. Relative paths are relative to
+    the pairs file's folder (to the working directory for stdin)."""
+    import shlex
+
+    from groupae_cli.errors import UsageError
+
+    if path == "-":
+        text, base = sys.stdin.read(), Path(".")
+    else:
+        try:
+            text, base = Path(path).read_text(), Path(path).parent
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read the pairs file ({exc.strerror or exc})") from None
+    pairs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as exc:
+            raise UsageError(f"{path} line {number}: {exc}") from None
+        if not words:
+            continue
+        if len(words) != 2:
+            raise UsageError(f"{path} line {number}: two paths per line (A B), found {len(words)}")
+        pairs.append(tuple("-" if w == "-" else str(base / w) for w in words))
+    if not pairs:
+        raise UsageError(f"{path}: no pairs (two paths per line: A B)")
+    return pairs
+
+
+def plan(a_count: int, b_count: int, all_pairs: bool, a: str, b: str) -> list[tuple[int, int]]:
+    """Which (A record, B record) pairs to align: broadcasting (one record against every record of
+    the other file), record by record for equal counts, or every pair with `all_pairs`."""
+    from groupae_cli.errors import UsageError
+
+    if all_pairs or a_count == 1 or b_count == 1:
+        return [(i, j) for i in range(a_count) for j in range(b_count)]
+    if a_count != b_count:
+        raise UsageError(f"{a} has {a_count} records and {b} has {b_count}: records pair one by one only for "
+                         "equal counts; --all-pairs aligns every record of A onto every record of B")
+    return [(i, i) for i in range(a_count)]
+
+
+def _records(path: str, fmt: str | None) -> list:
+    """Every record of a file, a Failure in place of each unusable one; UsageError for a file
+    with no usable record at all when the whole file failed (empty, unreadable)."""
     from groupae_cli.errors import Failure, UsageError
     from groupae_cli.io import read_structures
 
-    for item in read_structures(path, fmt):
-        if isinstance(item, Failure):
-            raise UsageError(str(item))
-        return item
-    raise UsageError(f"{path}: no structure")
+    items = list(read_structures(path, fmt))
+    records = [r for r in items if not (isinstance(r, Failure) and r.index is None)]
+    if not records:
+        raise UsageError(str(items[0]) if items else f"{path}: no records")
+    return records
+
+
+def _label(item, path: str) -> str:
+    name = f" ({item.name})" if item.name else ""
+    return f"{path} record {item.index}{name}"
+
+
+def row(a, b, result, model_path) -> dict:
+    """One pair's JSON Lines object: always the keys of ROW_KEYS, in that order."""
+    values = {**result.details, "rmsd": result.rmsd, "rotation": result.rotation.tolist(),
+              "translation": result.translation.tolist(), "mapping": result.mapping.tolist(),
+              "starts": result.starts, "converged": result.converged}
+    values.update(a_file=a.source, a_index=a.index, a_name=a.name, b_file=b.source, b_index=b.index,
+                  b_name=b.name, atoms=len(a), match=result.mode.split()[0],
+                  refined="not refined" not in result.mode, model=None if model_path is None else str(model_path))
+    return {key: values.get(key) for key in ROW_KEYS}
+
+
+def _note(r: dict) -> str:
+    notes = []
+    if r["proven_optimal"] is False:
+        notes.append("not proven optimal (--prove)")
+    shapes = sorted({r["principal_axes_a"], r["principal_axes_b"]} - {"asymmetric", None})
+    if shapes:
+        notes.append(f"degenerate axes: {', '.join(shapes)}")
+    if r["learned_rmsd"] is not None and r["refined"]:
+        notes.append(f"learned guess {r['learned_rmsd']:.3f}")
+    return "; ".join(notes)
 
 
 @handle_errors
 def align(
-    a: Annotated[str, typer.Argument(help="The structure to move (A).")],
-    b: Annotated[str, typer.Argument(help="The reference (B); with several records, A is aligned to each.")],
+    a: Annotated[str | None, typer.Argument(help="The structure(s) to move (A): every record is aligned.")] = None,
+    b: Annotated[str | None, typer.Argument(help="The reference(s) (B).")] = None,
+    pairs: Annotated[str | None, typer.Option("--pairs", help="A file of pairs to align in one process: two paths "
+                                                 "per line (A B), relative to the file's folder.")] = None,
+    all_pairs: Annotated[bool, typer.Option("--all-pairs", help="Every record of A onto every record of B "
+                                             "(default: one record against every record of the other "
+                                             "file, or record by record).")] = False,
     match: Annotated[str | None, typer.Option(help="elements (no bonds needed) or graph (bond-graph "
                                                        "isomorphisms); default: graph when both have bonds.")] = None,
-    out: Annotated[str | None, typer.Option("--out", "-o", help="Write A moved onto B (.xyz/.sdf).")] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="A checkpoint or shipped model whose learned "
-                                                 "guess is tried first (the answer with --no-refine); default: the "
-                                                 "shipped default model, when it knows A's elements.")] = None,
-    no_model: Annotated[bool, typer.Option("--no-model", help="No learned guess: the exact search alone.")] = False,
-    no_refine: Annotated[bool, typer.Option("--no-refine", help="The learned guess alone.")] = False,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Write every moved A record (.xyz/.sdf; SDF "
+                                             "records carry groupae_rmsd and groupae_reference).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Try this model's learned guess first (a "
+                                                 "checkpoint or a shipped model name, e.g. default); off by "
+                                                 "default: bench/RESULTS.md shows it changes no answer.")] = None,
+    no_model: Annotated[bool, typer.Option("--no-model", help="No learned guess: the default; kept so existing "
+                                           "scripts run.")] = False,
+    no_refine: Annotated[bool, typer.Option("--no-refine", help="The learned guess alone (needs --model).")] = False,
     prove: Annotated[bool, typer.Option("--prove", help="Graph mode: complete every skeleton exactly up to 10^6 "
                                         "terminal-group permutations (slower), so more answers are proven optimal.")] = False,
     device: Device = "auto",
-    json: Json = False,
+    json: Annotated[bool, typer.Option("--json", help="JSON Lines on stdout: one object per pair, always the "
+                                       "same keys.")] = False,
     fmt: Format = None,
+    strict: Strict = False,
     quiet: Quiet = False,
 ) -> None:
-    """Align A onto B: minimum RMSD over proper rotations, translations and atom correspondences."""
-    from groupae_cli._api import align as align_pair
-    from groupae_cli.errors import Failure, FailureReport, UsageError
-    from groupae_cli.io import Structure, read_structures, write_structures
+    """Align A onto B: minimum RMSD over proper rotations, translations and atom correspondences.
 
-    first = _one(a, fmt)
-    if no_model and (model or no_refine):
+    Every record of A is aligned: onto B's one record (an ensemble onto a reference), onto each of
+    B's records when A has one, record by record when both have several, or onto every record of
+    B with --all-pairs. --pairs FILE aligns a list of file pairs in one process.
+    """
+    from groupae_cli.errors import UsageError
+
+    # --- options first: nothing is read and nothing heavy imported before they are all valid
+    if match not in (None, "elements", "graph"):
+        raise UsageError(f"--match must be elements or graph, not {match!r}")
+    if no_model and (model is not None or no_refine):
         raise UsageError("--no-model leaves no learned guess: drop --model / --no-refine")
-    net, model_path = None, None
-    if not no_model:
-        from groupae_cli.cli.embed import load_for_command
-        from groupae_cli.embed import usable
-
-        explicit = model is not None or no_refine
-        try:
-            net, _, model_path = load_for_command(model, device)
-        except UsageError:
-            if explicit:
-                raise  # otherwise no default model is shipped: the exact search alone
-        why = usable(first, net) if net is not None else None
-        if why is not None:
-            if explicit:
-                raise UsageError(f"{a}: the model cannot take it ({why})")
-            net = None  # the default model cannot take A (a point cloud, an unknown element)
-    report = FailureReport()
-    results, moved = [], []
-    for ref in read_structures(b, fmt):
-        if isinstance(ref, Failure):
-            report.add(ref)
-            continue
-        try:
-            result = align_pair(first, ref, match, net, refine=not no_refine, prove=prove)
-        except ValueError as exc:
-            report.add(Failure(ref.source, ref.index, str(exc), ref.name))
-            continue
-        results.append({"reference": ref.name, "index": ref.index, **result.as_dict(),
-                        "model": str(model_path) if net is not None else None})
-        moved.append(Structure(first.numbers, result.transform(first.positions), f"{first.name} on {ref.name}", first.source, first.index,
-                               bonds=first.bonds, bond_orders=first.bond_orders, charges=first.charges))
-    if not results:
-        raise UsageError(f"nothing aligned: {report.failures[0] if report.failures else 'no reference structure'}")
-    if out:
+    if no_refine and model is None:
+        raise UsageError("--no-refine returns the learned guess alone: it needs --model NAME|PATH (e.g. --model default)")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise UsageError(f"--device must be auto, cpu or cuda[:i], not {device!r}")
+    if pairs is not None and (a is not None or b is not None):
+        raise UsageError("give two structure files A B, or --pairs FILE, not both")
+    if pairs is None and (a is None or b is None):
+        raise UsageError("give two structure files: A (moved) and B (reference), or --pairs FILE")
+    if out is not None:
         from groupae_cli.io.formats import format_from_name
 
         if out != "-" and format_from_name(out) not in ("xyz", "sdf"):
-            raise UsageError(f"{out}: write the aligned structure as .xyz or .sdf")
+            raise UsageError(f"{out}: write the aligned structures as .xyz or .sdf")
+        if out == "-" and json:
+            raise UsageError("-o - and --json would both write to standard output: write one to a file")
+    file_pairs = read_pairs(pairs) if pairs is not None else [(a, b)]
+    from groupae_cli.io.formats import resolve
+
+    paths = list(dict.fromkeys(p for pair in file_pairs for p in pair))
+    if paths.count("-") > 1 or (pairs == "-" and "-" in paths):
+        raise UsageError("standard input ('-') can be read only once")
+    for path in paths:
+        resolve(path, fmt)  # exists, and a format groupae reads
+
+    # --- the structures, then the pairs to align
+    records = {path: _records(path, fmt) for path in paths}
+    jobs = [(records[pa][i], records[pb][j], pa, pb)
+            for pa, pb in file_pairs for i, j in plan(len(records[pa]), len(records[pb]), all_pairs, pa, pb)]
+
+    net, model_path = None, None
+    if model is not None:  # torch only now
+        from groupae_cli.cli.embed import load_for_command
+
+        net, _, model_path = load_for_command(model, device)
+    _run(jobs, match, net, model_path, not no_refine, prove, json, out, strict, quiet)
+
+
+def _run(jobs, match, net, model_path, refine, prove, json_lines, out, strict, quiet) -> None:
+    import dataclasses
+    import json
+
+    from tqdm import tqdm
+
+    from groupae_cli._api import align as align_pair
+    from groupae_cli.errors import Failure, FailureReport, UsageError
+
+    report = FailureReport(strict)
+    rows, moved = [], []
+    quiet_output = out == "-"
+    width_a = max(len(f"{x.source}:{x.index} {x.name}") for x, _, _, _ in jobs)
+    width_b = max(len(f"{y.source}:{y.index} {y.name}") for _, y, _, _ in jobs)
+    header = f"{'A':<{width_a}}  {'B':<{width_b}}  {'atoms':>5}  {'RMSD/Å':>8}  {'match':<8}  note"
+
+    def emit(line: str) -> None:
+        tqdm.write(line, file=sys.stdout)
+        sys.stdout.flush()
+
+    for x, y, pa, pb in progress(jobs, quiet or len(jobs) < 2, desc="aligning", unit=" pair"):
+        if isinstance(x, Failure) or isinstance(y, Failure):
+            bad = x if isinstance(x, Failure) else y
+            where, reason = _label(bad, bad.source), bad.reason
+        else:
+            try:
+                result = align_pair(x, y, match, net, refine=refine, prove=prove)
+                where = reason = None
+            except ValueError as exc:
+                where, reason = f"{_label(x, pa)} onto {_label(y, pb)}", str(exc)
+        if reason is not None:
+            report.add(Failure(where, None, reason))
+            continue
+        r = row(x, y, result, model_path)
+        rows.append(r)
+        if out is not None:
+            moved.append(dataclasses.replace(
+                x, positions=result.transform(x.positions), name=f"{x.name} on {y.name}",
+                properties={**x.properties, "groupae_rmsd": f"{result.rmsd:.6f}", "groupae_reference": y.name}))
+        if json_lines:
+            emit(json.dumps(r))
+        elif not quiet_output:
+            if len(rows) == 1:
+                emit(header)
+            emit(f"{x.source + ':' + str(x.index) + ' ' + x.name:<{width_a}}  "
+                 f"{y.source + ':' + str(y.index) + ' ' + y.name:<{width_b}}  {r['atoms']:>5}  {r['rmsd']:8.4f}  "
+                 f"{r['match']:<8}  {_note(r)}".rstrip())
+    if not rows:
+        first = str(report.failures[0])
+        raise UsageError(first if len(jobs) == 1 else f"no pair aligned ({len(jobs)} failed); the first: {first}")
+    if len(jobs) == 1 and not json_lines and not quiet_output:
+        r = rows[0]
+        typer.echo("rotation:\n" + "\n".join("  " + " ".join(f"{v:9.5f}" for v in line) for line in r["rotation"]))
+        typer.echo("translation: " + " ".join(f"{v:.5f}" for v in r["translation"]))
+        typer.echo("mapping (A atom -> B atom): " + " ".join(f"{i}:{j}" for i, j in enumerate(r["mapping"])))
+    if out is not None:
+        from groupae_cli.io import write_structures
+
         write_structures(moved, out)
-    if json:
-        print_json(results[0] if len(results) == 1 else results)
-    elif out != "-":
-        for r in results:
-            typer.echo(f"{first.name} -> {r['reference']}: RMSD {r['rmsd']:.4f} Å ({r['mode']})")
-            shapes = {r.get("principal_axes_a"), r.get("principal_axes_b")} - {"asymmetric", None}
-            if shapes:
-                typer.echo(f"  degenerate principal axes ({', '.join(sorted(shapes))}): extra starts searched")
-            if r.get("proven_optimal") is False:
-                typer.echo("  not proven optimal (rerun with --prove for an exhaustive completion)")
-            if len(results) == 1:
-                typer.echo("rotation:\n" + "\n".join("  " + " ".join(f"{v:9.5f}" for v in row) for row in r["rotation"]))
-                typer.echo("translation: " + " ".join(f"{v:.5f}" for v in r["translation"]))
-                typer.echo("mapping (A atom -> B atom): " + " ".join(f"{i}:{j}" for i, j in enumerate(r["mapping"])))
     if not quiet:
         report.summarise()
-    raise typer.Exit(0)
+    raise typer.Exit(report.exit_code())

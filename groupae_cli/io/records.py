@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from groupae_cli.errors import Failure
 
@@ -66,7 +65,8 @@ def check(structure: Structure) -> str | None:
     """
     n = len(structure)
     if n < 2:
-        return f"{n} atom{'s' if n != 1 else ''}: a structure needs at least 2"
+        why = " (a single atom has no orientation to align or encode)" if n == 1 else ""
+        return f"{n} atom{'s' if n != 1 else ''}: a structure needs at least 2{why}"
     pos = structure.positions
     finite = np.isfinite(pos)
     if not finite.all():
@@ -75,10 +75,34 @@ def check(structure: Structure) -> str | None:
     biggest = float(np.abs(pos).max())
     if biggest > MAX_ABS_COORDINATE:
         return f"absurd coordinate {biggest:.3g} (limit {MAX_ABS_COORDINATE:.0e})"
-    pairs = cKDTree(pos).query_pairs(MIN_DISTANCE, output_type="ndarray")
-    if len(pairs):
-        i, j = sorted(int(a) for a in pairs[0])
-        return f"atoms {i} and {j} coincide (closer than {MIN_DISTANCE} Å)"
+    pair = _coinciding(pos)
+    if pair is not None:
+        return f"atoms {pair[0]} and {pair[1]} coincide (closer than {MIN_DISTANCE} Å)"
+    return None
+
+
+def _coinciding(pos: np.ndarray) -> tuple[int, int] | None:
+    """Two atoms closer than MIN_DISTANCE (the pair with the smallest first index), or None.
+
+    Up to a few thousand atoms a blocked all-pairs check in numpy; beyond, scipy's k-d tree
+    (imported only then: importing scipy.spatial costs a quarter of a second at start-up)."""
+    n = len(pos)
+    if n > 4096:
+        from scipy.spatial import cKDTree
+
+        pairs = cKDTree(pos).query_pairs(MIN_DISTANCE, output_type="ndarray")
+        if not len(pairs):
+            return None
+        pairs = np.sort(pairs, axis=1)
+        i, j = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))[0]]
+        return int(i), int(j)
+    for start in range(0, n, 512):
+        block = pos[start : start + 512]
+        d2 = ((block[:, None, :] - pos[None, :, :]) ** 2).sum(-1)
+        rows, cols = np.nonzero(d2 < MIN_DISTANCE**2)
+        keep = cols > rows + start
+        if keep.any():
+            return int(rows[keep][0] + start), int(cols[keep][0])
     return None
 
 
