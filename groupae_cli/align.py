@@ -602,11 +602,10 @@ def align_structures(a, b, match: str | None = None, model=None, device=None, re
     if match not in ("elements", "graph"):
         raise ValueError(f"match must be 'elements' or 'graph', not {match!r}")
     reason = composition_difference(a.numbers, b.numbers)
-    if reason is None and match == "graph":
-        if a.bonds is None or b.bonds is None:
-            reason = "graph matching needs bonds in both structures (use --match elements)"
-        else:
-            reason = graph_difference(a, b)
+    if reason is None and match == "graph" and (a.bonds is None or b.bonds is None):
+        reason = "graph matching needs bonds in both structures (use --match elements)"
+    elif reason is None and match == "graph" and len(a.bonds) != len(b.bonds):
+        reason = graph_difference(a, b)  # other differences: align_graph, which finds them anyway
     if reason is not None:
         raise ValueError(reason)
     guess, guess_mapping, learned_degenerate = None, None, None
