@@ -57,9 +57,10 @@ class Failure:
 class FailureReport:
     """Collects failures during a command and summarises them on stderr at the end."""
 
-    def __init__(self, strict: bool = False, shown: int = 10):
+    def __init__(self, strict: bool = False, shown: int = 10, noun: str = "record"):
         self.strict = strict
         self.shown = shown
+        self.noun = noun  # what a failure skips: "record", or "pair" for align
         self.failures: list[Failure] = []
 
     def add(self, failure: Failure) -> None:
@@ -73,7 +74,7 @@ class FailureReport:
         if not self.failures:
             return
         n = len(self.failures)
-        print(f"groupae: {n} record{'s' if n != 1 else ''} skipped:", file=stream)
+        print(f"groupae: {n} {self.noun}{'s' if n != 1 else ''} skipped:", file=stream)
         for failure in self.failures[: self.shown]:
             print(f"  {failure}", file=stream)
         if n > self.shown:

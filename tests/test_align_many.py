@@ -170,3 +170,27 @@ def test_model_options_are_coherent():
     assert both.exit_code == 2 and "no learned guess" in both.stderr
     plain = lines(run(A, B, "--no-model", "--json").stdout)[0]  # accepted: the default
     assert plain["model"] is None and plain["learned_rmsd"] is None
+
+
+def test_progress_over_pairs_on_a_terminal_and_pair_failures_summarised(ensemble, monkeypatch, capsys):
+    import io
+
+    import typer
+
+    from groupae_cli.cli.align import align
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    confs, ref, _ = ensemble
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with pytest.raises(typer.Exit):
+        align(str(confs), str(ref), pairs=None, all_pairs=False, match=None, out=None, model=None, no_model=False,
+              no_refine=False, prove=False, device="auto", json=True, fmt=None, strict=False, quiet=False)
+    monkeypatch.undo()
+    assert "aligning" in terminal.getvalue() and "5/5" in terminal.getvalue()
+    assert len(lines(capsys.readouterr().out)) == 5
+    mixed = run(A, SAMPLE / "molecules.sdf", "--json", "--strict")  # other molecules: pairs skipped
+    assert mixed.exit_code == 1 and "pairs skipped" in mixed.stderr and len(lines(mixed.stdout)) == 3

@@ -202,12 +202,10 @@ def _run(jobs, match, net, model_path, refine, prove, json_lines, out, strict, q
     import dataclasses
     import json
 
-    from tqdm import tqdm
-
     from groupae_cli._api import align as align_pair
     from groupae_cli.errors import Failure, FailureReport, UsageError
 
-    report = FailureReport(strict)
+    report = FailureReport(strict, noun="pair")
     rows, moved = [], []
     quiet_output = out == "-"
     width_a = max(len(f"{x.source}:{x.index} {x.name}") for x, _, _, _ in jobs)
@@ -215,10 +213,15 @@ def _run(jobs, match, net, model_path, refine, prove, json_lines, out, strict, q
     header = f"{'A':<{width_a}}  {'B':<{width_b}}  {'atoms':>5}  {'RMSD/Å':>8}  {'match':<8}  note"
 
     def emit(line: str) -> None:
-        tqdm.write(line, file=sys.stdout)
+        if len(jobs) > 1:  # between redraws of the progress bar
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stdout)
+        else:
+            sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
-    for x, y, pa, pb in progress(jobs, quiet or len(jobs) < 2, desc="aligning", unit=" pair"):
+    for x, y, pa, pb in (progress(jobs, quiet, desc="aligning", unit=" pair") if len(jobs) > 1 else jobs):
         if isinstance(x, Failure) or isinstance(y, Failure):
             bad = x if isinstance(x, Failure) else y
             where, reason = _label(bad, bad.source), bad.reason
