@@ -363,7 +363,10 @@ def align(a, b, match: str | None = None, model=None, refine: bool = True, prove
     isomorphisms, RDKit GetBestRMS's question); default graph when both have bonds. With `model`
     its learned guess is tried first (`refine=False`: the learned answer alone). `prove`: graph
     mode completes skeletons exactly up to 10^6 terminal-group permutations (slower), so more
-    answers are `proven_optimal`. Never a mirror image. ValueError for different compositions.
+    answers are `proven_optimal`. Never a mirror image. ValueError, in one line, for a single
+    atom, different compositions ("A has C6H6O (13 atoms), B has C6H6 (12 atoms)") and, in graph
+    mode, missing bonds or different bond graphs. Many pairs: call it in a loop (nothing is loaded
+    per call; `groupae align` does exactly that).
     """
     from groupae_cli.align import align_structures
 

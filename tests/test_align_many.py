@@ -168,6 +168,8 @@ def test_model_options_are_coherent():
     assert lone.exit_code == 2 and "needs --model" in lone.stderr
     both = run(A, B, "--no-model", "--model", "default")
     assert both.exit_code == 2 and "no learned guess" in both.stderr
+    missing = run(A, B, "--model", "no-such-model")  # refused before anything is read or loaded
+    assert missing.exit_code == 2 and "no such checkpoint file or shipped model (shipped: default" in missing.stderr
     plain = lines(run(A, B, "--no-model", "--json").stdout)[0]  # accepted: the default
     assert plain["model"] is None and plain["learned_rmsd"] is None
 

@@ -165,6 +165,13 @@ def align(
         raise UsageError("--no-refine returns the learned guess alone: it needs --model NAME|PATH (e.g. --model default)")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise UsageError(f"--device must be auto, cpu or cuda[:i], not {device!r}")
+    if model is not None:
+        from groupae_cli import PRETRAINED_DIR, shipped_model_path
+
+        if not Path(model).is_file() and not shipped_model_path(model).is_file():
+            known = sorted(p.stem for p in PRETRAINED_DIR.glob("*.ckpt")) if PRETRAINED_DIR.is_dir() else []
+            raise UsageError(f"--model {model}: no such checkpoint file or shipped model "
+                             f"(shipped: {', '.join(known) or 'none'})")
     if pairs is not None and (a is not None or b is not None):
         raise UsageError("give two structure files A B, or --pairs FILE, not both")
     if pairs is None and (a is None or b is None):
