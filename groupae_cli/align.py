@@ -16,11 +16,13 @@ Rotations are always proper: a mirror image is never produced.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-# scipy.optimize (Hungarian assignment) and scipy.spatial (random rotations) are imported where
+# scipy's Hungarian assignment (`_hungarian`) and scipy.spatial (random rotations) are loaded where
 # they are used: graph mode on ordinary molecules needs neither, and `groupae align` starts fast.
 
 
@@ -113,10 +115,35 @@ def fit_rmsd(a: np.ndarray, b_mapped: np.ndarray, rotation: np.ndarray, translat
     return float(np.sqrt(((a @ rotation.T + translation - b_mapped) ** 2).sum(-1).mean()))
 
 
-def assign(moved: np.ndarray, target: np.ndarray, classes_a: np.ndarray, classes_b: np.ndarray) -> np.ndarray:
-    """The mapping minimising the summed squared distances, one Hungarian problem per class."""
+@functools.cache
+def _hungarian():
+    """scipy's `linear_sum_assignment`. `import scipy.optimize` also imports scipy.linalg, sparse,
+    special, fft and spatial (0.3 s on a quiet machine, more on a busy one: most of element mode's
+    start-up) for this one compiled function, so its extension module `scipy.optimize._lsap` is
+    loaded on its own; on any surprise (another scipy layout), the ordinary import."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+
+    if "scipy.optimize" not in sys.modules:
+        try:
+            folder = Path(importlib.util.find_spec("scipy").origin).parent / "optimize"
+            for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+                if (path := folder / f"_lsap{suffix}").is_file():
+                    spec = importlib.util.spec_from_file_location("scipy.optimize._lsap", path)
+                    module = importlib.util.module_from_spec(spec)
+                    spec.loader.exec_module(module)
+                    return module.linear_sum_assignment
+        except Exception:  # noqa: BLE001, S110 - any failure: the ordinary import below
+            pass
     from scipy.optimize import linear_sum_assignment
 
+    return linear_sum_assignment
+
+
+def assign(moved: np.ndarray, target: np.ndarray, classes_a: np.ndarray, classes_b: np.ndarray) -> np.ndarray:
+    """The mapping minimising the summed squared distances, one Hungarian problem per class."""
+    linear_sum_assignment = _hungarian()
     mapping = np.empty(len(moved), dtype=np.int64)
     for c in np.unique(classes_a):
         ia, ib = np.flatnonzero(classes_a == c), np.flatnonzero(classes_b == c)

@@ -207,6 +207,19 @@ def test_align_command_json_output_and_aligned_file(tmp_path, checkpoint):
     assert plain["model"] is None and plain["proven_optimal"] and plain["rmsd"] == pytest.approx(data["rmsd"])
 
 
+def test_the_hungarian_solver_loaded_alone_is_scipys(rng):
+    from scipy.optimize import linear_sum_assignment
+
+    from groupae_cli.align import _hungarian
+
+    _hungarian.cache_clear()
+    assert _hungarian().__module__ == "scipy.optimize._lsap"
+    for shape in ((5, 5), (7, 4), (30, 30)):
+        cost = rng.random(shape)
+        for ours, theirs in zip(_hungarian()(cost), linear_sum_assignment(cost)):
+            np.testing.assert_array_equal(ours, theirs)
+
+
 def test_spread_rotations_are_scipys_icosahedral_group():
     from scipy.spatial.transform import Rotation
 

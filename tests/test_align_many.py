@@ -14,6 +14,7 @@ from groupae_cli.app import app
 from groupae_cli.io import read_structures
 
 A, B = SAMPLE / "align" / "a.sdf", SAMPLE / "align" / "b.sdf"
+XA, XB = SAMPLE / "align" / "a.xyz", SAMPLE / "align" / "b.xyz"
 
 
 def run(*args):
@@ -57,11 +58,29 @@ assert bad.exit_code == 2 and "--match" in bad.stderr, bad.output
 assert "rdkit" not in sys.modules  # refused before any structure was read
 ok = CliRunner().invoke(app, ["align", {str(A)!r}, {str(B)!r}, "--json"])
 assert ok.exit_code == 0, ok.output
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "e3nn"))
-assert not heavy, heavy[:5]
+plain = CliRunner().invoke(app, ["align", {str(XA)!r}, {str(XB)!r}, "--json"])  # element mode, plain XYZ
+assert plain.exit_code == 0, plain.output
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "e3nn", "ase")
+               or m.startswith(("scipy.spatial", "scipy.optimize.", "scipy.linalg")))
+assert heavy == ["scipy.optimize._lsap"] or not heavy, heavy[:5]
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_plain_xyz_read_without_ase_as_ase_reads_it(monkeypatch):
+    from groupae_cli.io import xyz
+
+    files = sorted(SAMPLE.glob("**/*.xyz")) + sorted(SAMPLE.glob("**/*.extxyz"))
+    fast = {f: list(read_structures(f)) for f in files}
+    monkeypatch.setattr(xyz, "_plain_frame", lambda *args: None)  # every frame through ase
+    for f in files:
+        slow = list(read_structures(f))
+        assert len(slow) == len(fast[f]) > 0
+        for p, q in zip(fast[f], slow):
+            assert p.name == q.name and p.feature_names == q.feature_names
+            np.testing.assert_array_equal(p.numbers, q.numbers)
+            np.testing.assert_array_equal(p.positions, q.positions)
 
 
 @pytest.fixture(scope="module")

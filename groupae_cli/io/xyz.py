@@ -1,4 +1,4 @@
-"""XYZ and extended XYZ (multi-frame) through ase.
+"""XYZ and extended XYZ (multi-frame) through ase; plain XYZ frames without it (start-up).
 
 ase parses a file as a whole and stops at the first bad frame, so the frames are cut here — count
 line, comment line, atom lines — and each frame is parsed by ase on its own. A bad frame becomes a
@@ -20,6 +20,14 @@ from groupae_cli.io.formats import text_output
 from groupae_cli.io.records import Structure, checked
 
 _NAME_KEYS = ("name", "title", "id", "Name", "Title", "ID")
+#: Element symbols by atomic number, as ase spells them ("X", 0: an untyped point).
+_SYMBOL_TEXT = (
+    "X H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Kr "
+    "Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb "
+    "Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf Es Fm Md No Lr Rf "
+    "Db Sg Bh Hs Mt Ds Rg Cn Nh Fl Mc Lv Ts Og"
+)
+_NUMBER = {symbol: z for z, symbol in enumerate(_SYMBOL_TEXT.split())}
 
 
 
@@ -85,6 +93,26 @@ def _name(comment: str, fallback: str) -> str:
     return fallback
 
 
+def _plain_frame(body: list[str], comment: str, source: str, index: int, name: str) -> Structure | None:
+    """A plain XYZ frame (a comment line without key=value pairs, atom lines of exactly "symbol x
+    y z") read without ase, whose import costs about a second at start-up; None for anything
+    else (extended XYZ, extra columns, atomic numbers or unusual symbols), which ase parses."""
+    if "=" in comment:
+        return None
+    numbers, positions = [], []
+    for line in body:
+        parts = line.split()
+        if len(parts) != 4 or parts[0] not in _NUMBER:
+            return None
+        try:
+            positions.append([float(p) for p in parts[1:]])
+        except ValueError:
+            return None
+        numbers.append(_NUMBER[parts[0]])
+    return Structure(np.array(numbers, dtype=np.int64), np.array(positions, dtype=np.float64).reshape(-1, 3),
+                     _name(comment, name), source, index)
+
+
 def _parse_frame(text: str, comment: str, source: str, index: int, name: str) -> Structure:
     import ase.io
 
@@ -145,7 +173,8 @@ def read_xyz(stream: BinaryIO, source: str) -> Iterator[Structure | Failure]:
             index += 1
             continue
         try:
-            structure = _parse_frame("".join(frame + body), frame[1], source, index, f"{stem}:{index}")
+            structure = _plain_frame(body, frame[1], source, index, f"{stem}:{index}") or \
+                _parse_frame("".join(frame + body), frame[1], source, index, f"{stem}:{index}")
         except KeyError as exc:
             yield Failure(source, index, f"unknown element symbol {exc.args[0]!r}", name)
         except Exception as exc:  # noqa: BLE001 - ase raises many types for malformed frames
