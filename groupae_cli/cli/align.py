@@ -23,7 +23,6 @@ from groupae_cli.cli.common import (
     Device,
     Format,
     Quiet,
-    Strict,
     handle_errors,
     progress,
 )
@@ -135,7 +134,8 @@ def align(
                                              "records carry groupae_rmsd and groupae_reference).")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Try this model's learned guess first (a "
                                                  "checkpoint or a shipped model name, e.g. default); off by "
-                                                 "default: bench/RESULTS.md shows it changes no answer.")] = None,
+                                                 "default (bench/RESULTS.md: rarely optimal, and the search "
+                                                 "reaches the optimum without it).")] = None,
     no_model: Annotated[bool, typer.Option("--no-model", help="No learned guess: the default; kept so existing "
                                            "scripts run.")] = False,
     no_refine: Annotated[bool, typer.Option("--no-refine", help="The learned guess alone (needs --model).")] = False,
@@ -145,7 +145,8 @@ def align(
     json: Annotated[bool, typer.Option("--json", help="JSON Lines on stdout: one object per pair, always the "
                                        "same keys.")] = False,
     fmt: Format = None,
-    strict: Strict = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 if any pair is skipped (default: skip and "
+                                         "report).")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Align A onto B: minimum RMSD over proper rotations, translations and atom correspondences.
