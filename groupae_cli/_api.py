@@ -268,6 +268,8 @@ def read_embeddings(path: str | Path) -> Embeddings:
     arrays in memory, names and sources as `str`."""
     import h5py
 
+    from groupae_cli.io.hdf5 import plain
+
     with h5py.File(path, "r") as f:
         if "embedding" not in f or "offsets" not in f:
             raise ValueError(f"{path}: not an embed file (no /embedding and /offsets)")
@@ -284,22 +286,12 @@ def read_embeddings(path: str | Path) -> Embeddings:
             names=[_text(v) for v in f["name"][:]],
             sources=[inputs[k] if k < len(inputs) else "" for k in source_file.tolist()],
             indices=f["source_index"][:].astype(np.int64), failed=failed,
-            attrs={k: _plain(v) for k, v in f.attrs.items()},
+            attrs={k: plain(v) for k, v in f.attrs.items()},
         )
 
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _plain(value):
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def reconstruct(model, structures, batch_size: int = 64):

@@ -142,18 +142,19 @@ def embedding_writer(path: str | Path, dim: int, attrs: Mapping[str, object] | N
     return RecordWriter(path, per_record, per_atom, {"embedding_dim": dim, **(attrs or {})})
 
 
+def plain(value):
+    """An HDF5 attribute or value as plain Python: bytes as str, arrays as lists, numpy scalars as numbers."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return [plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def describe(path: str | Path) -> dict:
     """What an HDF5 file holds: attributes, and shape and dtype of every dataset."""
-
-    def plain(value):
-        if isinstance(value, bytes):
-            return value.decode()
-        if isinstance(value, np.ndarray):
-            return [plain(v) for v in value.tolist()]
-        if isinstance(value, np.generic):
-            return value.item()
-        return value
-
     datasets: dict[str, dict] = {}
     with h5py.File(path, "r") as f:
         attrs = {k: plain(v) for k, v in f.attrs.items()}
