@@ -108,7 +108,7 @@ def main() -> None:
           f"{np.median(s['plain_s']):.2f} s ({min(s['plain_s']):.2f}-{max(s['plain_s']):.2f}) |")
     print(f"| the same with `--model default` (the learned guess first) | "
           f"{np.median(s['model_s']):.2f} s ({min(s['model_s']):.2f}-{max(s['model_s']):.2f}) |")
-    print(f"| `groupae align a.xyz b.xyz` (element mode, XYZ read through ase), median of 5 | "
+    print(f"| `groupae align a.xyz b.xyz` (element mode, plain XYZ), median of 5 | "
           f"{np.median(s['xyz_s']):.2f} s |")
     print(f"| {e['conformers']} conformers of ibuprofen ({e['atoms']} atoms) onto a reference: one call | "
           f"{e['one_call_s']:.2f} s |")
