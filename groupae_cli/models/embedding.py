@@ -1,6 +1,6 @@
 """The invariant embedding z: how the encoder's per-atom features become one vector per structure.
 
-Two heads, chosen by `ModelConfig.pooling`:
+Three heads, chosen by `ModelConfig.pooling`:
 
 - "mean": an MLP of the mean over atoms of each atom's invariant features, a bag of local
   environments. Exactly invariant, but it loses the global arrangement the decoder must rebuild.
@@ -12,6 +12,8 @@ Two heads, chosen by `ModelConfig.pooling`:
   the mean of the invariant features and, with `embedding_composition`, the element counts. Since
   R and t are exactly equivariant and the pooling is a symmetric function of the atoms, z is exactly
   invariant; unlike the mean it keeps where each atom sits relative to the others.
+- "attention": atom tokens of the invariant features through blocks of self-attention biased by
+  each pair's distance, then pooled like "canonical": the global arrangement without a frame.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import math
 
 import torch
 from e3nn import o3
+from e3nn.math import soft_one_hot_linspace
 from torch import nn
 
 from groupae_cli.models.config import ModelConfig
@@ -27,9 +30,28 @@ from groupae_cli.models.graph import Layout
 from groupae_cli.models.heads import mlp
 
 
-def composition(types: torch.Tensor, layout: Layout, n_types: int, dtype: torch.dtype) -> torch.Tensor:
-    """Element counts per structure, log-scaled: (B, K) log(1 + count)."""
-    return torch.log1p(layout.pool(torch.nn.functional.one_hot(types, n_types).to(dtype)))
+def mean_over_atoms(x: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """(A, F) per-atom features -> (B, F) their mean over each structure's atoms."""
+    return layout.pool(x) / layout.n_atoms[:, None].to(x.dtype)
+
+
+def frame_free(inv: torch.Tensor, types: torch.Tensor, layout: Layout, n_types: int,
+               with_composition: bool) -> torch.Tensor:
+    """(B, F [+ K]) the mean of the atoms' invariant features and, if asked, the element counts
+    log(1 + count): what the pooled heads add to their tokens, and all that z's identity block sees."""
+    mean = mean_over_atoms(inv, layout)
+    if not with_composition:
+        return mean
+    counts = layout.pool(torch.nn.functional.one_hot(types, n_types).to(inv.dtype))
+    return torch.cat([mean, torch.log1p(counts)], -1)
+
+
+def pool_by_queries(pool, dense: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """(B, N, d) atom tokens -> (B, K d): `pool`'s K learned queries attend to each structure's
+    tokens (a permutation-invariant set pooling, the Set Transformer's PMA), layer-normed, flattened."""
+    queries = pool.queries.expand(layout.n_structures, -1, -1)
+    pooled, _ = pool.attention(queries, dense, dense, key_padding_mask=~layout.mask, need_weights=False)
+    return pool.norm(pooled).flatten(1)
 
 
 class MeanEmbedding(nn.Sequential):
@@ -40,7 +62,7 @@ class MeanEmbedding(nn.Sequential):
         super().__init__(*mlp([inv_dim, 2 * config.embedding_dim + 32, config.embedding_dim]))
 
     def forward(self, inv, h, canonical, rotation, types, layout: Layout) -> torch.Tensor:
-        return super().forward(layout.pool(inv) / layout.n_atoms[:, None].to(inv.dtype))
+        return super().forward(mean_over_atoms(inv, layout))
 
 
 class CanonicalEmbedding(nn.Module):
@@ -61,13 +83,13 @@ class CanonicalEmbedding(nn.Module):
         self.queries = nn.Parameter(torch.randn(config.pool_tokens, d) / math.sqrt(d))
         self.attention = nn.MultiheadAttention(d, config.pool_heads, batch_first=True)
         self.norm = nn.LayerNorm(d)
-        frame_free = inv_dim + (self.n_types if self.composition else 0)
+        free = inv_dim + (self.n_types if self.composition else 0)
         # the first `embedding_identity` entries of z see only frame-free features (what the
         # molecule is, robust to its conformation); the rest also see the canonical-frame tokens
-        self.identity = config.embedding_identity
-        geometry = config.embedding_dim - self.identity
-        self.net = mlp([config.pool_tokens * d + frame_free, 2 * geometry + 64, geometry])
-        self.identity_net = mlp([frame_free, 2 * self.identity + 32, self.identity]) if self.identity else None
+        identity = config.embedding_identity
+        geometry = config.embedding_dim - identity
+        self.net = mlp([config.pool_tokens * d + free, 2 * geometry + 64, geometry])
+        self.identity_net = mlp([free, 2 * identity + 32, identity]) if identity else None
 
     def forward(self, inv: torch.Tensor, h: torch.Tensor, canonical: torch.Tensor, rotation: torch.Tensor,
                 types: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -76,16 +98,11 @@ class CanonicalEmbedding(nn.Module):
         frame_vectors = self.vectors(h).reshape(len(h), -1, 3) @ rotation[layout.batch]  # components along e1..e3
         angle = canonical[:, :, None] * self.freq  # (A, 3, F)
         tokens = torch.cat([inv, canonical, angle.sin().flatten(1), angle.cos().flatten(1), frame_vectors.flatten(1)], -1)
-        tokens = self.token(tokens) + self.element(types)
-        dense = layout.to_dense(tokens)  # (B, N, d)
-        queries = self.queries.expand(layout.n_structures, -1, -1)
-        pooled, _ = self.attention(queries, dense, dense, key_padding_mask=~layout.mask, need_weights=False)
-        frame_free = [layout.pool(inv) / layout.n_atoms[:, None].to(inv.dtype)]
-        if self.composition:
-            frame_free.append(composition(types, layout, self.n_types, inv.dtype))
-        z = self.net(torch.cat([self.norm(pooled).flatten(1), *frame_free], -1))
+        pooled = pool_by_queries(self, layout.to_dense(self.token(tokens) + self.element(types)), layout)
+        free = frame_free(inv, types, layout, self.n_types, self.composition)
+        z = self.net(torch.cat([pooled, free], -1))
         if self.identity_net is not None:
-            z = torch.cat([self.identity_net(torch.cat(frame_free, -1)), z], -1)
+            z = torch.cat([self.identity_net(free), z], -1)
         return z
 
 
@@ -105,8 +122,6 @@ class DistanceAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, distances: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x (B, N, d), distances (B, N, N), mask (B, N) -> (B, N, d)."""
-        from e3nn.math import soft_one_hot_linspace
-
         b, n, d = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         rbf = soft_one_hot_linspace(distances.clamp(max=self.cutoff), 0.0, self.cutoff, self.basis,
@@ -145,12 +160,8 @@ class AttentionEmbedding(nn.Module):
         distances = torch.cdist(centred, centred)
         for block in self.blocks:
             dense = block(dense, distances, layout.mask)
-        queries = self.queries.expand(layout.n_structures, -1, -1)
-        pooled, _ = self.attention(queries, dense, dense, key_padding_mask=~layout.mask, need_weights=False)
-        parts = [self.norm(pooled).flatten(1), layout.pool(inv) / layout.n_atoms[:, None].to(inv.dtype)]
-        if self.composition:
-            parts.append(composition(types, layout, self.n_types, inv.dtype))
-        return self.net(torch.cat(parts, -1))
+        pooled = pool_by_queries(self, dense, layout)
+        return self.net(torch.cat([pooled, frame_free(inv, types, layout, self.n_types, self.composition)], -1))
 
 
 def embedding_head(config: ModelConfig, inv_dim: int) -> nn.Module:
