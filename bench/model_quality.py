@@ -198,49 +198,43 @@ def molecules(data, indices):
     return numbers, positions
 
 
-def usefulness(features_of, data, sets) -> dict:
-    """Retrieval top-1 on held-out drug-like conformers, ridge-probe MAEs on held-out QM9."""
-    from descriptors import (
-        conformer_retrieval,
-        element_counts,
-        qm9_properties,
-        ridge_probe,
-    )
+def usefulness_inputs(data, sets) -> dict:
+    """What every descriptor is scored against, read once: the held-out drug-like structures'
+    molecule ids (retrieval) and the probe molecules' QM9 properties and element counts."""
+    from descriptors import element_counts, qm9_properties
 
     from groupae_cli.models.config import ORGANIC
 
-    drug = sets["held_drug"]
-    top1, queries = conformer_retrieval(features_of(drug), data.groups()[drug])
     probe = sets["probe_qm9"]
-    counts = element_counts(molecules(data, probe)[0], ORGANIC)
-    targets = qm9_properties([int(str(data.names[i]).split("_")[1]) for i in probe])
+    return {"groups": data.groups()[sets["held_drug"]],
+            "targets": qm9_properties([int(str(data.names[i]).split("_")[1]) for i in probe]),
+            "counts": element_counts(molecules(data, probe)[0], ORGANIC)}
+
+
+def usefulness(features_of, sets, inputs: dict) -> dict:
+    """Retrieval top-1 on held-out drug-like conformers, ridge-probe MAEs on held-out QM9."""
+    from descriptors import conformer_retrieval, ridge_probe
+
+    top1, queries = conformer_retrieval(features_of(sets["held_drug"]), inputs["groups"])
     return {"retrieval_top1": top1, "retrieval_queries": queries,
-            "probe_mae": ridge_probe(features_of(probe), targets, counts, seed=0)}
+            "probe_mae": ridge_probe(features_of(sets["probe_qm9"]), inputs["targets"], inputs["counts"], seed=0)}
 
 
-def peers(data, sets, cache_dir: Path) -> dict:
+def peers(data, sets, inputs: dict, cache_dir: Path) -> dict:
     """The classical descriptors' usefulness figures (model-independent, cached)."""
     cache = cache_dir / "peers.json"
     if cache.exists():
         return json.loads(cache.read_text())
-    from descriptors import (
-        averaged_soap,
-        coulomb_eigenspectrum,
-        element_counts,
-        mean_baseline,
-        qm9_properties,
-    )
+    from descriptors import averaged_soap, coulomb_eigenspectrum, mean_baseline
 
     from groupae_cli.models.config import ORGANIC
 
-    probe = sets["probe_qm9"]
-    targets = qm9_properties([int(str(data.names[i]).split("_")[1]) for i in probe])
-    result = {"mean_baseline": {"probe_mae": mean_baseline(targets, element_counts(molecules(data, probe)[0], ORGANIC))}}
+    result = {"mean_baseline": {"probe_mae": mean_baseline(inputs["targets"], inputs["counts"])}}
     size = int(data.sizes.max())
     for name, make in (("coulomb_eigenspectrum", lambda n, p: coulomb_eigenspectrum(n, p, size)),
                        ("soap_average", lambda n, p: averaged_soap(n, p, list(ORGANIC)))):
         started = time.perf_counter()
-        result[name] = usefulness(lambda idx, make=make: make(*molecules(data, idx)), data, sets)
+        result[name] = usefulness(lambda idx, make=make: make(*molecules(data, idx)), sets, inputs)
         result[name]["seconds"] = time.perf_counter() - started
         print(f"{name}: {result[name]}", file=sys.stderr)
     cache.write_text(json.dumps(result, indent=2))
@@ -297,13 +291,14 @@ def main(argv=None) -> int:
               "command": "python bench/model_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     result["qm9"] = reconstruction(model, data, loaded["bonds"], loaded["bond_offsets"], sets["held_qm9"], args.device)
     result["drug"] = reconstruction(model, data, loaded["bonds"], loaded["bond_offsets"], sets["held_drug"], args.device)
-    result["usefulness"] = usefulness(lambda idx: embeddings(model, data, idx, args.device), data, sets)
+    inputs = usefulness_inputs(data, sets)
+    result["usefulness"] = usefulness(lambda idx: embeddings(model, data, idx, args.device), sets, inputs)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps(result, indent=2))
     print(HEADER)
     print(row(name, result))
     if not args.no_peers:
-        known = peers(data, sets, cache_dir)
+        known = peers(data, sets, inputs, cache_dir)
         print(f"probe MAE of predicting the training mean: {known['mean_baseline']['probe_mae']}")
         for peer, figures in known.items():
             if peer == "mean_baseline":
