@@ -98,9 +98,7 @@ def _label(item, path: str) -> str:
 
 def row(a, b, result, model_path) -> dict:
     """One pair's JSON Lines object: always the keys of ROW_KEYS, in that order."""
-    values = {**result.details, "rmsd": result.rmsd, "rotation": result.rotation.tolist(),
-              "translation": result.translation.tolist(), "mapping": result.mapping.tolist(),
-              "starts": result.starts, "converged": result.converged}
+    values = result.as_dict()
     values.update(a_file=a.source, a_index=a.index, a_name=a.name, b_file=b.source, b_index=b.index,
                   b_name=b.name, atoms=len(a), match=result.mode.split()[0],
                   refined="not refined" not in result.mode, model=None if model_path is None else str(model_path))
@@ -185,13 +183,12 @@ def align(
         if out == "-" and json:
             raise UsageError("-o - and --json would both write to standard output: write one to a file")
     file_pairs = read_pairs(pairs) if pairs is not None else [(a, b)]
-    from groupae_cli.io.formats import resolve
+    from groupae_cli.io import resolve_inputs
 
     paths = list(dict.fromkeys(p for pair in file_pairs for p in pair))
-    if paths.count("-") > 1 or (pairs == "-" and "-" in paths):
+    if pairs == "-" and "-" in paths:
         raise UsageError("standard input ('-') can be read only once")
-    for path in paths:
-        resolve(path, fmt)  # exists, and a format groupae reads
+    resolve_inputs(paths, fmt)  # each exists, in a format groupae reads; stdin at most once
 
     # --- the structures, then the pairs to align
     records = {path: _records(path, fmt) for path in paths}
