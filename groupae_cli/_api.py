@@ -274,24 +274,20 @@ def read_embeddings(path: str | Path) -> Embeddings:
         if "embedding" not in f or "offsets" not in f:
             raise ValueError(f"{path}: not an embed file (no /embedding and /offsets)")
         cuts = f["offsets"][1:-1]
-        inputs = [str(v.decode() if isinstance(v, bytes) else v) for v in f.attrs.get("input_files", [])]
+        inputs = [str(plain(v)) for v in f.attrs.get("input_files", [])]
         source_file = f["source_file"][:]
         failed = [{"source": inputs[r["source_file"]] if r["source_file"] < len(inputs) else "",
-                   "index": int(r["source_index"]), "name": _text(r["name"]), "reason": _text(r["reason"])}
+                   "index": int(r["source_index"]), "name": str(plain(r["name"])), "reason": str(plain(r["reason"]))}
                   for r in f["failed"][:]]
         return Embeddings(
             embedding=f["embedding"][:], rotation=f["rotation"][:], translation=f["translation"][:],
             permutation=np.split(f["permutation"][:].astype(np.int64), cuts), degenerate=f["degenerate"][:],
             atomic_numbers=np.split(f["atomic_numbers"][:].astype(np.int64), cuts),
-            names=[_text(v) for v in f["name"][:]],
+            names=[str(plain(v)) for v in f["name"][:]],
             sources=[inputs[k] if k < len(inputs) else "" for k in source_file.tolist()],
             indices=f["source_index"][:].astype(np.int64), failed=failed,
             attrs={k: plain(v) for k, v in f.attrs.items()},
         )
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def reconstruct(model, structures, batch_size: int = 64):
