@@ -56,8 +56,6 @@ def read_progress(paths, fmt: str | None, quiet: bool, desc: str):
     far are its postfix. With stdin among the inputs the total is unknown: a plain record count."""
     import os
 
-    from tqdm import tqdm
-
     from groupae_cli.io import read_inputs, resolve_inputs
 
     paths = resolve_inputs(paths, fmt)
@@ -66,8 +64,7 @@ def read_progress(paths, fmt: str | None, quiet: bool, desc: str):
         return
     sizes = [os.path.getsize(p) for p in paths]
     done = [0] * len(paths)
-    bar = tqdm(total=sum(sizes), desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-               disable=quiet or not sys.stderr.isatty(), file=sys.stderr, dynamic_ncols=True)
+    bar = progress(None, quiet, total=sum(sizes), desc=desc, unit="B", unit_scale=True, unit_divisor=1024)
 
     def on_bytes(number: int, n: int) -> None:
         done[number] = min(n, sizes[number])
