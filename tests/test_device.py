@@ -54,11 +54,17 @@ def _benzene() -> Structure:
     return Structure([a.GetAtomicNum() for a in mol.GetAtoms()], mol.GetConformer().GetPositions(), "benzene", "", 0)
 
 
-@pytest.fixture(scope="module")
-def model_and_batch():
+#: every embedding head, and the canonical one with its frame-free block and the decoder's memory tokens
+HEADS = {"mean": {}, "attention": {"pooling": "attention"},
+         "canonical": {"pooling": "canonical", "embedding_composition": True, "embedding_dim": 16, "embedding_identity": 8,
+                       "decoder_memory": 2}}
+
+
+@pytest.fixture(scope="module", params=sorted(HEADS))
+def model_and_batch(request):
     structures, _ = split(read_structures(SAMPLE / "molecules.sdf"))
     torch.manual_seed(0)
-    model = GroupAE(preset("tiny"))
+    model = GroupAE(preset("tiny", **HEADS[request.param]))
     return model, collate([*structures[:5], _benzene()], model.config.elements)
 
 
@@ -101,11 +107,12 @@ def test_random_group_elements_live_on_the_batch_device(model_and_batch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_training_runs_and_validates_on_cuda(tmp_path):
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_training_runs_and_validates_on_cuda(tmp_path, head):
     from groupae_cli.io.checkpoint import load_model
     from groupae_cli.train import TrainConfig, train_from_files
 
-    history = train_from_files([str(SAMPLE / "molecules.sdf")], tmp_path, preset("tiny"),
+    history = train_from_files([str(SAMPLE / "molecules.sdf")], tmp_path, preset("tiny", **HEADS[head]),
                                TrainConfig(epochs=2, batch_size=16, epoch_size=64, val_size=32, seed=1),
                                device="cuda", quiet=True)
     assert len(history) == 2 and history[-1]["val_invariance"] < 1e-3
