@@ -617,28 +617,58 @@ def graph_difference(a, b) -> str | None:
     return None
 
 
+def perceive_bonds(structure, label: str = "A"):
+    """A copy of a structure without bonds (XYZ, PDB-less ...) with the connectivity RDKit perceives
+    from its geometry (`rdDetermineBonds.DetermineConnectivity`: covalent radii); graph mode ignores
+    bond orders, so none are assigned. ValueError, in one line, where RDKit cannot."""
+    import dataclasses
+
+    from rdkit import Chem
+    from rdkit.Chem import rdDetermineBonds
+
+    from groupae_cli.io.sdf import _atoms, rdkit_messages
+
+    if (structure.numbers < 1).any():
+        raise ValueError(f"{label} has untyped points: bonds cannot be perceived (use --match elements)")
+    mol = Chem.RWMol(_atoms(structure))
+    with rdkit_messages() as messages:
+        try:
+            rdDetermineBonds.DetermineConnectivity(mol)
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(f"{label}: RDKit could not perceive bonds "
+                             f"({(messages or [str(exc)])[-1]}); use --match elements") from None
+    pairs = np.array([(bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()) for bond in mol.GetBonds()],
+                     dtype=np.int64).reshape(-1, 2)
+    return dataclasses.replace(structure, bonds=pairs, bond_orders=np.ones(len(pairs)))
+
+
 def align_structures(a, b, match: str | None = None, model=None, device=None, refine_guess: bool = True,
                      extra_starts: int = 0, graph_limit: int = 5_000) -> AlignResult:
     """Align structure A onto B: `match` "elements" or "graph" (default: graph when both have bonds).
 
     With a model, its guess comes first; `refine_guess=False` returns the learned answer alone.
+    In graph mode a structure without bonds gets the connectivity RDKit perceives from its geometry
+    (`perceive_bonds`; `bonds_a` / `bonds_b` in the details say "input" or "perceived").
     ValueError, in one line, for a single atom, different compositions, and in graph mode for
-    missing bonds or different bond graphs.
+    bonds that cannot be perceived or different bond graphs.
     """
     match = match or ("graph" if a.has_bonds and b.has_bonds else "elements")
     if match not in ("elements", "graph"):
         raise ValueError(f"match must be 'elements' or 'graph', not {match!r}")
     reason = composition_difference(a.numbers, b.numbers)
-    if reason is None and match == "graph" and (a.bonds is None or b.bonds is None):
-        reason = "graph matching needs bonds in both structures (use --match elements)"
-    elif reason is None and match == "graph" and len(a.bonds) != len(b.bonds):
+    bonds = {}
+    if reason is None and match == "graph":
+        bonds = {"bonds_a": "input" if a.has_bonds else "perceived", "bonds_b": "input" if b.has_bonds else "perceived"}
+        a, b = (s if s.has_bonds else perceive_bonds(s, label) for s, label in ((a, "A"), (b, "B")))
+    if reason is None and match == "graph" and len(a.bonds) != len(b.bonds):
         reason = graph_difference(a, b)  # other differences: align_graph, which finds them anyway
     if reason is not None:
         raise ValueError(reason)
     guess, guess_mapping, learned_degenerate = None, None, None
     if model is not None:
         guess, guess_mapping, learned_degenerate = learned_guess(model, a, b, device)
-    shapes = {"principal_axes_a": principal_shape(a.positions), "principal_axes_b": principal_shape(b.positions)}
+    shapes = {"principal_axes_a": principal_shape(a.positions), "principal_axes_b": principal_shape(b.positions),
+              **bonds}
     if learned_degenerate is not None:
         shapes["learned_frame_degenerate"] = learned_degenerate
     learned = None if guess is None else fit_rmsd(a.positions, b.positions[guess_mapping], *guess)

@@ -28,8 +28,8 @@ from groupae_cli.cli.common import (
 )
 
 #: The keys of every JSON Lines row, in order; a key that does not apply to a pair is null.
-ROW_KEYS = ("a_file", "a_index", "a_name", "b_file", "b_index", "b_name", "atoms", "match", "refined", "rmsd",
-            "rotation", "translation", "mapping", "proven_optimal", "isomorphisms", "skeleton_isomorphisms",
+ROW_KEYS = ("a_file", "a_index", "a_name", "b_file", "b_index", "b_name", "atoms", "match", "bonds_a", "bonds_b",
+            "refined", "rmsd", "rotation", "translation", "mapping", "proven_optimal", "isomorphisms", "skeleton_isomorphisms",
             "skeleton_complete", "completed_skeletons", "starts", "converged", "principal_axes_a",
             "principal_axes_b", "model", "learned_rmsd", "learned_was_optimal", "learned_frame_degenerate")
 
@@ -107,6 +107,9 @@ def row(a, b, result, model_path) -> dict:
 
 def _note(r: dict) -> str:
     notes = []
+    perceived = [side for side in ("A", "B") if r[f"bonds_{side.lower()}"] == "perceived"]
+    if perceived:
+        notes.append(f"bonds perceived ({', '.join(perceived)})")
     if r["proven_optimal"] is False:
         notes.append("not proven optimal (--prove)")
     shapes = sorted({r["principal_axes_a"], r["principal_axes_b"]} - {"asymmetric", None})
@@ -127,7 +130,8 @@ def align(
                                              "(default: one record against every record of the other "
                                              "file, or record by record).")] = False,
     match: Annotated[str | None, typer.Option(help="elements (no bonds needed) or graph (bond-graph "
-                                                       "isomorphisms); default: graph when both have bonds.")] = None,
+                                                       "isomorphisms; bonds perceived by RDKit where a file has "
+                                                       "none); default: graph when both have bonds.")] = None,
     out: Annotated[str | None, typer.Option("--out", "-o", help="Write every moved A record (.xyz/.sdf; SDF "
                                              "records carry groupae_rmsd and groupae_reference).")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Try this model's learned guess first (a "

@@ -19,7 +19,7 @@ Model = Annotated[str | None, typer.Option("--model", "-m", help="A checkpoint p
                                               "with groupae (default: the shipped default model).")]
 Format = Annotated[
     str | None,
-    typer.Option("--format", "-f", help="Input format (xyz, sdf, ply) when the extension does not tell, e.g. for '-'."),
+    typer.Option("--format", "-f", help="Input format (xyz, sdf, ply, pdb, mol2) when the extension does not tell, e.g. for '-'."),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Structure files in and out: readers (XYZ, SDF/MOL, PLY), writers, the HDF5 output.
+"""Structure files in and out: readers (XYZ, SDF/MOL, PLY, PDB, MOL2), writers, the HDF5 output.
 
 Every reader streams and yields, per record, either a `Structure` or a `Failure`; nothing stops at
 a bad record.
@@ -43,6 +43,10 @@ def _reader(fmt: str):
         from groupae_cli.io.sdf import read_sdf
 
         return read_sdf
+    if fmt in ("pdb", "mol2"):
+        from groupae_cli.io import pdb_mol2
+
+        return pdb_mol2.read_pdb if fmt == "pdb" else pdb_mol2.read_mol2
     from groupae_cli.io.ply import read_ply
 
     return read_ply

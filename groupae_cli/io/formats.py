@@ -12,7 +12,7 @@ from typing import BinaryIO, TextIO
 
 from groupae_cli.errors import UsageError
 
-FORMATS = ("xyz", "sdf", "ply")
+FORMATS = ("xyz", "sdf", "ply", "pdb", "mol2")
 EXTENSIONS = {
     ".xyz": "xyz",
     ".extxyz": "xyz",
@@ -21,13 +21,18 @@ EXTENSIONS = {
     ".mol": "sdf",
     ".mdl": "sdf",
     ".ply": "ply",
+    ".pdb": "pdb",
+    ".ent": "pdb",
+    ".mol2": "mol2",
 }
 GZIP_MAGIC = b"\x1f\x8b"
 STDIN = "-"
 _SNIFF_BYTES = 4096
+#: Record names a PDB file starts with.
+_PDB_RECORDS = ("HEADER", "TITLE ", "COMPND", "REMARK", "CRYST1", "MODEL ", "ATOM  ", "HETATM")
 
 
-_NAMES = {"xyz": "XYZ", "sdf": "SDF/MOL", "ply": "PLY"}
+_NAMES = {"xyz": "XYZ", "sdf": "SDF/MOL", "ply": "PLY", "pdb": "PDB", "mol2": "MOL2"}
 
 
 def _known() -> str:
@@ -63,9 +68,13 @@ def sniff(head: bytes) -> str | None:
     if head.startswith(b"ply"):
         return "ply"
     text = head.decode("utf-8", errors="replace")
+    if "@<TRIPOS>" in text:
+        return "mol2"
     if "V2000" in text or "V3000" in text or "M  END" in text or "$$$$" in text:
         return "sdf"
     for line in text.splitlines():
+        if line.startswith(_PDB_RECORDS):
+            return "pdb"
         if line.strip():
             return "xyz" if line.strip().isdigit() else None
     return None

@@ -128,7 +128,36 @@ def read_sdf(stream: BinaryIO, source: str) -> Iterator[Structure | Failure]:
             continue
         mol.UpdatePropertyCache(strict=False)
         result = _structure(mol, source, index, name)
-        yield Failure(source, index, result, name) if isinstance(result, str) else checked(result)
+        if isinstance(result, str):
+            yield Failure(source, index, result, name)
+            continue
+        result.properties = sd_properties(block)
+        yield checked(result)
+
+
+_DATA_HEADER = re.compile(r"^>.*?<([^>]*)>")
+
+
+def sd_properties(block: str) -> dict[str, str]:
+    """The SD data items after a record's `M  END` (`> <name>` then value lines up to a blank
+    line), as name -> value (lines joined by newlines), in file order."""
+    end = block.find("M  END")
+    if end < 0:
+        return {}
+    properties: dict[str, str] = {}
+    key, values = None, []
+    for line in block[end:].splitlines()[1:]:
+        header = _DATA_HEADER.match(line)
+        if key is None and header:
+            key, values = header.group(1), []
+        elif key is not None and not line.strip():
+            properties[key] = "\n".join(values)
+            key = None
+        elif key is not None:
+            values.append(line)
+    if key is not None:
+        properties[key] = "\n".join(values)
+    return properties
 
 
 #: How a written record's bonds were obtained, in the order tried (the `groupae_bonds` SD property).
