@@ -19,7 +19,8 @@ Reported per design (one row; the JSON beside it has the per-size table):
   Kabsch refinement from the predicted pose: the structure's quality alone, whatever the order;
 - element accuracy; bonds (from the input's SDF) whose decoded length is within 0.1 Å of the truth;
 - z's invariance: max over structures of |z(gX) - z(X)| for a random rotation, translation and
-  renumbering g (applied in float32, as the model runs), over the largest |z| entry of the set;
+  renumbering g (applied in the model's inference precision, as users get it: float32, or
+  float64 for a model whose config says so), over the largest |z| entry of the set;
 - conformer retrieval top-1: z's nearest neighbour among held-out drug-like structures is another
   conformer of the same molecule; ridge probe from z alone: MAE of HOMO-LUMO gap (eV), dipole (D),
   U0 after a per-element linear fit (eV), polarizability (bohr^3) on held-out QM9;
@@ -132,7 +133,7 @@ def train_design(data, sets, design: Path, out: Path, steps: int, batch_size: in
 
 @torch.no_grad()
 def reconstruction(model, data, bonds, bond_offsets, indices: np.ndarray, device) -> dict:
-    """Per-structure figures of held-out structures (float32, hard permutation)."""
+    """Per-structure figures of held-out structures (the model's inference precision, hard permutation)."""
     from groupae_cli.align import refine
     from groupae_cli.models.symmetry import GroupElement
     from groupae_cli.train.losses import decoded_in_input_frame
@@ -144,7 +145,7 @@ def reconstruction(model, data, bonds, bond_offsets, indices: np.ndarray, device
     generator = torch.Generator().manual_seed(0)
     for start in range(0, len(indices), 64):
         chunk = indices[start : start + 64]
-        batch = {k: v.to(device) for k, v in data.batch(chunk, model.config.elements).items()}
+        batch = {k: v.to(device) for k, v in data.batch(chunk, model.config.elements, model.dtype).items()}
         out = model(batch)
         moved = model.encode(GroupElement.random(batch, generator=generator).apply(batch))["z"]
         rows["invariance"].extend((moved - out["z"]).abs().amax(1).cpu().numpy())
@@ -187,7 +188,7 @@ def reconstruction(model, data, bonds, bond_offsets, indices: np.ndarray, device
 def embeddings(model, data, indices: np.ndarray, device) -> np.ndarray:
     out = []
     for start in range(0, len(indices), 128):
-        batch = {k: v.to(device) for k, v in data.batch(indices[start : start + 128], model.config.elements).items()}
+        batch = {k: v.to(device) for k, v in data.batch(indices[start : start + 128], model.config.elements, model.dtype).items()}
         out.append(model.encode(batch)["z"].double().cpu().numpy())
     return np.concatenate(out)
 

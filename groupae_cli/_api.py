@@ -325,7 +325,7 @@ def canonical_form(model, structures, batch_size: int = 64):
     device = _device(model)
     results = []
     for batch_items in _batches(items, batch_size):
-        batch = to_device(collate(batch_items, model.config.elements), device)
+        batch = to_device(collate(batch_items, model.config.elements, model.dtype), device)
         with torch.inference_mode():
             encoded = model.encode(batch)
             forms = model.canonical_form(batch, encoded).double().cpu().numpy()

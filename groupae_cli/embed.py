@@ -63,7 +63,7 @@ def provenance(model_path, model_name: str | None, input_files: list[str], shard
 @torch.inference_mode()
 def encode_batch(model, structures: Sequence[Structure], device: torch.device) -> dict[str, np.ndarray | list]:
     """The model's invariant embedding and group element for each structure, as numpy arrays."""
-    batch = to_device(collate(structures, model.config.elements), device)
+    batch = to_device(collate(structures, model.config.elements, model.dtype), device)
     out = model.encode(batch)
     order = out["order"].cpu().numpy()
     return {

@@ -41,7 +41,7 @@ def reconstruct(model, structures: Sequence[Structure], device: torch.device) ->
     The decoded structures keep the input's bonds and formal charges, and carry their RMSD and
     element accuracy as SD properties.
     """
-    batch = to_device(collate(structures, model.config.elements), device)
+    batch = to_device(collate(structures, model.config.elements, model.dtype), device)
     out = model(batch)
     x_hat = out["reconstruction"].double().cpu().numpy()
     elements = _elements(model, out["reconstruction_logits"])

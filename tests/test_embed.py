@@ -116,3 +116,33 @@ def test_one_record_is_one_record(checkpoint, tmp_path):
     result = runner.invoke(app, ["embed", str(__import__("conftest").SAMPLE / "same" / "molecule.sdf"), "-o", str(tmp_path / "one.h5"),
                                  "--model", str(checkpoint), "--device", "cpu"])
     assert result.exit_code == 0 and "groupae: 1 record embedded into" in result.stderr, result.output
+
+
+def test_a_model_shipped_for_float64_runs_in_float64(molecules, tmp_path, rng):
+    """A canonical-frame model with inference_dtype float64 (as the default model is shipped): it
+    loads in float64, `embed` builds its batches in float64, and moved copies of a molecule embed
+    alike to float64 round-off, where float32 inference of the same weights is far less exact."""
+    from groupae_cli.embed import encode_batch
+    from groupae_cli.io.checkpoint import load_model, save_checkpoint
+    from groupae_cli.models import GroupAE, preset
+
+    torch.manual_seed(0)
+    config = preset("tiny", pooling="canonical", embedding_dim=16, embedding_identity=8, embedding_composition=True,
+                    decoder_memory=2, inference_dtype="float64")
+    path = tmp_path / "canonical64.ckpt"
+    save_checkpoint(path, GroupAE(config))
+    model = load_model(path)
+    assert model.dtype == torch.float64
+    structures = [molecules[2]] + [c for c, _ in moved_copies(molecules[2], 3, rng)]
+    z = encode_batch(model, structures, torch.device("cpu"))["embedding"]
+    assert z.dtype == np.float64
+    np.testing.assert_allclose(z[1:], np.repeat(z[:1], 3, axis=0), atol=1e-10 * np.abs(z).max(), rtol=0)
+    z32 = encode_batch(load_model(path).float(), structures, torch.device("cpu"))["embedding"]
+    assert z32.dtype == np.float32 and np.abs(z32 - z).max() > 1e-9 * np.abs(z).max()
+    out = tmp_path / "out.h5"
+    write_structures(structures, tmp_path / "copies.xyz")
+    result = runner.invoke(app, ["embed", str(tmp_path / "copies.xyz"), "-o", str(out), "--model", str(path),
+                                 "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    with h5py.File(out) as f:
+        np.testing.assert_allclose(f["embedding"][:], z, atol=1e-6 * np.abs(z).max(), rtol=0)

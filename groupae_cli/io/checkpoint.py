@@ -65,25 +65,32 @@ def read_checkpoint(name_or_path: str | Path) -> dict:
 
 
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu"):
-    """The GroupAE a checkpoint describes, weights loaded, in eval mode."""
+    """The GroupAE a checkpoint describes, weights loaded, in eval mode, in its config's
+    `inference_dtype` (batches for it: `collate(..., dtype=model.dtype)`)."""
     from groupae_cli.models import GroupAE, ModelConfig
 
     payload = read_checkpoint(name_or_path)
     model = GroupAE(ModelConfig.from_dict(payload["config"]))
     model.load_state_dict(payload["state_dict"])
     model.checkpoint = {k: v for k, v in payload.items() if k not in ("state_dict", "state")}
-    return model.to(device).eval()
+    return model.to(device=device, dtype=getattr(torch, model.config.inference_dtype)).eval()
 
 
-def export_checkpoint(source: str | Path, target: str | Path, note: dict | None = None) -> None:
+def export_checkpoint(source: str | Path, target: str | Path, note: dict | None = None,
+                      config: dict | None = None) -> None:
     """Copy a checkpoint without its resume state (optimizer, scheduler): what gets shipped.
 
-    Weights, config, versions and training metadata are kept as written; `note` is added under
+    Weights, versions and training metadata are kept as written; `config` changes settings that
+    do not touch the weights (e.g. inference_dtype), checked by ModelConfig; `note` is added under
     training["export"] (e.g. the recipe that made it).
     """
+    from groupae_cli.models import ModelConfig
+
     payload = read_checkpoint(source)
     payload.pop("state", None)
     payload.pop("path", None)
+    if config:
+        payload["config"] = ModelConfig.from_dict(payload["config"]).replace(**config).to_dict()
     payload["training"] = {**payload.get("training", {}), "export": {"source": str(source), **(note or {})}}
     with written_atomically(target) as tmp:
         torch.save(payload, tmp)

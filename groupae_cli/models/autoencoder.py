@@ -36,6 +36,11 @@ class GroupAE(nn.Module):
         self.scores = ScoreHead(self.invariants.dim, config.score_hidden)
         self.decoder = Decoder(config)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point type of the weights: batches must be built in it."""
+        return next(self.parameters()).dtype
+
     def encode(self, batch: dict[str, torch.Tensor], tie_noise: float = 0.0) -> dict[str, torch.Tensor]:
         """The invariant embedding and the predicted group element of each structure.
 

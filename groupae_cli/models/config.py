@@ -76,8 +76,14 @@ class ModelConfig:
     # anchor atoms whose distances differ by less than this share of the largest are told apart
     # by handedness (a pseudo-scalar), so noise cannot flip the pick between mirror images
     anchor_tie: float = 0.05
+    # the precision the model is used in (embed, reconstruct, the Python API; training is float32):
+    # "float64" where z sees the learned canonical frame (pooling: canonical), whose float32
+    # round-off is amplified where the frame is ill-conditioned (bench/RESULTS.md, "Model quality")
+    inference_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.inference_dtype not in ("float32", "float64"):
+            raise ValueError(f"inference_dtype must be 'float32' or 'float64', not {self.inference_dtype!r}")
         if self.pooling not in ("mean", "canonical", "attention"):
             raise ValueError(f"pooling must be 'mean', 'canonical' or 'attention', not {self.pooling!r}")
         if not 0 <= self.embedding_identity < self.embedding_dim:

@@ -2,7 +2,7 @@
 
 Reads the run directory that `groupae train` wrote (cache.npz, split.json) and a checkpoint, and
 evaluates every held-out structure (molecules the model never saw: the split is by molecule) in
-float32, as users get it:
+the model's inference precision (float32, or float64 where its config says so), as users get it:
 
 - reconstruction RMSD (Å) after encode + decode, next to the trivial baseline (every atom at the
   predicted centroid);
@@ -42,7 +42,7 @@ def source_of(name: str) -> str:
 
 def evaluate_set(model, data: StructureSet, indices: np.ndarray, batch_size: int, seed: int) -> dict:
     elements = model.config.elements
-    batches = [data.batch(chunk, elements) for chunk in fixed_batches(indices, batch_size)]
+    batches = [data.batch(chunk, elements, model.dtype) for chunk in fixed_batches(indices, batch_size)]
     cat = all_structures(model, batches)
     generator = torch.Generator().manual_seed(seed)
     sym = []

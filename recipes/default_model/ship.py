@@ -1,6 +1,6 @@
 """Put a trained checkpoint into the package as the default model (groupae_cli/pretrained/default.ckpt).
 
-    python recipes/default_model/ship.py runs/default/best.ckpt
+    python recipes/default_model/ship.py runs/default/best.ckpt [--inference-dtype float64]
 
 The optimizer and scheduler state are dropped (the shipped file is weights, config, versions and
 training metadata only); the file is then found by name: `--model default`, or no `--model`.
@@ -20,10 +20,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--name", default="default", help="shipped model name (default: default)")
+    parser.add_argument("--inference-dtype", choices=("float32", "float64"), default=None,
+                        help="the precision users run it in (default: as trained)")
     args = parser.parse_args(argv)
     PRETRAINED_DIR.mkdir(exist_ok=True)
     target = shipped_model_path(args.name)
-    export_checkpoint(args.checkpoint, target, {"recipe": "recipes/default_model"})
+    changes = {"inference_dtype": args.inference_dtype} if args.inference_dtype else None
+    export_checkpoint(args.checkpoint, target, {"recipe": "recipes/default_model"}, changes)
     load_model(target)  # it must load as users will load it
     print(f"{target}: {target.stat().st_size / 1e6:.2f} MB, sha256 {sha256(target)}")
     return 0
