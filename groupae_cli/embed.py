@@ -82,12 +82,18 @@ def embed_files(items: Iterable[tuple[int, Structure | Failure]], model, out: st
 
     Failed or unusable records go to the file's `failed` table (and to `on_failure`). With
     `shard` = (i, N) only records whose running index is i modulo N are taken. Returns the number
-    of records embedded.
+    of records embedded; when that is 0 no file is written (a file of failures alone would look
+    like a finished job).
     """
     written = 0
     pending: list[tuple[int, Structure]] = []
 
-    with embedding_writer(out, model.config.embedding_dim, attrs) as writer:
+    identity = {"embedding_identity": model.config.embedding_identity,
+                "embedding_identity_meaning": "embedding[:, :embedding_identity] sees only frame-free features "
+                                              "(the atoms' environments, element counts): the molecule whatever "
+                                              "its conformation; the rest also sees the canonical pose"}
+    writer = embedding_writer(out, model.config.embedding_dim, attrs | identity)
+    try:
 
         def flush() -> None:
             nonlocal written
@@ -121,6 +127,13 @@ def embed_files(items: Iterable[tuple[int, Structure | Failure]], model, out: st
             if len(pending) >= batch_size:
                 flush()
         flush()
+    except BaseException:
+        writer.abort()
+        raise
+    if written:
+        writer.close()
+    else:
+        writer.abort()
     return written
 
 

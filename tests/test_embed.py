@@ -146,3 +146,4 @@ def test_a_model_shipped_for_float64_runs_in_float64(molecules, tmp_path, rng):
     assert result.exit_code == 0, result.output
     with h5py.File(out) as f:
         np.testing.assert_allclose(f["embedding"][:], z, atol=1e-6 * np.abs(z).max(), rtol=0)
+        assert f.attrs["embedding_identity"] == 8  # the frame-free block: z[:, :8]
