@@ -8,6 +8,10 @@ Two kinds of trouble:
   and reported — recorded in the command's output where it has one (the HDF5 `failed` table) and
   summarised on stderr. With `--strict` any failure makes the command exit 1 (after the good
   records are processed, so the output stays complete and honest).
+* an **output error** (`OutputError`, a usage error): an output cannot be written — a missing
+  directory, no permission, a full disk, a directory where a file should go. One line naming the
+  file, exit code 2; outputs are written under a temporary name and renamed when complete, so
+  nothing is left under the final name and the temporary file is removed.
 
 Readers never raise on bad records: they yield a `Failure` in the record's place.
 """
@@ -32,6 +36,33 @@ class UsageError(GroupaeError):
     """The command cannot start: bad path, unknown format, bad option value."""
 
     exit_code = EXIT_USAGE
+
+
+class OutputError(UsageError):
+    """An output cannot be written (missing directory, permission, full disk, a directory).
+
+    `fatal`: the failure left a C library (HDF5) in a state where running the process's
+    finalisers can crash it; the command line then ends the process at once (os._exit).
+    """
+
+    fatal = False
+
+
+def os_error_text(exc: OSError) -> str:
+    """The reason of an OSError in a few words: the system's words for its errno ("No space left on
+    device"; h5py's carry HDF5's whole error stack as strerror), or for an `errno = N` in its
+    message, else its message's first line."""
+    import os
+    import re
+
+    code = exc.errno or (int(m.group(1)) if (m := re.search(r"errno = (\d+)", str(exc))) else None)
+    text = os.strerror(code) if code else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def output_error(path, exc: OSError) -> OutputError:
+    """The one-line OutputError for an OSError met while writing `path`."""
+    return OutputError(f"{path}: cannot write: {os_error_text(exc)}")
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from typing import Annotated
 
 import typer
 
-from groupae_cli.errors import EXIT_USAGE, GroupaeError
+from groupae_cli.errors import EXIT_USAGE, GroupaeError, os_error_text
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries on stderr.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
@@ -32,6 +33,10 @@ def handle_errors(command):
             return command(*args, **kwargs)
         except GroupaeError as exc:
             typer.echo(f"groupae: error: {exc}", err=True)
+            if getattr(exc, "fatal", False):  # HDF5 failed mid-flush: its finalisers could crash
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(exc.exit_code)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("groupae: interrupted", err=True)
@@ -39,6 +44,10 @@ def handle_errors(command):
         except BrokenPipeError:  # e.g. `groupae info x.sdf --json | head -1`
             sys.stderr.close()
             raise typer.Exit(0) from None
+        except OSError as exc:  # what the library did not put in words: still one line, exit 2
+            where = f"{exc.filename}: " if exc.filename else ""
+            typer.echo(f"groupae: error: {where}{os_error_text(exc)}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
 
     return wrapper
 

@@ -52,11 +52,13 @@ def embed(
     """Embed every record: z, rotation, translation and canonical atom order, into one HDF5 file.
 
     Records that cannot be read or that the model cannot take are skipped, listed in the file's
-    `failed` table and summarised on stderr (--strict: exit 1 if any).
+    `failed` table and summarised on stderr (--strict: exit 1 if any). When no record can be
+    embedded nothing is written and the exit code is 1.
     """
     from groupae_cli.embed import embed_files, parse_shard, provenance
-    from groupae_cli.errors import FailureReport, UsageError
+    from groupae_cli.errors import EXIT_FAILURES, FailureReport, UsageError
     from groupae_cli.io import resolve_inputs
+    from groupae_cli.io.formats import check_output
 
     try:
         part = parse_shard(shard) if shard else (0, 1)
@@ -65,8 +67,7 @@ def embed(
     paths = resolve_inputs(inputs, fmt)
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise UsageError(f"{out}: the output is HDF5; name it .h5 or .hdf5")
-    if not out.parent.is_dir():
-        raise UsageError(f"{out.parent}: no such directory")
+    check_output(out)
     net, torch_device, model_path = load_for_command(model, device)
     attrs = provenance(model_path, Path(model_path).stem if model is None else str(model), paths, part, "embed")
     report = FailureReport(strict=strict)
@@ -74,5 +75,9 @@ def embed(
     count = embed_files(items, net, out, attrs, torch_device, batch_size, part, on_failure=report.add)
     if not quiet:
         report.summarise()
+    if count == 0:
+        typer.echo(f"groupae: error: {out}: not written: none of the {len(report)} records could be embedded", err=True)
+        raise typer.Exit(EXIT_FAILURES)
+    if not quiet:
         typer.echo(f"groupae: {count} record{'s' if count != 1 else ''} embedded into {out}", err=True)
     raise typer.Exit(report.exit_code())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import gzip
 import io
 import os
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from groupae_cli.errors import UsageError
+from groupae_cli.errors import UsageError, output_error
 
 FORMATS = ("xyz", "sdf", "ply", "pdb", "mol2")
 EXTENSIONS = {
@@ -155,13 +156,57 @@ def partial_path(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.partial-{os.getpid()}")
 
 
+def remove_stale_partials(path: str | Path) -> None:
+    """Remove the temporary files of `path` left by processes that no longer run (killed while
+    writing it): `.NAME.partial-PID` beside it, PID not a live process."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it runs, as another user
+        return True
+    return True
+
+
+def check_output(path: str | Path, inputs=()) -> None:
+    """UsageError, before any work, when `path` cannot be an output: a directory, in a directory that
+    does not exist or cannot be written, or one of the `inputs` (it would be overwritten)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{path}: is a directory; name the file to write")
+    parent = p.parent
+    if not parent.is_dir():
+        raise UsageError(f"{path}: cannot write: no such directory {str(parent)!r}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{path}: cannot write: directory {str(parent)!r} is not writable")
+    for source in inputs:
+        if str(source) != STDIN and p.exists() and Path(source).exists() and os.path.samefile(p, source):
+            raise UsageError(f"{path}: is also an input; write the output elsewhere")
+
+
 @contextlib.contextmanager
 def written_atomically(path: str | Path):
     """Yield a temporary path to write; on success it is renamed to `path`, on failure removed,
-    so an interrupted write never leaves a file that looks finished."""
+    so an interrupted write never leaves a file that looks finished. An OSError while writing
+    (full disk, missing directory, `path` a directory) becomes one OutputError naming `path`."""
     tmp = partial_path(path)
+    remove_stale_partials(path)
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is not None and str(exc.filename) not in (str(tmp), str(path)):
+            raise  # about another file (an input read while writing)
+        raise output_error(path, exc) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)

@@ -10,7 +10,9 @@ no file under the final name, and a finished file carries `complete = True`.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,12 +20,17 @@ import h5py
 import numpy as np
 
 from groupae_cli import __version__
-from groupae_cli.io.formats import partial_path
+from groupae_cli.errors import output_error
+from groupae_cli.io.formats import partial_path, remove_stale_partials
 
 STRING = h5py.string_dtype("utf-8")
 GROUP = "SE(3) x S_n"
 _RECORD_CHUNK = 1024
 _ATOM_CHUNK = 1 << 15
+#: Free space (bytes) kept on the output's file system: HDF5 mishandles a write that fails for want of
+#: space (h5py swallows the error and the process can die at C level), so the writer stops first.
+SPACE_MARGIN = 32 << 20
+_ABANDONED: list = []  # see RecordWriter._abandon
 _FAILED_DTYPE = np.dtype([("source_file", np.int32), ("source_index", np.int64), ("name", STRING), ("reason", STRING)])
 
 
@@ -60,8 +67,16 @@ class RecordWriter:
         self.n_records = 0
         self.n_atoms = 0
         self.n_failed = 0
-        self._file = h5py.File(self.tmp_path, "w")
-        f = self._file
+        remove_stale_partials(self.path)
+        self._file = None
+        try:
+            self._create(attrs)
+        except OSError as exc:
+            self.abort()
+            raise output_error(self.path, exc) from exc
+
+    def _create(self, attrs: Mapping[str, object] | None) -> None:
+        self._file = f = h5py.File(self.tmp_path, "w")
         for name, (shape, dtype) in self.per_record.items():
             f.create_dataset(name, (0, *shape), dtype=dtype, maxshape=(None, *shape),
                              chunks=(_RECORD_CHUNK, *shape), compression="gzip", shuffle=True)
@@ -76,54 +91,97 @@ class RecordWriter:
         f.attrs["complete"] = False
         for key, value in (attrs or {}).items():
             f.attrs[key] = value
+        # the datasets stay open while writing: HDF5 flushes a dataset's chunks when its last handle
+        # closes, and a flush that fails there is swallowed by h5py and corrupts the process
+        self._datasets = {name: f[name] for name in f}
 
-    @staticmethod
-    def _grow(dataset: h5py.Dataset, rows: np.ndarray) -> None:
+    def _grow(self, name: str, rows: np.ndarray) -> None:
+        dataset = self._datasets[name]
         start = dataset.shape[0]
         dataset.resize(start + len(rows), axis=0)
         dataset[start:] = rows
+
+    def _check_space(self, nbytes: int) -> None:
+        """OSError(ENOSPC) before a write that would leave the output's file system nearly full."""
+        free = shutil.disk_usage(self.tmp_path.parent).free
+        if free < 2 * nbytes + SPACE_MARGIN:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.tmp_path))
 
     def append(self, records: Mapping[str, Sequence | np.ndarray], atoms: Mapping[str, Sequence[np.ndarray]]) -> None:
         """Add a batch: `records[name]` has one row per record, `atoms[name]` one array per record."""
         if set(records) != set(self.per_record) or set(atoms) != set(self.per_atom):
             raise ValueError(f"batch keys {sorted(records)} + {sorted(atoms)} do not match the schema")
+        try:
+            self._append(records, atoms)
+        except OSError as exc:
+            self.abort()
+            raise output_error(self.path, exc) from exc
+
+    def _append(self, records: Mapping[str, Sequence | np.ndarray], atoms: Mapping[str, Sequence[np.ndarray]]) -> None:
         counts = np.array([len(a) for a in next(iter(atoms.values()))], dtype=np.int64) if atoms else None
         size = len(next(iter(records.values())))
+        self._check_space(sum(np.asarray(v).nbytes for v in records.values())
+                          + sum(np.asarray(a).nbytes for arrays in atoms.values() for a in arrays))
         for name, value in records.items():
             rows = np.asarray(value, dtype=object if self.per_record[name][1] is STRING else self.per_record[name][1])
             if len(rows) != size:
                 raise ValueError(f"{name}: {len(rows)} rows in a batch of {size}")
-            self._grow(self._file[name], rows)
+            self._grow(name, rows)
         for name, arrays in atoms.items():
             if not np.array_equal([len(a) for a in arrays], counts):
                 raise ValueError(f"{name}: per-record lengths differ from the other per-atom datasets")
-            self._grow(self._file[name], np.concatenate(arrays).astype(self.per_atom[name]) if len(arrays) else np.zeros(0))
+            self._grow(name, np.concatenate(arrays).astype(self.per_atom[name]) if len(arrays) else np.zeros(0))
         if counts is not None:
-            self._grow(self._file["offsets"], self.n_atoms + np.cumsum(counts))
+            self._grow("offsets", self.n_atoms + np.cumsum(counts))
             self.n_atoms += int(counts.sum())
         self.n_records += size
 
     def fail(self, source_file: int, source_index: int | None, name: str, reason: str) -> None:
         """Record a failed input record (source_index -1: the whole file)."""
         row = np.array([(source_file, -1 if source_index is None else source_index, name, reason)], dtype=_FAILED_DTYPE)
-        self._grow(self._file["failed"], row)
+        try:
+            self._grow("failed", row)
+        except OSError as exc:
+            self.abort()
+            raise output_error(self.path, exc) from exc
         self.n_failed += 1
 
     def close(self) -> Path:
-        """Finish the file and move it to its final name."""
-        f = self._file
-        f.attrs["n_records"] = self.n_records
-        f.attrs["n_failed"] = self.n_failed
-        f.attrs["complete"] = True
-        f.close()
-        os.replace(self.tmp_path, self.path)
+        """Finish the file and move it to its final name (OutputError, and no file, if that fails)."""
+        try:
+            f = self._file
+            f.attrs["n_records"] = self.n_records
+            f.attrs["n_failed"] = self.n_failed
+            f.attrs["complete"] = True
+            self._datasets = {}
+            f.close()
+            self._file = None
+            os.replace(self.tmp_path, self.path)
+        except (OSError, RuntimeError) as exc:  # h5py raises RuntimeError for a flush that failed
+            self._abandon()
+            self.abort()
+            error = output_error(self.path, exc if isinstance(exc, OSError) else OSError(str(exc)))
+            error.fatal = True
+            raise error from exc
         return self.path
 
+    def _abandon(self) -> None:
+        """Keep the handles of a file whose flush failed alive: HDF5 would flush again when they are
+        freed, and fail again. Its state is unsound after such a failure (freeing them at exit can
+        crash), so the error raised is `fatal`: the command line leaves with os._exit."""
+        _ABANDONED.append((self._file, self._datasets))
+        self._file, self._datasets = None, {}
+
     def abort(self) -> None:
-        """Drop the partial file."""
+        """Drop the partial file (closing it may fail again, e.g. on a full disk: ignored)."""
+        self._datasets = {}
         try:
-            self._file.close()
+            if self._file is not None:
+                self._file.close()
+        except Exception:  # noqa: BLE001, S110 - the file is being thrown away
+            pass
         finally:
+            self._file = None
             self.tmp_path.unlink(missing_ok=True)
 
     def __enter__(self) -> RecordWriter:  # noqa: PYI034 - typing.Self needs Python 3.11
