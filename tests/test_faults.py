@@ -119,3 +119,87 @@ def test_stale_partial_files_of_dead_processes_are_removed(checkpoint, tmp_path)
                                  "--device", "cpu", "-q"])
     assert result.exit_code == 0, result.output
     assert not stale.exists() and alive.exists()
+
+
+# --- train: atomic run files, the kill-during-resume race, resume checks ----------------------------
+
+XYZ10 = str(SAMPLE / "xyz" / "molecules_10.xyz")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A 2-epoch run of a tiny model on 10 sample molecules."""
+    from groupae_cli.models import preset
+    from groupae_cli.train import TrainConfig, train_from_files
+
+    run = tmp_path_factory.mktemp("run") / "run"
+    train_from_files([XYZ10], run, preset("tiny"), TrainConfig(epochs=2, batch_size=8, seed=1), device="cpu", quiet=True)
+    return run
+
+
+def copy_run(run_dir, tmp_path) -> Path:
+    target = tmp_path / "run"
+    shutil.copytree(run_dir, target)
+    return target
+
+
+def test_a_resume_killed_while_writing_config_yaml_still_resumes(run_dir, tmp_path):
+    """An empty config.yaml (a kill mid-write, before it was written atomically) made the next
+    resume write the default preset and `inputs: []` and crash on a size mismatch."""
+    import yaml
+
+    from groupae_cli.io.checkpoint import read_checkpoint
+
+    run = copy_run(run_dir, tmp_path)
+    before = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text("")
+    result = runner.invoke(app, ["train", "-o", str(run), "--resume", "--epochs", "3", "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    after = yaml.safe_load((run / "config.yaml").read_text())
+    assert after["model"] == before["model"] and after["inputs"] == before["inputs"] == [XYZ10]
+    assert after["train"] == {**before["train"], "epochs": 3}
+    assert read_checkpoint(run / "last.ckpt")["training"]["epoch"] == 3
+    assert leftovers(run) == []
+
+
+def test_resume_to_fewer_epochs_than_done_is_refused(run_dir, tmp_path):
+    run = copy_run(run_dir, tmp_path)
+    config = (run / "config.yaml").read_text()
+    result = runner.invoke(app, ["train", "-o", str(run), "--resume", "--epochs", "1", "--device", "cpu", "-q"])
+    assert result.exit_code == 2
+    one_line_error(result, str(run), "2 epochs done")
+    assert (run / "config.yaml").read_text() == config
+
+
+def test_train_on_a_full_disk_leaves_no_truncated_cache(tmp_path, monkeypatch):
+    import numpy as np
+
+    real = np.savez
+
+    def savez_then_full(file, **arrays):
+        real(file, **arrays)  # the bytes are written, then the disk fills
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez", savez_then_full)
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", XYZ10, "-o", str(run), "--preset", "tiny", "--epochs", "1", "--device", "cpu", "-q"])
+    assert result.exit_code == 2
+    one_line_error(result, str(run / "cache.npz"), "No space left on device")
+    assert not (run / "cache.npz").exists() and leftovers(run) == []
+
+
+def test_train_into_a_file_is_one_line(tmp_path):
+    target = tmp_path / "run"
+    target.write_text("a file")
+    result = runner.invoke(app, ["train", XYZ10, "-o", str(target), "--preset", "tiny", "--epochs", "1", "--device", "cpu"])
+    assert result.exit_code == 2
+    one_line_error(result, str(target))
+
+
+def test_one_molecule_is_trained_on_not_held_out(sample):
+    from groupae_cli.io import read_structures
+    from groupae_cli.train.dataset import StructureSet
+
+    data = StructureSet.from_structures(list(read_structures(sample / "same" / "molecule.sdf")))
+    train, validation = data.split(0.1, seed=0)
+    assert train.tolist() == [0] and validation.tolist() == []

@@ -11,6 +11,7 @@ import numpy as np
 
 from groupae_cli.device import resolve_device
 from groupae_cli.errors import Failure, FailureReport, UsageError
+from groupae_cli.io.formats import written_atomically
 from groupae_cli.models.config import ORGANIC, POINTS, ModelConfig
 from groupae_cli.train.config import TrainConfig
 from groupae_cli.train.dataset import (
@@ -27,17 +28,29 @@ CACHE, SPLIT, CONFIG = "cache.npz", "split.json", "config.yaml"
 
 
 def write_run_config(path: Path, model: ModelConfig, train: TrainConfig, inputs: Sequence[str]) -> None:
+    """Write config.yaml atomically: a kill mid-write leaves the old file, never an empty one."""
     import yaml
 
     data = {"model": model.to_dict(), "train": train.to_dict(), "inputs": list(inputs)}
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    _write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def _write_text(path: Path, text: str) -> None:
+    with written_atomically(path) as tmp:
+        tmp.write_text(text)
 
 
 def read_run_config(path: str | Path) -> tuple[dict, dict, list]:
-    """(model dict, train dict, inputs) of a config.yaml; unknown top-level keys are an error."""
+    """(model dict, train dict, inputs) of a config.yaml; unknown top-level keys are an error, and so
+    is a file that is empty or not YAML (a default configuration would silently replace the run's)."""
     import yaml
 
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not a YAML configuration ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: empty or not a configuration (expected sections model, train, inputs)")
     unknown = sorted(set(data) - {"model", "train", "inputs"})
     if unknown:
         raise UsageError(f"{path}: unknown config sections: {', '.join(unknown)} (known: model, train, inputs)")
@@ -64,6 +77,34 @@ def model_elements(data: StructureSet) -> tuple[int, ...]:
     return POINTS if seen == [0] else tuple(sorted(set(ORGANIC) | set(seen)))
 
 
+def _resumed_config(run_dir: Path, epochs: int | None, main: bool) -> tuple[TrainConfig, list]:
+    """The training configuration and inputs of a run to resume, from its last.ckpt (written
+    atomically, so it survives a kill; config.yaml is rewritten from it when that was lost or
+    changed), with `epochs` as the new total if given. config.yaml is rewritten only when it
+    changes."""
+    from groupae_cli.io.checkpoint import read_checkpoint
+
+    if not (run_dir / "last.ckpt").is_file():
+        raise UsageError(f"{run_dir}: nothing to resume (no last.ckpt)")
+    payload = read_checkpoint(run_dir / "last.ckpt")
+    training = payload.get("training") or {}
+    if not isinstance(training.get("train_config"), dict):
+        raise UsageError(f"{run_dir / 'last.ckpt'}: holds no training configuration to resume from")
+    model_config = ModelConfig.from_dict(payload["config"])
+    config = TrainConfig.from_dict(training["train_config"] | ({"epochs": epochs} if epochs else {}))
+    inputs = list(training.get("inputs", []))
+    done = int(training.get("epoch", 0))
+    if config.epochs <= done:
+        raise UsageError(f"{run_dir}: {done} epochs done already; --epochs gives the total, so pass more than {done}")
+    try:
+        on_disk = read_run_config(run_dir / CONFIG)
+    except (UsageError, OSError):
+        on_disk = None
+    if main and on_disk != (model_config.to_dict(), config.to_dict(), inputs):
+        write_run_config(run_dir / CONFIG, model_config, config, inputs)
+    return config, inputs
+
+
 def train_from_files(inputs: Sequence[str], run_dir: str | Path, model_config: ModelConfig, config: TrainConfig,
                      resume: bool = False, device: str = "auto", fmt: str | None = None, strict: bool = False,
                      quiet: bool = False, resume_epochs: int | None = None) -> list[dict]:
@@ -76,14 +117,11 @@ def train_from_files(inputs: Sequence[str], run_dir: str | Path, model_config: M
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
     dist = Distributed(resolve_device(device))
     if resume:
-        if not (run_dir / "last.ckpt").is_file():
-            raise UsageError(f"{run_dir}: nothing to resume (no last.ckpt)")
-        model_dict, train_dict, inputs = read_run_config(run_dir / CONFIG)
-        config = TrainConfig.from_dict(train_dict | ({"epochs": resume_epochs} if resume_epochs else {}))
-        if dist.main:
-            write_run_config(run_dir / CONFIG, ModelConfig.from_dict(model_dict), config, inputs)
+        config, inputs = _resumed_config(run_dir, resume_epochs, dist.main)
     elif (run_dir / "last.ckpt").exists():
         raise UsageError(f"{run_dir}: holds a run already; pass --resume to continue it, or another -o")
+    elif run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: is a file; -o names the run directory")
     if dist.main and not resume:
         report = FailureReport(strict=strict)
         data = _parse_inputs(inputs, fmt, report, quiet)
@@ -95,7 +133,7 @@ def train_from_files(inputs: Sequence[str], run_dir: str | Path, model_config: M
         data.save(run_dir / CACHE)
         model_config = model_config.replace(elements=model_elements(data))
         train_idx, val_idx = data.split(config.val_fraction, config.seed)
-        (run_dir / SPLIT).write_text(json.dumps({"train": train_idx.tolist(), "validation": val_idx.tolist()}))
+        _write_text(run_dir / SPLIT, json.dumps({"train": train_idx.tolist(), "validation": val_idx.tolist()}))
         write_run_config(run_dir / CONFIG, model_config, config, inputs)
         log(f"{len(data)} structures ({len(train_idx)} train, {len(val_idx)} validation), "
             f"{len(model_config.elements)} element types, cache in {run_dir / CACHE}")

@@ -45,7 +45,11 @@ class StructureSet:
         )
 
     def save(self, path: str | Path) -> None:
-        np.savez(path, numbers=self.numbers, positions=self.positions, offsets=self.offsets, names=self.names)
+        """Write atomically: a full disk or a kill never leaves a truncated cache."""
+        from groupae_cli.io.formats import written_atomically
+
+        with written_atomically(path) as tmp, open(tmp, "wb") as f:  # a file object: savez adds no ".npz"
+            np.savez(f, numbers=self.numbers, positions=self.positions, offsets=self.offsets, names=self.names)
 
     @classmethod
     def load(cls, path: str | Path) -> StructureSet:
@@ -67,8 +71,8 @@ class StructureSet:
         unique = np.unique(groups)
         rng = np.random.default_rng(seed)
         n_val = round(val_fraction * len(unique))
-        if val_fraction > 0:
-            n_val = max(1, min(n_val, len(unique) - 1))
+        if val_fraction > 0:  # one molecule alone is trained on, not held out
+            n_val = max(min(1, len(unique) - 1), min(n_val, len(unique) - 1))
         val_groups = rng.choice(unique, size=n_val, replace=False) if n_val else np.array([], dtype=groups.dtype)
         is_val = np.isin(groups, val_groups)
         return np.flatnonzero(~is_val), np.flatnonzero(is_val)
