@@ -203,3 +203,59 @@ def test_one_molecule_is_trained_on_not_held_out(sample):
     data = StructureSet.from_structures(list(read_structures(sample / "same" / "molecule.sdf")))
     train, validation = data.split(0.1, seed=0)
     assert train.tolist() == [0] and validation.tolist() == []
+
+
+# --- malformed checkpoints -------------------------------------------------------------------------
+
+def _broken(payload: dict, case: str) -> dict:
+    import torch
+
+    from groupae_cli.models import GroupAE, preset
+
+    payload = dict(payload)
+    if case == "format_version str":
+        payload["format_version"] = "1"
+    elif case == "format_version None":
+        payload["format_version"] = None
+    elif case == "format_version 0":
+        payload["format_version"] = 0
+    elif case in ("config", "state_dict"):
+        del payload[case]
+    elif case == "another config":
+        payload["state_dict"] = GroupAE(preset("small")).state_dict()
+    elif case == "integer weights":
+        payload["state_dict"] = {k: v.long() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    elif case == "NaN weights":
+        payload["state_dict"] = {k: v.clone() for k, v in payload["state_dict"].items()}
+        first = next(k for k, v in payload["state_dict"].items() if v.is_floating_point() and v.numel())
+        payload["state_dict"][first].view(-1)[0] = torch.nan
+    return payload
+
+
+CHECKPOINT_FAULTS = {
+    "0 bytes": "not a groupae checkpoint",
+    "format_version str": "format_version '1'",
+    "format_version None": "format_version None",
+    "format_version 0": "format_version 0",
+    "config": "'config' missing",
+    "state_dict": "'state_dict' missing",
+    "another config": "weights do not fit",
+    "integer weights": "torch.int64",
+    "NaN weights": "NaN or Inf",
+}
+
+
+@pytest.mark.parametrize("case", list(CHECKPOINT_FAULTS))
+def test_malformed_checkpoints_are_one_line(checkpoint, tmp_path, case):
+    import torch
+
+    bad = tmp_path / "bad.ckpt"
+    if case == "0 bytes":
+        bad.write_bytes(b"")
+    else:
+        torch.save(_broken(torch.load(checkpoint, weights_only=True), case), bad)
+    out = tmp_path / "out.h5"
+    result = runner.invoke(app, ["embed", MOLECULES, "-o", str(out), "--model", str(bad), "--device", "cpu", "-q"])
+    assert result.exit_code == 2
+    one_line_error(result, str(bad), CHECKPOINT_FAULTS[case])
+    assert not out.exists()

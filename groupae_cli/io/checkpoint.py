@@ -54,14 +54,46 @@ def read_checkpoint(name_or_path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - not a torch file, or one holding pickled code
-        raise UsageError(f"{path}: not a groupae checkpoint ({str(exc).splitlines()[0][:120]})") from None
+        why = (str(exc).strip().splitlines() or [f"{type(exc).__name__}, empty or cut short"])[0][:120]
+        raise UsageError(f"{path}: not a groupae checkpoint ({why})") from None
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise UsageError(f"{path}: not a groupae checkpoint (no format_version)")
-    if payload["format_version"] > FORMAT_VERSION:
-        raise UsageError(f"{path}: checkpoint format {payload['format_version']} is newer than this groupae "
+    version = payload["format_version"]
+    if type(version) is not int or version < 1:
+        raise UsageError(f"{path}: not a groupae checkpoint (format_version {version!r}; "
+                         f"groupae writes the integer {FORMAT_VERSION})")
+    if version > FORMAT_VERSION:
+        raise UsageError(f"{path}: checkpoint format {version} is newer than this groupae "
                          f"reads ({FORMAT_VERSION}); upgrade groupae")
+    for key, kind in (("config", dict), ("state_dict", dict)):
+        if not isinstance(payload.get(key), kind):
+            raise UsageError(f"{path}: not a complete groupae checkpoint ({key!r} missing or not a {kind.__name__})")
     payload["path"] = str(path)
     return payload
+
+
+def check_weights(path, state_dict: dict, model) -> None:
+    """UsageError naming the first tensor of `state_dict` that cannot be `model`'s: not a tensor,
+    missing or unexpected, of another shape or kind (integer weights for float ones), or holding
+    NaN or Inf (a model whose training diverged gives NaN for every input)."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        which = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise UsageError(f"{path}: weights do not fit its model config ({len(missing)} missing, "
+                         f"{len(unexpected)} unexpected tensors; {which})")
+    for name, value in state_dict.items():
+        want = expected[name]
+        if not isinstance(value, torch.Tensor):
+            raise UsageError(f"{path}: weight {name!r} is not a tensor")
+        if value.shape != want.shape:
+            raise UsageError(f"{path}: weight {name!r} has shape {tuple(value.shape)}, its model config "
+                             f"needs {tuple(want.shape)}")
+        if value.dtype.is_floating_point != want.dtype.is_floating_point or value.dtype == torch.bool:
+            raise UsageError(f"{path}: weight {name!r} is {value.dtype}, its model needs {want.dtype}")
+        if value.dtype.is_floating_point and not bool(torch.isfinite(value).all()):
+            raise UsageError(f"{path}: weight {name!r} holds NaN or Inf; the checkpoint cannot give finite results")
 
 
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu"):
@@ -70,7 +102,12 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu"):
     from groupae_cli.models import GroupAE, ModelConfig
 
     payload = read_checkpoint(name_or_path)
-    model = GroupAE(ModelConfig.from_dict(payload["config"]))
+    try:
+        model = GroupAE(ModelConfig.from_dict(payload["config"]))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise UsageError(f"{payload['path']}: its model config cannot build a model "
+                         f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})") from None
+    check_weights(payload["path"], payload["state_dict"], model)
     model.load_state_dict(payload["state_dict"])
     model.checkpoint = {k: v for k, v in payload.items() if k not in ("state_dict", "state")}
     return model.to(device=device, dtype=getattr(torch, model.config.inference_dtype)).eval()

@@ -16,7 +16,8 @@ import torch
 
 from groupae_cli.data import to_device
 from groupae_cli.device import resolve_device
-from groupae_cli.io.checkpoint import read_checkpoint, save_checkpoint
+from groupae_cli.errors import UsageError
+from groupae_cli.io.checkpoint import check_weights, read_checkpoint, save_checkpoint
 from groupae_cli.io.formats import written_atomically
 from groupae_cli.models import GroupAE, ModelConfig
 from groupae_cli.models.symmetry import GroupElement
@@ -111,6 +112,9 @@ class Trainer:
 
     def resume(self, path: str | Path) -> None:
         payload = read_checkpoint(path)
+        if not isinstance(payload.get("state"), dict):
+            raise UsageError(f"{path}: holds no training state to resume from (optimizer, scheduler)")
+        check_weights(path, payload["state_dict"], self.model)
         self.model.load_state_dict(payload["state_dict"])
         state = payload["state"]
         self.optimizer.load_state_dict(state["optimizer"])
