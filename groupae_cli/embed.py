@@ -29,6 +29,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+NON_FINITE = "the model gave NaN or Inf for it"
+
+
 def usable(structure: Structure, model) -> str | None:
     """Why the model cannot take this structure, or None."""
     c = model.config
@@ -95,12 +98,27 @@ def embed_files(items: Iterable[tuple[int, Structure | Failure]], model, out: st
     writer = embedding_writer(out, model.config.embedding_dim, attrs | identity)
     try:
 
+        def reject(file_number: int, failure: Failure) -> None:
+            writer.fail(file_number, failure.index, failure.name, failure.reason)
+            if on_failure is not None:
+                on_failure(failure)
+
         def flush() -> None:
             nonlocal written
             if not pending:
                 return
+            result = encode_batch(model, [s for _, s in pending], device)
+            good = np.isfinite(result["embedding"]).all(1) & np.isfinite(result["rotation"]).all((1, 2)) \
+                & np.isfinite(result["translation"]).all(1)
+            for (file_number, s) in (p for p, ok in zip(pending, good) if not ok):
+                reject(file_number, Failure(s.source, s.index, NON_FINITE, s.name))
+            if not good.all():
+                pending[:] = [p for p, ok in zip(pending, good) if ok]
+                result = {k: [v[i] for i in np.flatnonzero(good)] if isinstance(v, list) else v[good]
+                          for k, v in result.items()}
+            if not pending:
+                return
             structures = [s for _, s in pending]
-            result = encode_batch(model, structures, device)
             records = {
                 "embedding": result["embedding"], "rotation": result["rotation"],
                 "translation": result["translation"], "degenerate": result["degenerate"],
@@ -119,9 +137,7 @@ def embed_files(items: Iterable[tuple[int, Structure | Failure]], model, out: st
                 reason = usable(item, model)
                 item = item if reason is None else Failure(item.source, item.index, reason, item.name)
             if isinstance(item, Failure):
-                writer.fail(file_number, item.index, item.name, item.reason)
-                if on_failure is not None:
-                    on_failure(item)
+                reject(file_number, item)
                 continue
             pending.append((file_number, item))
             if len(pending) >= batch_size:

@@ -60,71 +60,115 @@ def reconstruct(model, structures: Sequence[Structure], device: torch.device) ->
     return results
 
 
+NON_FINITE = "the model gave NaN or Inf coordinates for it"
+
+
+def finite(result: Reconstruction) -> Reconstruction | Failure:
+    """The reconstruction, or a Failure when the model's output for it is not finite."""
+    if np.isfinite(result.structure.positions).all():
+        return result
+    s = result.structure
+    return Failure(s.source, s.index, NON_FINITE, s.name)
+
+
 def reconstruct_stream(model, items: Iterable[Structure | Failure], device: torch.device,
                        batch_size: int) -> Iterator[Reconstruction | Failure]:
-    """Reconstructions of a record stream, in order, a batch at a time; failures pass through."""
+    """Reconstructions of a record stream, in order, a batch at a time; failures pass through, and
+    a record the model decodes to NaN or Inf becomes one."""
     from groupae_cli.embed import usable
+
+    def decoded(batch):
+        return (finite(r) for r in reconstruct(model, batch, device))
 
     pending: list[Structure] = []
     for item in items:
         if isinstance(item, Structure) and (reason := usable(item, model)) is not None:
             item = Failure(item.source, item.index, reason, item.name)
         if isinstance(item, Failure):
-            yield from reconstruct(model, pending, device) if pending else ()
+            yield from decoded(pending) if pending else ()
             pending = []
             yield item
             continue
         pending.append(item)
         if len(pending) >= batch_size:
-            yield from reconstruct(model, pending, device)
+            yield from decoded(pending)
             pending = []
     if pending:
-        yield from reconstruct(model, pending, device)
+        yield from decoded(pending)
+
+
+def decode_embeddings(model, path: str | Path, device: torch.device,
+                      batch_size: int) -> Iterator[Reconstruction | Failure]:
+    """Structures decoded from an `embed` HDF5 file: z, the composition in canonical order, and the
+    stored rotation, translation and permutation put each back in its input's frame and order.
+
+    UsageError, in one line, for a file that is not a complete embed file (truncated, corrupt,
+    foreign) or that another model wrote (its `model_sha256` is not this model's checkpoint's); a
+    record whose stored values or decoding are not finite, or whose permutation is not one,
+    becomes a Failure.
+    """
+    import h5py
+
+    from groupae_cli.errors import UsageError
+    from groupae_cli.io.hdf5 import check_embed_file
+
+    try:
+        with h5py.File(path, "r") as f:
+            check_embed_file(f, path, model)
+            yield from _decode(model, f, path, device, batch_size)
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UsageError(f"{path}: not a readable groupae embed file ({why})") from None
 
 
 @torch.inference_mode()
-def decode_embeddings(model, path: str | Path, device: torch.device, batch_size: int) -> Iterator[Reconstruction]:
-    """Structures decoded from an `embed` HDF5 file: z, the composition in canonical order, and the
-    stored rotation, translation and permutation put each back in its input's frame and order."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        if f.attrs.get("embedding_dim") != model.config.embedding_dim:
-            from groupae_cli.errors import UsageError
-
-            raise UsageError(f"{path}: embeddings of size {f.attrs.get('embedding_dim')}, the model's are "
-                             f"{model.config.embedding_dim}; decode with the model that wrote them")
-        offsets = f["offsets"][:]
-        sources = list(f.attrs.get("input_files", []))
-        for start in range(0, len(offsets) - 1, batch_size):
-            stop = min(start + batch_size, len(offsets) - 1)
-            z = torch.as_tensor(f["embedding"][start:stop], device=device)
-            rotation = torch.as_tensor(f["rotation"][start:stop], device=device).double()
-            translation = torch.as_tensor(f["translation"][start:stop], device=device).double()
-            lo, hi = offsets[start], offsets[stop]
-            permutation = f["permutation"][lo:hi]
-            numbers = f["atomic_numbers"][lo:hi].astype(np.int64)
-            sizes = np.diff(offsets[start : stop + 1])
-            n_atoms = torch.as_tensor(sizes, device=device)
-            slot_types = torch.zeros(len(sizes), int(sizes.max()), dtype=torch.long, device=device)
-            cuts = np.cumsum(sizes)[:-1]
-            perms = np.split(permutation, cuts)
-            for b, (perm, nums) in enumerate(zip(perms, np.split(numbers, cuts))):
+def _decode(model, f, path, device: torch.device, batch_size: int) -> Iterator[Reconstruction | Failure]:
+    offsets = f["offsets"][:]
+    sources = list(f.attrs.get("input_files", []))
+    for start in range(0, len(offsets) - 1, batch_size):
+        stop = min(start + batch_size, len(offsets) - 1)
+        z = torch.as_tensor(f["embedding"][start:stop], device=device).to(model.dtype)
+        rotation = torch.as_tensor(f["rotation"][start:stop], device=device).double()
+        translation = torch.as_tensor(f["translation"][start:stop], device=device).double()
+        lo, hi = offsets[start], offsets[stop]
+        permutation = f["permutation"][lo:hi]
+        numbers = f["atomic_numbers"][lo:hi].astype(np.int64)
+        sizes = np.diff(offsets[start : stop + 1])
+        n_atoms = torch.as_tensor(sizes, device=device)
+        slot_types = torch.zeros(len(sizes), int(sizes.max()), dtype=torch.long, device=device)
+        cuts = np.cumsum(sizes)[:-1]
+        perms = np.split(permutation, cuts)
+        bad = {}  # record in batch -> why it cannot be decoded
+        for b, (perm, nums) in enumerate(zip(perms, np.split(numbers, cuts))):
+            if not np.array_equal(np.sort(perm), np.arange(len(perm))):
+                bad[b] = "its stored permutation is not a permutation of its atoms"
+            elif len(perm) > model.config.max_atoms:
+                bad[b] = f"{len(perm)} atoms; the model takes at most {model.config.max_atoms}"
+            elif not set(nums.tolist()) <= set(model.config.elements):
+                bad[b] = "its stored elements are not the model's"
+            else:
                 slot_types[b, : len(perm)] = torch.as_tensor(type_indices(nums[perm], model.config.elements))
-            y, logits = model.decode(z, n_atoms, slot_types)
-            world = y.double() @ rotation.transpose(1, 2) + translation[:, None]
-            names = f["name"][start:stop]
-            source_files, source_indices = f["source_file"][start:stop], f["source_index"][start:stop]
-            for b, perm in enumerate(perms):
-                positions = np.empty((len(perm), 3))
-                positions[perm] = world[b, : len(perm)].cpu().numpy()  # slot k goes back to input atom perm[k]
-                elements = np.empty(len(perm), dtype=np.int64)
-                elements[perm] = _elements(model, logits[b, : len(perm)])
-                name = names[b].decode() if isinstance(names[b], bytes) else str(names[b])
-                source_file = int(source_files[b])
-                source = sources[source_file] if source_file < len(sources) else str(path)
-                decoded = Structure(elements, positions, name, str(source), int(source_indices[b]))
-                yield Reconstruction(decoded, None, None)
+        stored = torch.isfinite(z).all(1) & torch.isfinite(rotation).flatten(1).all(1) & torch.isfinite(translation).all(1)
+        for b in np.flatnonzero(~stored.cpu().numpy()):
+            bad.setdefault(int(b), "its stored embedding or group element holds NaN or Inf")
+        z = torch.where(stored[:, None], z, torch.zeros_like(z))
+        y, logits = model.decode(z, n_atoms, slot_types)
+        world = y.double() @ rotation.transpose(1, 2) + translation[:, None]
+        names = f["name"][start:stop]
+        source_files, source_indices = f["source_file"][start:stop], f["source_index"][start:stop]
+        for b, perm in enumerate(perms):
+            name = names[b].decode() if isinstance(names[b], bytes) else str(names[b])
+            source_file = int(source_files[b])
+            source = sources[source_file] if 0 <= source_file < len(sources) else str(path)
+            if b in bad:
+                yield Failure(str(source), int(source_indices[b]), bad[b], name)
+                continue
+            positions = np.empty((len(perm), 3))
+            positions[perm] = world[b, : len(perm)].cpu().numpy()  # slot k goes back to input atom perm[k]
+            elements = np.empty(len(perm), dtype=np.int64)
+            elements[perm] = _elements(model, logits[b, : len(perm)])
+            decoded = Structure(elements, positions, name, str(source), int(source_indices[b]))
+            yield finite(Reconstruction(decoded, None, None))
 
 
 def summarise(rows: Sequence[dict]) -> dict:

@@ -5,6 +5,7 @@ failed), nothing under the final name and no temporary file left behind.
 """
 
 import errno
+import importlib
 import os
 import shutil
 import subprocess
@@ -79,7 +80,7 @@ def test_embed_past_a_file_size_limit_exits_2_instead_of_crashing(checkpoint, tm
     out = tmp_path / "out.h5"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", script, "embed", MOLECULES, "-o", str(out), "--model", str(checkpoint),
-                           "--device", "cpu", "-q"], capture_output=True, text=True, env=env, timeout=120)
+                           "--device", "cpu", "-q"], check=False, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == f"groupae: error: {out}: cannot write: File too large"
     assert not out.exists() and leftovers(tmp_path) == []
@@ -110,7 +111,8 @@ def test_embed_with_every_record_failing_writes_nothing_and_exits_1(checkpoint, 
 
 
 def test_stale_partial_files_of_dead_processes_are_removed(checkpoint, tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)
     stale = tmp_path / f".out.h5.partial-{int(dead.stdout)}"
     stale.write_bytes(b"\0" * 1000)
     alive = tmp_path / f".out.h5.partial-{os.getppid()}"  # a running process's file is left alone
@@ -259,3 +261,174 @@ def test_malformed_checkpoints_are_one_line(checkpoint, tmp_path, case):
     assert result.exit_code == 2
     one_line_error(result, str(bad), CHECKPOINT_FAULTS[case])
     assert not out.exists()
+
+
+# --- embed and reconstruct: NaN out of the model, hostile HDF5 inputs, outputs over inputs ------------
+
+def test_a_nan_embedding_is_a_failed_record_not_a_result(checkpoint, tmp_path, monkeypatch):
+    import numpy as np
+
+    from groupae_cli.io.hdf5 import describe
+
+    embed_module = importlib.import_module("groupae_cli.embed")  # the package's `embed` is the API function
+
+    real = embed_module.encode_batch
+
+    def second_nan(model, structures, device):
+        result = real(model, structures, device)
+        result["embedding"][1] = np.nan
+        return result
+
+    monkeypatch.setattr(embed_module, "encode_batch", second_nan)
+    out = tmp_path / "out.h5"
+    result = runner.invoke(app, ["embed", XYZ10, "-o", str(out), "--model", str(checkpoint), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    described = describe(out)
+    assert described["attrs"]["n_records"] == 9
+    assert [f["source_index"] for f in described["failed"]] == [1]
+    assert "NaN" in described["failed"][0]["reason"]
+
+
+def test_a_nan_reconstruction_is_a_failed_record(checkpoint, tmp_path, monkeypatch):
+    import numpy as np
+
+    reconstruct_module = importlib.import_module("groupae_cli.reconstruct")
+    real = reconstruct_module.reconstruct
+
+    def first_nan(model, structures, device):
+        results = real(model, structures, device)
+        results[0].structure.positions[:] = np.nan
+        return results
+
+    monkeypatch.setattr(reconstruct_module, "reconstruct", first_nan)
+    out = tmp_path / "out.xyz"
+    result = runner.invoke(app, ["reconstruct", XYZ10, "-o", str(out), "--model", str(checkpoint), "--device", "cpu",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    assert "NaN" in result.stderr and len(json_records(result)) == 9
+
+
+def json_records(result) -> list:
+    import json
+
+    return json.loads(result.stdout)["records"]
+
+
+@pytest.fixture(scope="module")
+def embedded(checkpoint, tmp_path_factory):
+    """An embed file of the 10 sample XYZ molecules, written with the tiny checkpoint."""
+    out = tmp_path_factory.mktemp("embedded") / "ten.h5"
+    result = runner.invoke(app, ["embed", XYZ10, "-o", str(out), "--model", str(checkpoint), "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _hostile(embedded: Path, target: Path, case: str) -> None:
+    import h5py
+    import numpy as np
+
+    data = embedded.read_bytes()
+    if case == "truncated":
+        target.write_bytes(data[: len(data) // 2])
+    elif case == "corrupted":
+        target.write_bytes(data[:512] + bytes(255 - b for b in data[512:4096]) + data[4096:])
+    elif case == "foreign":
+        with h5py.File(target, "w") as f:
+            f["x"] = np.arange(10)
+    else:
+        shutil.copy(embedded, target)
+        with h5py.File(target, "r+") as f:
+            if case == "incomplete":
+                f.attrs["complete"] = False
+            elif case == "offsets":
+                f["offsets"][3] = 10_000
+            elif case == "no permutation":
+                del f["permutation"]
+
+
+HDF5_FAULTS = {"truncated": "not a readable", "corrupted": "not a readable", "foreign": "embedding_dim",
+               "incomplete": "not marked complete", "offsets": "offsets", "no permutation": "'permutation'"}
+
+
+@pytest.mark.parametrize("case", list(HDF5_FAULTS))
+def test_hostile_hdf5_given_to_reconstruct_is_one_line(checkpoint, embedded, tmp_path, case):
+    bad = tmp_path / "bad.h5"
+    _hostile(embedded, bad, case)
+    out = tmp_path / "out.xyz"
+    result = runner.invoke(app, ["reconstruct", str(bad), "-o", str(out), "--model", str(checkpoint), "--device", "cpu"])
+    assert result.exit_code == 2
+    one_line_error(result, str(bad), HDF5_FAULTS[case])
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("case", ["truncated", "corrupted"])
+def test_hostile_hdf5_given_to_info_is_one_line(embedded, tmp_path, case):
+    bad = tmp_path / "bad.h5"
+    _hostile(embedded, bad, case)
+    result = runner.invoke(app, ["info", str(bad)])
+    assert result.exit_code == 2
+    one_line_error(result, str(bad))
+
+
+def test_an_embed_file_of_another_model_is_refused(embedded, tmp_path):
+    import torch
+
+    from groupae_cli.io.checkpoint import save_checkpoint
+    from groupae_cli.models import GroupAE, preset
+
+    torch.manual_seed(1)
+    other = tmp_path / "other.ckpt"
+    save_checkpoint(other, GroupAE(preset("tiny")))
+    out = tmp_path / "out.xyz"
+    result = runner.invoke(app, ["reconstruct", str(embedded), "-o", str(out), "--model", str(other), "--device", "cpu"])
+    assert result.exit_code == 2
+    one_line_error(result, str(embedded), "written by model")
+    assert not out.exists()
+
+
+def test_a_nan_record_in_an_embed_file_is_a_failed_record(checkpoint, embedded, tmp_path):
+    import h5py
+    import numpy as np
+
+    bad = tmp_path / "nan.h5"
+    shutil.copy(embedded, bad)
+    with h5py.File(bad, "r+") as f:
+        f["embedding"][4] = np.nan
+    out = tmp_path / "out.xyz"
+    result = runner.invoke(app, ["reconstruct", str(bad), "-o", str(out), "--model", str(checkpoint), "--device", "cpu",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    assert [r["index"] for r in json_records(result)] == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+    assert "NaN" in result.stderr
+
+
+def test_reconstruct_never_overwrites_its_input_nor_writes_into_a_directory(checkpoint, tmp_path):
+    source = tmp_path / "in.xyz"
+    shutil.copy(XYZ10, source)
+    before = source.read_bytes()
+    same = runner.invoke(app, ["reconstruct", str(source), "-o", str(source), "--model", str(checkpoint), "--device", "cpu"])
+    assert same.exit_code == 2
+    one_line_error(same, "is also an input")
+    assert source.read_bytes() == before
+    (tmp_path / "dir.xyz").mkdir()
+    into = runner.invoke(app, ["reconstruct", str(source), "-o", str(tmp_path / "dir.xyz"), "--model", str(checkpoint)])
+    assert into.exit_code == 2
+    one_line_error(into, "is a directory")
+    assert leftovers(tmp_path) == []
+
+
+def test_reconstruct_on_a_full_disk_leaves_nothing(checkpoint, tmp_path, monkeypatch):
+    from groupae_cli.io import xyz
+
+    real = xyz.write_xyz
+
+    def then_full(structures, out, *args):
+        real(structures, out, *args)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(xyz, "write_xyz", then_full)
+    out = tmp_path / "out.xyz"
+    result = runner.invoke(app, ["reconstruct", XYZ10, "-o", str(out), "--model", str(checkpoint), "--device", "cpu"])
+    assert result.exit_code == 2
+    one_line_error(result, str(out), "No space left on device")
+    assert not out.exists() and leftovers(tmp_path) == []

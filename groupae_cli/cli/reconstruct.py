@@ -43,9 +43,9 @@ def reconstruct(
     elements (with the model that wrote them); there is no input to compare with, so no error.
     """
     from groupae_cli.cli.embed import load_for_command
-    from groupae_cli.errors import Failure, FailureReport, UsageError
+    from groupae_cli.errors import EXIT_FAILURES, Failure, FailureReport, UsageError
     from groupae_cli.io import write_structures
-    from groupae_cli.io.formats import format_from_name, resolve
+    from groupae_cli.io.formats import check_output, format_from_name, resolve
     from groupae_cli.reconstruct import decode_embeddings, reconstruct_stream, summarise
 
     out_fmt = "xyz" if out == "-" else format_from_name(out)
@@ -58,6 +58,8 @@ def reconstruct(
         raise UsageError(f"{source}: no such file")
     if not from_h5:
         resolve(source, fmt)
+    if out != "-":
+        check_output(out, [source])
     net, torch_device, _ = load_for_command(model, device)
     report = FailureReport(strict=strict)
     if from_h5:
@@ -73,6 +75,11 @@ def reconstruct(
             continue
         rows.append(item.row())
         structures.append(item.structure)
+    if not structures:
+        if not quiet:
+            report.summarise()
+        typer.echo(f"groupae: error: {out}: not written: none of the {len(report)} records could be decoded", err=True)
+        raise typer.Exit(EXIT_FAILURES)
     write_structures(structures, out, out_fmt)
     if json:
         print_json({"records": rows, "summary": summarise(rows), "failed": [str(f) for f in report.failures]})
@@ -96,8 +103,8 @@ def _records_in(path: str) -> int | None:
     try:
         with h5py.File(path, "r") as f:
             return len(f["offsets"]) - 1
-    except (OSError, KeyError):
-        return None  # decode_embeddings says what is wrong with it
+    except Exception:  # noqa: BLE001 - decode_embeddings says what is wrong with it
+        return None
 
 
 def _summary_line(summary: dict) -> str:

@@ -200,6 +200,50 @@ def embedding_writer(path: str | Path, dim: int, attrs: Mapping[str, object] | N
     return RecordWriter(path, per_record, per_atom, {"embedding_dim": dim, **(attrs or {})})
 
 
+def check_embed_file(f: h5py.File, path: str | Path, model=None) -> None:
+    """UsageError, in one line, unless the open file `f` is a complete `groupae embed` output whose
+    datasets agree with each other; with `model`, also unless it was written by that model (same
+    embedding size and, where both are known, the same checkpoint sha256)."""
+    from groupae_cli.errors import UsageError
+
+    def refuse(why: str):
+        raise UsageError(f"{path}: not a complete groupae embed file ({why})")
+
+    if "embedding_dim" not in f.attrs:
+        refuse("no embedding_dim attribute: not written by groupae embed")
+    if not f.attrs.get("complete", False):
+        refuse("not marked complete: an interrupted write")
+    dim = int(f.attrs["embedding_dim"])
+    per_record, per_atom = embedding_schema(dim)
+    for name in [*per_record, *per_atom, "offsets"]:
+        if not isinstance(f.get(name), h5py.Dataset):
+            refuse(f"no dataset {name!r}")
+    n = f["embedding"].shape[0]
+    for name, (shape, _) in per_record.items():
+        if f[name].shape != (n, *shape):
+            refuse(f"{name} has shape {f[name].shape}, {n} records need {(n, *shape)}")
+    offsets = f["offsets"][:]
+    if offsets.shape != (n + 1,) or offsets[0] != 0 or np.any(np.diff(offsets) < 1):
+        refuse(f"offsets are not {n + 1} increasing atom counts from 0")
+    for name in per_atom:
+        if f[name].shape != (offsets[-1],):
+            refuse(f"{name} has shape {f[name].shape}, the offsets need ({offsets[-1]},)")
+    if model is None:
+        return
+    if dim != model.config.embedding_dim:
+        raise UsageError(f"{path}: embeddings of size {dim}, the model's are {model.config.embedding_dim}; "
+                         "decode with the model that wrote them")
+    stored = plain(f.attrs.get("model_sha256", ""))
+    checkpoint = (getattr(model, "checkpoint", None) or {}).get("path")
+    if stored and checkpoint:
+        from groupae_cli.io.checkpoint import sha256
+
+        ours = sha256(checkpoint)
+        if ours != stored:
+            raise UsageError(f"{path}: written by model {plain(f.attrs.get('model', ''))!r} (sha256 {stored[:12]}...), "
+                             f"not {checkpoint} ({ours[:12]}...); decode with the model that wrote them (--model)")
+
+
 def plain(value):
     """An HDF5 attribute or value as plain Python: bytes as str, arrays as lists, numpy scalars as numbers."""
     if isinstance(value, bytes):
@@ -212,7 +256,18 @@ def plain(value):
 
 
 def describe(path: str | Path) -> dict:
-    """What an HDF5 file holds: attributes, and shape and dtype of every dataset."""
+    """What an HDF5 file holds: attributes, and shape and dtype of every dataset (UsageError, in
+    one line, for a file h5py cannot read: truncated, corrupt, not HDF5)."""
+    from groupae_cli.errors import UsageError
+
+    try:
+        return _describe(path)
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UsageError(f"{path}: not a readable HDF5 file ({why})") from None
+
+
+def _describe(path: str | Path) -> dict:
     datasets: dict[str, dict] = {}
     with h5py.File(path, "r") as f:
         attrs = {k: plain(v) for k, v in f.attrs.items()}
