@@ -432,3 +432,90 @@ def test_reconstruct_on_a_full_disk_leaves_nothing(checkpoint, tmp_path, monkeyp
     assert result.exit_code == 2
     one_line_error(result, str(out), "No space left on device")
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+# --- readers: memory bounded by a record limit, not by the file ---------------------------------------
+
+@pytest.mark.parametrize("ext", ["sdf", "xyz"])
+def test_a_file_of_zeros_is_read_in_bounded_memory(tmp_path, ext):
+    """40 MB of zeros without a newline: it was one line, held whole (and decoded: 3-4x that)."""
+    import tracemalloc
+
+    from groupae_cli.io import read_structures
+
+    path = tmp_path / f"zeros.{ext}"
+    with open(path, "wb") as f:
+        f.truncate(40 << 20)
+    tracemalloc.start()
+    try:
+        items = list(read_structures(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(items) == 1 and "binary data" in items[0].reason
+    assert peak < 8 << 20, f"peak {peak >> 20} MiB"
+
+
+@pytest.mark.parametrize("ext", ["sdf", "xyz", "ply"])
+def test_a_record_over_the_size_limit_is_skipped_and_the_rest_read(tmp_path, monkeypatch, ext):
+    import numpy as np
+
+    from groupae_cli.io import read_structures, write_structures
+
+    module = importlib.import_module(f"groupae_cli.io.{ext}")
+    if ext == "ply":
+        small = SAMPLE / "same" / "molecule.ply"
+        big = tmp_path / "big.ply"
+        write_structures(list(read_structures(SAMPLE / "point_clouds" / "sphere.ply")), big)
+        assert big.stat().st_size > 6000 > small.stat().st_size
+        monkeypatch.setattr(module, "MAX_RECORD_BYTES", 6000)
+        assert "record larger than" in next(iter(read_structures(big))).reason
+        assert len(next(iter(read_structures(small)))) > 0
+        return
+    monkeypatch.setattr(module, "MAX_RECORD_BYTES", 6000)
+    structures = list(read_structures(MOLECULES))
+    big = max(structures[:20], key=len)
+    repeated = [big.__class__(np.tile(big.numbers, 4), np.concatenate([big.positions + [20.0 * k, 0, 0] for k in range(4)]),
+                              "big", big.source, 0)]
+    path = tmp_path / f"mixed.{ext}"
+    write_structures([structures[0], *repeated, structures[1]], path)
+    items = list(read_structures(path))
+    assert [getattr(i, "name", None) for i in items[::2]] == [structures[0].name, structures[1].name]
+    assert "record larger than" in items[1].reason and items[1].index == 1
+
+
+def test_ply_with_a_binary_header_over_an_ascii_body_is_a_failure(tmp_path):
+    from groupae_cli.io import read_structures
+    from groupae_cli.io.ply import write_ply
+
+    (molecule,) = read_structures(SAMPLE / "same" / "molecule.ply")
+    text = tmp_path / "text.ply"
+    write_ply(molecule, text, text=True)
+    lying = tmp_path / "lying.ply"
+    lying.write_bytes(text.read_bytes().replace(b"format ascii 1.0", b"format binary_little_endian 1.0"))
+    (item,) = read_structures(lying)
+    assert "format does not match the body" in item.reason
+    (again,) = read_structures(text)
+    assert len(again) == len(molecule)
+
+
+def test_a_negative_atomic_number_is_not_an_element(tmp_path):
+    import numpy as np
+
+    from groupae_cli.io import read_structures
+    from groupae_cli.io.ply import write_ply
+
+    (molecule,) = read_structures(SAMPLE / "same" / "molecule.ply")
+    numbers = molecule.numbers.copy()
+    numbers[2] = -5
+    path = tmp_path / "negative.ply"
+    from plyfile import PlyData, PlyElement
+
+    vertex = np.empty(len(numbers), dtype=[("x", "f8"), ("y", "f8"), ("z", "f8"), ("atomic_number", "i1")])
+    for k, c in enumerate("xyz"):
+        vertex[c] = molecule.positions[:, k]
+    vertex["atomic_number"] = numbers
+    PlyData([PlyElement.describe(vertex, "vertex")]).write(str(path))
+    (item,) = read_structures(path)
+    assert item.reason == "atomic number -5 at atom 2 is not an element (1-118, 0 a point)"
+    assert write_ply  # the writer's own files carry unsigned numbers

@@ -8,6 +8,7 @@ import gzip
 import io
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -27,6 +28,12 @@ EXTENSIONS = {
     ".mol2": "mol2",
 }
 GZIP_MAGIC = b"\x1f\x8b"
+#: Largest record a reader holds in memory (bytes); a larger one is skipped as a failed record, so
+#: memory is bounded by this, not by the file's longest line or record.
+MAX_RECORD_BYTES = 64 << 20
+#: Longest line kept (bytes); the rest of a longer line is read past and dropped (a text format's
+#: lines are short: a longer one is binary data or a broken file).
+MAX_LINE_BYTES = 1 << 20
 STDIN = "-"
 _SNIFF_BYTES = 4096
 #: Record names a PDB file starts with.
@@ -124,6 +131,22 @@ def open_binary(path: str) -> BinaryIO:
     if raw.peek(2)[:2] == GZIP_MAGIC:
         return io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), 1 << 16)  # type: ignore[arg-type]
     return raw
+
+
+def bounded_lines(stream: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[bytes]:
+    """The lines of a binary stream, each cut to at most `limit` bytes: a longer line's first
+    `limit` bytes are yielded (without a newline) and the rest is read past in `limit`-sized
+    pieces, so a file of zeros without a newline never sits in memory whole."""
+    while line := stream.readline(limit):
+        if len(line) == limit and not line.endswith(b"\n"):
+            while (rest := stream.readline(limit)) and not rest.endswith(b"\n"):
+                pass
+        yield line
+
+
+def too_large(size: int, limit: int = MAX_RECORD_BYTES) -> str:
+    """The failure reason of a record skipped for its size."""
+    return f"record larger than {limit >> 20} MiB (more than {size} bytes read); skipped to bound memory"
 
 
 def bytes_read(stream: BinaryIO):

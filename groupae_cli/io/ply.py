@@ -7,6 +7,7 @@ for molecules). Other numeric vertex properties (normals, colours, ...) become p
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -14,6 +15,7 @@ from typing import BinaryIO
 import numpy as np
 
 from groupae_cli.errors import Failure
+from groupae_cli.io.formats import MAX_RECORD_BYTES, too_large
 from groupae_cli.io.records import POINT_TYPE, Structure, checked
 
 TYPE_PROPERTY = "atomic_number"
@@ -28,8 +30,16 @@ def read_ply(stream: BinaryIO, source: str) -> Iterator[Structure | Failure]:
     if not stream.peek(3).startswith(b"ply"):
         yield Failure(source, 0, "not a PLY file (it does not start with 'ply')", name)
         return
+    data = stream.read(MAX_RECORD_BYTES + 1)  # one record: the whole file, bounded
+    if len(data) > MAX_RECORD_BYTES:
+        yield Failure(source, 0, too_large(len(data)), name)
+        return
+    body = io.BytesIO(data)
     try:
-        ply = PlyData.read(stream)
+        ply = PlyData.read(body)
+        rest = b"" if ply.text else data[body.tell():]  # (plyfile closes the stream of an ASCII file)
+        if rest:  # e.g. a binary header over an ASCII body: its first bytes read as a few points
+            raise ValueError(f"{len(rest)} bytes past the data: the header's format does not match the body")
         if "vertex" not in ply:
             raise ValueError("no 'vertex' element")
         vertex = ply["vertex"].data

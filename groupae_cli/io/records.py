@@ -10,6 +10,8 @@ from groupae_cli.errors import Failure
 
 #: Atomic number given to the points of a plain point cloud (ase's dummy element "X").
 POINT_TYPE = 0
+#: Largest atomic number (oganesson).
+MAX_ATOMIC_NUMBER = 118
 #: Largest accepted absolute coordinate, in Å (or the point cloud's unit).
 MAX_ABS_COORDINATE = 1e6
 #: Two atoms closer than this (Å) are taken to coincide.
@@ -67,6 +69,10 @@ def check(structure: Structure) -> str | None:
     if n < 2:
         why = " (a single atom has no orientation to align or encode)" if n == 1 else ""
         return f"{n} atom{'s' if n != 1 else ''}: a structure needs at least 2{why}"
+    numbers = structure.numbers
+    if numbers.min() < POINT_TYPE or numbers.max() > MAX_ATOMIC_NUMBER:
+        atom = int(np.flatnonzero((numbers < POINT_TYPE) | (numbers > MAX_ATOMIC_NUMBER))[0])
+        return f"atomic number {int(numbers[atom])} at atom {atom} is not an element (1-{MAX_ATOMIC_NUMBER}, 0 a point)"
     pos = structure.positions
     finite = np.isfinite(pos)
     if not finite.all():

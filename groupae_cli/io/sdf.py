@@ -17,11 +17,15 @@ from typing import BinaryIO, TextIO
 import numpy as np
 
 from groupae_cli.errors import Failure
-from groupae_cli.io.formats import text_output
+from groupae_cli.io.formats import (
+    MAX_RECORD_BYTES,
+    bounded_lines,
+    text_output,
+    too_large,
+)
 from groupae_cli.io.records import Structure, checked
 
 _TIMESTAMP = re.compile(r"^\[\d\d:\d\d:\d\d\]\s*")
-_MAX_RECORD_LINES = 1_000_000
 
 
 class _Capture(logging.Handler):
@@ -54,35 +58,48 @@ def rdkit_messages() -> Iterator[list[str]]:
 _COUNTS_LINE = re.compile(r"^\s*\d+\s+\d+\s.*V[23]000\s*$")
 
 
-def _blocks(stream: BinaryIO) -> Iterator[tuple[int, str | None, str]]:
-    """(first line number, text or None when binary, first line) for each record.
+_BINARY = "binary data, not an SDF record"
+
+
+def _blocks(stream: BinaryIO, limit: int | None = None) -> Iterator[tuple[int, str | int | None, str]]:
+    """(first line number, text or why there is none, first line) for each record: the text is
+    None for binary data and an int (the bytes read) for a record over `limit` bytes (default
+    MAX_RECORD_BYTES), whose lines are not kept (nor are a binary record's): memory is bounded.
 
     Records end at `$$$$`, and also where a new MOL block begins after a block's `M  END` (MOL
     files concatenated without `$$$$`: RDKit would read the first and drop the rest): after `M  END`
     only SD data items may come, so a counts line there is the 4th line of the next molecule.
     """
+    limit = MAX_RECORD_BYTES if limit is None else limit
     lines: list[str] = []
     start = 1
     binary = False
+    size = 0  # bytes of the current record
     end = None  # index in `lines` of the current block's `M  END`
-    for lineno, raw in enumerate(stream, 1):
+
+    def text(kept: list[str]):
+        return None if binary else size if size > limit else "".join(kept)
+
+    for lineno, raw in enumerate(bounded_lines(stream), 1):
         line = raw.decode("utf-8", errors="replace")
         bare = line.rstrip("\r\n")
         if bare == "$$$$":
-            yield start, None if binary else "".join(lines), lines[0] if lines else ""
-            lines, start, binary, end = [], lineno + 1, False, None
+            yield start, text(lines), lines[0] if lines else ""
+            lines, start, binary, size, end = [], lineno + 1, False, 0, None
             continue
         binary = binary or "\x00" in line or "\ufffd" in line
+        size += len(raw)
         if end is not None and len(lines) - 3 > end and _COUNTS_LINE.match(bare):
             cut = len(lines) - 3  # the next molecule's title, program and comment lines come first
-            yield start, None if binary else "".join(lines[:cut]), lines[0]
+            yield start, text(lines[:cut]), lines[0]
             lines, start, end = lines[cut:], start + cut, None
+            size = sum(len(kept) for kept in lines)
         if bare.startswith("M  END"):
             end = len(lines)
-        if len(lines) < _MAX_RECORD_LINES:
+        if not lines or (not binary and size <= limit):
             lines.append(line)
     if any(line.strip() for line in lines):
-        yield start, None if binary else "".join(lines), lines[0]
+        yield start, text(lines), lines[0]
 
 
 def _structure(mol, source: str, index: int, name: str, conf_id: int = -1) -> Structure | str:
@@ -117,8 +134,9 @@ def read_sdf(stream: BinaryIO, source: str) -> Iterator[Structure | Failure]:
     stem = Path(source).name.split(".")[0] if source != "-" else "stdin"
     for index, (lineno, block, title) in enumerate(_blocks(stream)):
         name = title.strip() or f"{stem}:{index}"
-        if block is None:
-            yield Failure(source, index, f"line {lineno}: binary data, not an SDF record", name if title.isprintable() else "")
+        if block is None or isinstance(block, int):
+            why = _BINARY if block is None else too_large(block)
+            yield Failure(source, index, f"line {lineno}: {why}", name if title.isprintable() else "")
             continue
         with rdkit_messages() as messages:
             mol = Chem.MolFromMolBlock(block, sanitize=False, removeHs=False, strictParsing=True)

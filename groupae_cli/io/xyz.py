@@ -16,7 +16,12 @@ from typing import BinaryIO, TextIO
 import numpy as np
 
 from groupae_cli.errors import Failure
-from groupae_cli.io.formats import text_output
+from groupae_cli.io.formats import (
+    MAX_RECORD_BYTES,
+    bounded_lines,
+    text_output,
+    too_large,
+)
 from groupae_cli.io.records import Structure, checked
 
 _NAME_KEYS = ("name", "title", "id", "Name", "Title", "ID")
@@ -35,7 +40,7 @@ class _Lines:
     """Numbered text lines of a binary stream with one line of look-ahead."""
 
     def __init__(self, stream: BinaryIO):
-        self._it = iter(stream)
+        self._it = bounded_lines(stream)
         self._ahead: tuple[int, str] | None = None
         self.lineno = 0
 
@@ -152,8 +157,12 @@ def read_xyz(stream: BinaryIO, source: str) -> Iterator[Structure | Failure]:
             failure = f"truncated: count line {lineno} says {n} atoms, file ends after 0"
         else:
             frame[1] = comment[1]
+            size = len(count_line) + len(comment[1])
             while len(body) < n:
                 item = lines.peek()
+                if size > MAX_RECORD_BYTES:
+                    failure = f"count line {lineno}: {too_large(size)}"
+                    break
                 if item is None:
                     failure = f"truncated: count line {lineno} says {n} atoms, file ends after {len(body)}"
                     break
@@ -164,9 +173,10 @@ def read_xyz(stream: BinaryIO, source: str) -> Iterator[Structure | Failure]:
                     )
                     break
                 body.append(lines.next()[1])  # type: ignore[index]
+                size += len(body[-1])
             if failure is None and (extra := lines.peek()) is not None and _looks_like_atom_line(extra[1]):
                 failure = f"count line {lineno} says {n} atoms but more atom lines follow (line {extra[0]})"
-        name = _name(frame[1], "")
+        name = "" if _is_binary(frame[1]) else _name(frame[1], "")
         if failure is not None:
             yield Failure(source, index, failure, name)
             lines.skip_to_count_line()
