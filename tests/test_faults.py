@@ -519,3 +519,30 @@ def test_a_negative_atomic_number_is_not_an_element(tmp_path):
     (item,) = read_structures(path)
     assert item.reason == "atomic number -5 at atom 2 is not an element (1-118, 0 a point)"
     assert write_ply  # the writer's own files carry unsigned numbers
+
+
+def test_reconstruct_writes_records_as_they_are_decoded(checkpoint, tmp_path, monkeypatch):
+    """Memory flat in the number of records: it held every decoded structure until the end."""
+    from groupae_cli.io import xyz
+
+    reconstruct_module = importlib.import_module("groupae_cli.reconstruct")
+    written, written_before_batch = [], []
+    real_write, real_decode = xyz.write_xyz, reconstruct_module.reconstruct
+
+    def counting_write(structures, out, *args):
+        def counted():
+            for s in structures:
+                written.append(s.name)
+                yield s
+        return real_write(counted(), out, *args)
+
+    def spying_decode(model, structures, device):
+        written_before_batch.append(len(written))
+        return real_decode(model, structures, device)
+
+    monkeypatch.setattr(xyz, "write_xyz", counting_write)
+    monkeypatch.setattr(reconstruct_module, "reconstruct", spying_decode)
+    result = runner.invoke(app, ["reconstruct", XYZ10, "-o", str(tmp_path / "out.xyz"), "--model", str(checkpoint),
+                                 "--device", "cpu", "--batch-size", "2", "-q"])
+    assert result.exit_code == 0, result.output
+    assert len(written) == 10 and written_before_batch == [0, 2, 4, 6, 8]

@@ -42,6 +42,8 @@ def reconstruct(
     `-o FILE`. From an embed HDF5 file the structures are decoded from the stored embeddings and group
     elements (with the model that wrote them); there is no input to compare with, so no error.
     """
+    import itertools
+
     from groupae_cli.cli.embed import load_for_command
     from groupae_cli.errors import EXIT_FAILURES, Failure, FailureReport, UsageError
     from groupae_cli.io import write_structures
@@ -68,19 +70,24 @@ def reconstruct(
     else:
         records = (item for _, item in read_progress([source], fmt, quiet, desc="reconstructing"))
         results = reconstruct_stream(net, records, torch_device, batch_size)
-    rows, structures = [], []
-    for item in results:
-        if isinstance(item, Failure):
-            report.add(item)
-            continue
-        rows.append(item.row())
-        structures.append(item.structure)
-    if not structures:
+    rows: list[dict] = []
+
+    def decoded():  # the structures, written as they come (memory flat in the number of records)
+        for item in results:
+            if isinstance(item, Failure):
+                report.add(item)
+                continue
+            rows.append(item.row())
+            yield item.structure
+
+    structures = decoded()
+    first = next(structures, None)
+    if first is None:
         if not quiet:
             report.summarise()
         typer.echo(f"groupae: error: {out}: not written: none of the {len(report)} records could be decoded", err=True)
         raise typer.Exit(EXIT_FAILURES)
-    write_structures(structures, out, out_fmt)
+    write_structures(itertools.chain([first], structures), out, out_fmt)
     if json:
         print_json({"records": rows, "summary": summarise(rows), "failed": [str(f) for f in report.failures]})
     elif out != "-" or not quiet:  # with -o - the structures own stdout: the table goes to stderr
