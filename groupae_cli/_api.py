@@ -342,7 +342,8 @@ def canonical_form(model, structures, batch_size: int = 64):
     return results[0] if single else results
 
 
-def align(a, b, match: str | None = None, model=None, refine: bool = True, prove: bool = False):
+def align(a, b, match: str | None = None, model=None, refine: bool = True, prove: bool = False,
+          time_limit: float | None = None, progress=None):
     """Align structure `a` onto `b`: the minimum RMSD over proper rotations, translations and atom
     correspondences, as an `AlignResult` (rmsd, rotation, translation, mapping: `a` atom i is `b`
     atom mapping[i]; `result.transform(a_positions)` moves `a` onto `b`).
@@ -351,7 +352,9 @@ def align(a, b, match: str | None = None, model=None, refine: bool = True, prove
     isomorphisms, RDKit GetBestRMS's question); default graph when both have bonds. With `model`
     its learned guess is tried first (`refine=False`: the learned answer alone). `prove`: graph
     mode completes skeletons exactly up to 10^6 terminal-group permutations (slower), so more
-    answers are `proven_optimal`. Never a mirror image. ValueError, in one line, for a single
+    answers are `proven_optimal`. Element mode: `time_limit` (seconds) returns the best answer found
+    by then (`time_limit_reached`), `progress(done, total)` follows its starts; `proven_optimal` when
+    the RMSD meets `rmsd_lower_bound`. Never a mirror image. ValueError, in one line, for a single
     atom, different compositions ("A has C6H6O (13 atoms), B has C6H6 (12 atoms)") and, in graph
     mode, missing bonds or different bond graphs. Many pairs: call it in a loop (nothing is loaded
     per call; `groupae align` does exactly that).
@@ -364,7 +367,8 @@ def align(a, b, match: str | None = None, model=None, refine: bool = True, prove
     elif not refine:
         raise ValueError("refine=False needs a model: its learned guess is the answer")
     return align_structures(first, second, match, model, None if model is None else _device(model),
-                            refine_guess=refine, graph_limit=1_000_000 if prove else 5_000)
+                            refine_guess=refine, graph_limit=1_000_000 if prove else 5_000, time_limit=time_limit,
+                            progress=progress)
 
 
 __all__ = ["Embeddings", "Structure", "align", "as_structure", "canonical_form", "embed", "from_arrays", "from_ase",

@@ -30,7 +30,8 @@ from groupae_cli.cli.common import (
 #: The keys of every JSON Lines row, in order; a key that does not apply to a pair is null.
 ROW_KEYS = ("a_file", "a_index", "a_name", "b_file", "b_index", "b_name", "atoms", "match", "bonds_a", "bonds_b",
             "refined", "rmsd", "rotation", "translation", "mapping", "proven_optimal", "isomorphisms", "skeleton_isomorphisms",
-            "skeleton_complete", "completed_skeletons", "starts", "converged", "principal_axes_a",
+            "skeleton_complete", "completed_skeletons", "rmsd_lower_bound", "time_limit_reached", "starts", "converged",
+            "principal_axes_a",
             "principal_axes_b", "model", "learned_rmsd", "learned_was_optimal", "learned_frame_degenerate")
 
 
@@ -110,8 +111,11 @@ def _note(r: dict) -> str:
     perceived = [side for side in ("A", "B") if r[f"bonds_{side.lower()}"] == "perceived"]
     if perceived:
         notes.append(f"bonds perceived ({', '.join(perceived)})")
+    if r["time_limit_reached"]:
+        notes.append("time limit reached")
     if r["proven_optimal"] is False:
-        notes.append("not proven optimal (--prove)")
+        notes.append("not proven optimal (--prove)" if r["match"] == "graph"
+                     else f"not proven optimal (bound {r['rmsd_lower_bound']:.3f})")
     shapes = sorted({r["principal_axes_a"], r["principal_axes_b"]} - {"asymmetric", None})
     if shapes:
         notes.append(f"degenerate axes: {', '.join(shapes)}")
@@ -143,6 +147,9 @@ def align(
     no_refine: Annotated[bool, typer.Option("--no-refine", help="The learned guess alone (needs --model).")] = False,
     prove: Annotated[bool, typer.Option("--prove", help="Graph mode: complete every skeleton exactly up to 10^6 "
                                         "terminal-group permutations (slower), so more answers are proven optimal.")] = False,
+    time_limit: Annotated[float | None, typer.Option("--time-limit", metavar="SECONDS", help="Element mode: "
+                                                     "return the best answer found within this time per pair "
+                                                     "(then not proven optimal).")] = None,
     device: Device = "auto",
     json: Annotated[bool, typer.Option("--json", help="JSON Lines on stdout: one object per pair, always the "
                                        "same keys.")] = False,
@@ -166,6 +173,8 @@ def align(
         raise UsageError("--no-model leaves no learned guess: drop --model / --no-refine")
     if no_refine and model is None:
         raise UsageError("--no-refine returns the learned guess alone: it needs --model NAME|PATH (e.g. --model default)")
+    if time_limit is not None and not time_limit > 0:
+        raise UsageError(f"--time-limit must be a positive number of seconds, not {time_limit}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise UsageError(f"--device must be auto, cpu or cuda[:i], not {device!r}")
     if model is not None:
@@ -204,10 +213,21 @@ def align(
         from groupae_cli.cli.embed import load_for_command
 
         net, _, model_path = load_for_command(model, device)
-    _run(jobs, match, net, model_path, not no_refine, prove, json, out, strict, quiet)
+    _run(jobs, match, net, model_path, not no_refine, prove, json, out, strict, quiet, time_limit)
 
 
-def _run(jobs, match, net, model_path, refine, prove, json_lines, out, strict, quiet) -> None:
+def _starts_bar(quiet: bool):
+    """A progress callback over one large pair's starts (a bar on a terminal), and the bar."""
+    bar = progress(None, quiet, total=1, desc="refining starts", unit=" start")
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return update, bar
+
+
+def _run(jobs, match, net, model_path, refine, prove, json_lines, out, strict, quiet, time_limit=None) -> None:
     import dataclasses
     import json
 
@@ -235,11 +255,18 @@ def _run(jobs, match, net, model_path, refine, prove, json_lines, out, strict, q
             bad = x if isinstance(x, Failure) else y
             where, reason = _label(bad, bad.source), bad.reason
         else:
+            from groupae_cli.align import LARGE
+
+            update, bar = _starts_bar(quiet) if len(jobs) == 1 and len(x) >= LARGE else (None, None)
             try:
-                result = align_pair(x, y, match, net, refine=refine, prove=prove)
+                result = align_pair(x, y, match, net, refine=refine, prove=prove, time_limit=time_limit,
+                                    progress=update)
                 where = reason = None
             except ValueError as exc:
                 where, reason = f"{_label(x, pa)} onto {_label(y, pb)}", str(exc)
+            finally:
+                if bar is not None:
+                    bar.close()
         if reason is not None:
             report.add(Failure(where, None, reason))
             continue
