@@ -23,7 +23,8 @@ Reported per design (one row; the JSON beside it has the per-size table):
   float64 for a model whose config says so), over the largest |z| entry of the set;
 - conformer retrieval top-1: z's nearest neighbour among held-out drug-like structures is another
   conformer of the same molecule; ridge probe from z alone: MAE of HOMO-LUMO gap (eV), dipole (D),
-  U0 after a per-element linear fit (eV), polarizability (bohr^3) on held-out QM9;
+  U0 after a per-element linear fit (eV), polarizability (bohr^3) on held-out QM9; for a model whose
+  z has a frame-free block (`embedding_identity`), the same figures for that block alone (a second row);
 - the same usefulness figures for the Coulomb-matrix eigenspectrum and averaged SOAP (dscribe),
   computed once and cached.
 """
@@ -193,6 +194,11 @@ def embeddings(model, data, indices: np.ndarray, device) -> np.ndarray:
     return np.concatenate(out)
 
 
+def key_of(sets: dict, indices: np.ndarray) -> str:
+    """Which of the fixed index sets `indices` is."""
+    return next(key for key, chosen in sets.items() if chosen is indices)
+
+
 def molecules(data, indices):
     numbers = [data.numbers[data.offsets[i] : data.offsets[i + 1]].astype(np.int64) for i in indices]
     positions = [data.positions[data.offsets[i] : data.offsets[i + 1]] for i in indices]
@@ -293,11 +299,18 @@ def main(argv=None) -> int:
     result["qm9"] = reconstruction(model, data, loaded["bonds"], loaded["bond_offsets"], sets["held_qm9"], args.device)
     result["drug"] = reconstruction(model, data, loaded["bonds"], loaded["bond_offsets"], sets["held_drug"], args.device)
     inputs = usefulness_inputs(data, sets)
-    result["usefulness"] = usefulness(lambda idx: embeddings(model, data, idx, args.device), sets, inputs)
+    z = {key: embeddings(model, data, sets[key], args.device) for key in ("held_drug", "probe_qm9")}
+    result["usefulness"] = usefulness(lambda idx: z[key_of(sets, idx)], sets, inputs)
+    identity = model.config.embedding_identity
+    if identity:  # the frame-free block alone: what the molecule is, whatever its conformation
+        result["usefulness_identity"] = usefulness(lambda idx: z[key_of(sets, idx)][:, :identity], sets, inputs)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps(result, indent=2))
     print(HEADER)
     print(row(name, result))
+    if identity:
+        print(row(f"{name}: z[:, :{identity}] alone (the frame-free block)",
+                  {**result, "usefulness": result["usefulness_identity"]}))
     if not args.no_peers:
         known = peers(data, sets, inputs, cache_dir)
         print(f"probe MAE of predicting the training mean: {known['mean_baseline']['probe_mae']}")

@@ -25,6 +25,6 @@ def test_from_python_examples_run(tmp_path, monkeypatch, capsys):
     for k, block in enumerate(blocks):
         exec(compile(block, f"README.md From Python block {k + 1}", "exec"), namespace)  # noqa: S102
     printed = capsys.readouterr().out
-    assert "(3, 64)" in printed and "RMSD" in printed
+    assert "(3, 128)" in printed and "RMSD" in printed
     assert (tmp_path / "embeddings.h5").is_file()
     assert namespace["stored"].names == ["paracetamol", "C2H6O"]

@@ -1,0 +1,41 @@
+#!/bin/bash
+# GPU figures for the shipped default model: model-only encode rate (float64 as shipped, float32) and
+# `groupae embed` end to end on N drug-like SDF records (the sample's, repeated), at batch 64 and B.
+# On the GPU machine, with gpu/whl holding cp312 wheels of rdkit, ase, e3nn 0.6.0 and plyfile (as
+# recipes/default_model/gpu_lease.sh says) and $OUT a folder for the log:
+#   N=10000 B=1024 bash bench/embed_gpu.sh
+set -u
+[ -n "${SKIP_PIP:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site gpu/whl/*.whl || exit 3
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+DEV=${DEVICE:-cuda}; N=${N:-10000}; B=${B:-1024}
+python3 - $DEV $B <<'PY' 2>&1 | tee $OUT/embed_gpu.log
+import sys, time, torch
+from groupae_cli.io import read_structures
+from groupae_cli.io.checkpoint import load_model
+from groupae_cli.data import collate
+dev, bs = sys.argv[1], int(sys.argv[2])
+mols = [s for s in read_structures("sample_data/molecules.sdf") if hasattr(s, "numbers")]
+items = (mols * (bs // len(mols) + 1))[:bs]
+print("card", torch.cuda.get_device_name() if dev == "cuda" else "cpu", torch.__version__)
+for dtype in (torch.float64, torch.float32):
+    m = load_model("default", dev).to(dtype)
+    batch = {k: v.to(dev) for k, v in collate(items, m.config.elements, dtype).items()}
+    with torch.inference_mode():
+        for _ in range(3): m.encode(batch)
+        if dev == "cuda": torch.cuda.synchronize()
+        t = time.perf_counter(); reps = 10 if dev == "cuda" else 1
+        for _ in range(reps): m.encode(batch)
+        if dev == "cuda": torch.cuda.synchronize()
+        dt = (time.perf_counter() - t) / reps
+    print(f"model only, {dtype}, batch {bs}: {bs / dt:,.0f} records/s")
+PY
+python3 - $N <<'PY'
+import sys
+blocks = open("sample_data/molecules.sdf").read().split("$$$$\n")[:-1]
+n = int(sys.argv[1])
+open("/tmp/big.sdf", "w").write("".join(blocks[i % len(blocks)] + "$$$$\n" for i in range(n)))
+PY
+for b in 64 $B; do
+  s=$(date +%s.%N); python3 -m groupae_cli embed /tmp/big.sdf -o /tmp/out$b.h5 --batch-size $b --device $DEV --quiet
+  echo "embed end to end, $N records, batch $b, $DEV: rc=$? $(python3 -c "print(f'{$N/($(date +%s.%N)-$s):,.0f} records/s')")" | tee -a $OUT/embed_gpu.log
+done
