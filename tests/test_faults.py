@@ -21,6 +21,7 @@ from groupae_cli.app import app
 
 runner = CliRunner()
 MOLECULES = str(SAMPLE / "molecules.sdf")
+XYZ10 = str(SAMPLE / "xyz" / "molecules_10.xyz")
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -46,7 +47,7 @@ def full_disk(monkeypatch, free: int = 1 << 20) -> None:
 def test_embed_on_a_full_disk_stops_with_one_line_and_leaves_nothing(checkpoint, tmp_path, monkeypatch):
     full_disk(monkeypatch)
     out = tmp_path / "out.h5"
-    result = runner.invoke(app, ["embed", MOLECULES, "-o", str(out), "--model", str(checkpoint), "--device", "cpu", "-q"])
+    result = runner.invoke(app, ["embed", XYZ10, "-o", str(out), "--model", str(checkpoint), "--device", "cpu", "-q"])
     assert result.exit_code == 2
     one_line_error(result, str(out), "No space left on device")
     assert not out.exists() and leftovers(tmp_path) == []
@@ -67,6 +68,7 @@ def test_embed_when_hdf5_itself_fails_to_write(checkpoint, tmp_path, monkeypatch
     assert not out.exists() and leftovers(tmp_path) == []
 
 
+@pytest.mark.slow  # a process of its own (about 6 s); the in-process tests above inject the same faults
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE and SIGXFSZ as on Linux")
 def test_embed_past_a_file_size_limit_exits_2_instead_of_crashing(checkpoint, tmp_path):
     """A real failing write inside HDF5 (EFBIG under RLIMIT_FSIZE, as ENOSPC on a full disk): it
@@ -117,15 +119,13 @@ def test_stale_partial_files_of_dead_processes_are_removed(checkpoint, tmp_path)
     stale.write_bytes(b"\0" * 1000)
     alive = tmp_path / f".out.h5.partial-{os.getppid()}"  # a running process's file is left alone
     alive.write_bytes(b"\0")
-    result = runner.invoke(app, ["embed", MOLECULES, "-o", str(tmp_path / "out.h5"), "--model", str(checkpoint),
+    result = runner.invoke(app, ["embed", XYZ10, "-o", str(tmp_path / "out.h5"), "--model", str(checkpoint),
                                  "--device", "cpu", "-q"])
     assert result.exit_code == 0, result.output
     assert not stale.exists() and alive.exists()
 
 
 # --- train: atomic run files, the kill-during-resume race, resume checks ----------------------------
-
-XYZ10 = str(SAMPLE / "xyz" / "molecules_10.xyz")
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +224,7 @@ def _broken(payload: dict, case: str) -> dict:
     elif case in ("config", "state_dict"):
         del payload[case]
     elif case == "another config":
-        payload["state_dict"] = GroupAE(preset("small")).state_dict()
+        payload["state_dict"] = GroupAE(preset("tiny", embedding_dim=6)).state_dict()
     elif case == "integer weights":
         payload["state_dict"] = {k: v.long() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
     elif case == "NaN weights":
@@ -546,3 +546,23 @@ def test_reconstruct_writes_records_as_they_are_decoded(checkpoint, tmp_path, mo
                                  "--device", "cpu", "--batch-size", "2", "-q"])
     assert result.exit_code == 0, result.output
     assert len(written) == 10 and written_before_batch == [0, 2, 4, 6, 8]
+
+
+@pytest.mark.slow  # a process of its own that trains (about 11 s)
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE and SIGXFSZ as on Linux")
+def test_train_past_a_file_size_limit_exits_2_with_the_run_intact(tmp_path):
+    """torch.save on a full disk raised RuntimeError ('unexpected pos ...'): a traceback."""
+    script = ("import resource, signal, sys\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (150000, 150000))\n"
+              "from groupae_cli.app import app\n"
+              "sys.argv = ['groupae'] + sys.argv[1:]\n"
+              "app()\n")
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script, "train", XYZ10, "-o", str(run), "--preset", "tiny",
+                           "--epochs", "1", "--device", "cpu", "-q"], check=False, capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [f"groupae: error: {run / 'best.ckpt'}: cannot write: File too large"]
+    assert sorted(os.listdir(run)) == ["cache.npz", "config.yaml", "metrics.csv", "split.json"]

@@ -9,6 +9,7 @@ optimizer and scheduler state).
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import torch
@@ -33,8 +34,16 @@ def save_checkpoint(path: str | Path, model, training: dict | None = None, state
     }
     if state:
         payload["state"] = state
+    _save(payload, path)
+
+
+def _save(payload: dict, path: str | Path) -> None:
+    """torch.save atomically, its bytes written by Python: a full disk is then an OSError (one line,
+    no file), where torch's own writer raised a RuntimeError ("unexpected pos ...")."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     with written_atomically(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
@@ -129,8 +138,7 @@ def export_checkpoint(source: str | Path, target: str | Path, note: dict | None 
     if config:
         payload["config"] = ModelConfig.from_dict(payload["config"]).replace(**config).to_dict()
     payload["training"] = {**payload.get("training", {}), "export": {"source": str(source), **(note or {})}}
-    with written_atomically(target) as tmp:
-        torch.save(payload, tmp)
+    _save(payload, target)
 
 
 def sha256(path: str | Path) -> str:
