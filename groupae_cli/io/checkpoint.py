@@ -97,8 +97,8 @@ def check_weights(path, state_dict: dict, model) -> None:
         if not isinstance(value, torch.Tensor):
             raise UsageError(f"{path}: weight {name!r} is not a tensor")
         if value.shape != want.shape:
-            raise UsageError(f"{path}: weight {name!r} has shape {tuple(value.shape)}, its model config "
-                             f"needs {tuple(want.shape)}")
+            raise UsageError(f"{path}: weights do not fit its model config ({name!r} has shape "
+                             f"{tuple(value.shape)}, the config needs {tuple(want.shape)})")
         if value.dtype.is_floating_point != want.dtype.is_floating_point or value.dtype == torch.bool:
             raise UsageError(f"{path}: weight {name!r} is {value.dtype}, its model needs {want.dtype}")
         if value.dtype.is_floating_point and not bool(torch.isfinite(value).all()):
