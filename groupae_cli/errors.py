@@ -57,6 +57,8 @@ def os_error_text(exc: OSError) -> str:
 
     code = exc.errno or (int(m.group(1)) if (m := re.search(r"errno = (\d+)", str(exc))) else None)
     text = os.strerror(code) if code else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if code and exc.strerror and exc.strerror.startswith(text):  # the system's words, with details
+        text = exc.strerror
     return text if len(text) <= 160 else text[:157] + "..."
 
 

@@ -49,7 +49,7 @@ def test_embed_on_a_full_disk_stops_with_one_line_and_leaves_nothing(checkpoint,
     out = tmp_path / "out.h5"
     result = runner.invoke(app, ["embed", XYZ10, "-o", str(out), "--model", str(checkpoint), "--device", "cpu", "-q"])
     assert result.exit_code == 2
-    one_line_error(result, str(out), "No space left on device")
+    one_line_error(result, str(out), "No space left on device (1 MiB free")
     assert not out.exists() and leftovers(tmp_path) == []
 
 

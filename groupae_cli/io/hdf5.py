@@ -105,7 +105,8 @@ class RecordWriter:
         """OSError(ENOSPC) before a write that would leave the output's file system nearly full."""
         free = shutil.disk_usage(self.tmp_path.parent).free
         if free < 2 * nbytes + SPACE_MARGIN:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.tmp_path))
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free >> 20} MiB free; the HDF5 writer "
+                                        f"stops below {SPACE_MARGIN >> 20} MiB)", str(self.tmp_path))
 
     def append(self, records: Mapping[str, Sequence | np.ndarray], atoms: Mapping[str, Sequence[np.ndarray]]) -> None:
         """Add a batch: `records[name]` has one row per record, `atoms[name]` one array per record."""
