@@ -566,3 +566,13 @@ def test_train_past_a_file_size_limit_exits_2_with_the_run_intact(tmp_path):
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == [f"groupae: error: {run / 'best.ckpt'}: cannot write: File too large"]
     assert sorted(os.listdir(run)) == ["cache.npz", "config.yaml", "metrics.csv", "split.json"]
+
+
+def test_align_output_into_a_directory_is_one_line(tmp_path):
+    target = tmp_path / "aligned.sdf"
+    target.mkdir()
+    a, b = SAMPLE / "align" / "a.sdf", SAMPLE / "align" / "b.sdf"
+    result = runner.invoke(app, ["align", str(a), str(b), "-o", str(target)])
+    assert result.exit_code == 2
+    one_line_error(result, str(target), "Is a directory")
+    assert leftovers(tmp_path) == []
