@@ -318,14 +318,14 @@ def canonical_form(model, structures, batch_size: int = 64):
     """
     import torch
 
-    from groupae_cli.data import collate, to_device
+    from groupae_cli.data import centred_batch, to_device
 
     items, single = _structures(structures)
     _usable(model, items)
     device = _device(model)
     results = []
     for batch_items in _batches(items, batch_size):
-        batch = to_device(collate(batch_items, model.config.elements, model.dtype), device)
+        batch = to_device(centred_batch(batch_items, model.config.elements, model.dtype)[0], device)
         with torch.inference_mode():
             encoded = model.encode(batch)
             forms = model.canonical_form(batch, encoded).double().cpu().numpy()

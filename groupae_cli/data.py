@@ -51,5 +51,21 @@ def collate(structures: Sequence, elements: Sequence[int], dtype: torch.dtype = 
     return batch_from_arrays([s.numbers for s in structures], [s.positions for s in structures], elements, dtype)
 
 
+def centred_batch(structures: Sequence, elements: Sequence[int],
+                  dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """`collate` of the structures each moved to its centroid, and those centroids (B, 3) float64.
+
+    The centring is done in float64, before the cast to `dtype`: a structure far from the origin
+    (1e4 Å) keeps its shape's precision in float32, so z and the canonical order stay what they are
+    at the origin. The model is translation-equivariant: add the centroids back to what it reports
+    in the input's frame (the translation, the reconstruction).
+    """
+    positions = [np.asarray(s.positions, dtype=np.float64) for s in structures]
+    origins = np.stack([p.mean(axis=0) for p in positions]) if positions else np.zeros((0, 3))
+    batch = batch_from_arrays([s.numbers for s in structures], [p - o for p, o in zip(positions, origins)],
+                              elements, dtype)
+    return batch, origins
+
+
 def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from groupae_cli.data import collate, to_device
+from groupae_cli.data import centred_batch, to_device
 from groupae_cli.errors import Failure
 from groupae_cli.io.hdf5 import embedding_writer
 from groupae_cli.io.records import Structure
@@ -66,13 +66,14 @@ def provenance(model_path, model_name: str | None, input_files: list[str], shard
 @torch.inference_mode()
 def encode_batch(model, structures: Sequence[Structure], device: torch.device) -> dict[str, np.ndarray | list]:
     """The model's invariant embedding and group element for each structure, as numpy arrays."""
-    batch = to_device(collate(structures, model.config.elements, model.dtype), device)
-    out = model.encode(batch)
+    batch, origins = centred_batch(structures, model.config.elements, model.dtype)
+    out = model.encode(to_device(batch, device))
     order = out["order"].cpu().numpy()
+    z = out["z"].cpu().numpy()
     return {
-        "embedding": out["z"].cpu().numpy(),
+        "embedding": z,
         "rotation": out["rotation"].cpu().numpy(),
-        "translation": out["translation"].cpu().numpy(),
+        "translation": (out["translation"].double().cpu().numpy() + origins).astype(z.dtype),  # the input's frame
         "degenerate": out["frame_degenerate"].cpu().numpy(),
         "permutation": [order[b, : len(s)] for b, s in enumerate(structures)],
     }

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from groupae_cli.data import collate, to_device, type_indices
+from groupae_cli.data import centred_batch, to_device, type_indices
 from groupae_cli.errors import Failure
 from groupae_cli.io.records import Structure
 
@@ -41,9 +41,9 @@ def reconstruct(model, structures: Sequence[Structure], device: torch.device) ->
     The decoded structures keep the input's bonds and formal charges, and carry their RMSD and
     element accuracy as SD properties.
     """
-    batch = to_device(collate(structures, model.config.elements, model.dtype), device)
-    out = model(batch)
-    x_hat = out["reconstruction"].double().cpu().numpy()
+    batch, origins = centred_batch(structures, model.config.elements, model.dtype)
+    out = model(to_device(batch, device))
+    x_hat = out["reconstruction"].double().cpu().numpy() + np.repeat(origins, [len(s) for s in structures], axis=0)
     elements = _elements(model, out["reconstruction_logits"])
     results, start = [], 0
     for s in structures:

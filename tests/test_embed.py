@@ -147,3 +147,25 @@ def test_a_model_shipped_for_float64_runs_in_float64(molecules, tmp_path, rng):
     with h5py.File(out) as f:
         np.testing.assert_allclose(f["embedding"][:], z, atol=1e-6 * np.abs(z).max(), rtol=0)
         assert f.attrs["embedding_identity"] == 8  # the frame-free block: z[:, :8]
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e5])
+def test_far_from_the_origin_a_molecule_embeds_as_at_the_origin(molecules, checkpoint, offset, tmp_path):
+    """Positions are centred in float64 before the float32 model sees them: a copy 1e4-1e5 Å away
+    gets the same z and canonical order, its translation is where it is, and it reconstructs there."""
+    from groupae_cli.embed import encode_batch
+    from groupae_cli.io.checkpoint import load_model
+    from groupae_cli.reconstruct import reconstruct
+
+    model = load_model(checkpoint)
+    assert model.dtype == torch.float32
+    near = molecules[4]
+    far = Structure(near.numbers, near.positions + np.array([offset, -0.7 * offset, 0.3 * offset]), "far", "", 1)
+    got = encode_batch(model, [near, far], torch.device("cpu"))
+    z = got["embedding"]
+    np.testing.assert_allclose(z[1], z[0], atol=1e-5 * np.abs(z).max(), rtol=0)
+    np.testing.assert_array_equal(got["permutation"][1], got["permutation"][0])
+    np.testing.assert_allclose(got["translation"][1] - got["translation"][0], far.positions[0] - near.positions[0],
+                               rtol=1e-6)
+    (a, b) = reconstruct(model, [near, far], torch.device("cpu"))
+    assert abs(a.rmsd - b.rmsd) < 1e-3 * a.rmsd
