@@ -193,3 +193,35 @@ def test_frame_penalty_raises_the_conditioning_of_learned_frames(subset):
         optimizer.step()
     after = model.encode(batch)["frame_conditioning"].detach()
     assert after.mean() > 2 * before.mean(), (before.mean(), after.mean())
+
+
+def test_init_starts_a_new_run_from_a_trained_model(trained, subset, tmp_path):
+    """--init: the new run's model is the checkpoint's (config and weights, here unchanged by a
+    learning rate of 1e-12), its optimizer and schedule are fresh, and it says where it started;
+    a checkpoint whose model lacks an element of the inputs, model options beside --init, and
+    --init with --resume are each one line."""
+    run, _ = trained
+    start = run / "best.ckpt"
+    again = tmp_path / "again"
+    history = train_from_files([str(subset)], again, preset("small"), TrainConfig(epochs=1, batch_size=8, lr=1e-12, seed=2),
+                               device="cpu", quiet=True, init=str(start))
+    assert len(history) == 1
+    before, after = read_checkpoint(start), read_checkpoint(again / "last.ckpt")
+    assert after["config"] == before["config"]  # tiny, not the `small` passed in
+    for name, tensor in before["state_dict"].items():
+        torch.testing.assert_close(after["state_dict"][name], tensor, rtol=0, atol=1e-9)
+    assert after["training"]["init"]["path"] == str(start) and len(after["training"]["init"]["sha256"]) == 64
+    assert after["state"]["epoch"] == 1  # a new run: its own epoch count
+    from groupae_cli.io.checkpoint import save_checkpoint
+    from groupae_cli.models import GroupAE
+
+    heavy_only = tmp_path / "heavy.ckpt"
+    save_checkpoint(heavy_only, GroupAE(preset("tiny", elements=(6, 7, 8, 9, 16, 17))))
+    with pytest.raises(UsageError, match="does not know H, P, found in the inputs"):
+        train_from_files([str(subset)], tmp_path / "heavy", preset("tiny"), TrainConfig(epochs=1), device="cpu",
+                         quiet=True, init=str(heavy_only))
+    with pytest.raises(UsageError, match="--resume"):
+        train_from_files([], again, preset("tiny"), TrainConfig(epochs=2), resume=True, init=str(start), quiet=True)
+    refused = CliRunner().invoke(app, ["train", str(subset), "-o", str(tmp_path / "cli"), "--init", str(start),
+                                       "--embedding-dim", "16"])
+    assert refused.exit_code == 2 and "--init takes the model from its checkpoint" in refused.output

@@ -28,6 +28,9 @@ def train(
     curriculum: Annotated[float | None, typer.Option(help="Fraction of epochs over which the largest size allowed grows.")] = None,
     augment: Annotated[bool, typer.Option("--augment", help="Random pose and order per batch (invariance is exact without).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.ckpt.")] = False,
+    init: Annotated[str | None, typer.Option("--init", help="Start a new run from this checkpoint's weights and "
+                                             "model (a path, or 'default'): fine-tuning, or more steps after a "
+                                             "finished run; a fresh optimizer and schedule.")] = None,
     device: Device = "auto",
     fmt: Format = None,
     strict: Strict = False,
@@ -57,5 +60,8 @@ def train(
         train_config = TrainConfig.from_dict(train_dict)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
+    if init is not None and (model_dict or preset != "small"):
+        raise UsageError("--init takes the model from its checkpoint; drop the model options "
+                         f"({', '.join(sorted(model_dict)) or '--preset'})")
     train_from_files(files or [], out, model_config, train_config, resume=resume, device=device, fmt=fmt,
-                     strict=strict, quiet=quiet, resume_epochs=epochs)
+                     strict=strict, quiet=quiet, resume_epochs=epochs, init=init)

@@ -93,6 +93,7 @@ def _resumed_config(run_dir: Path, epochs: int | None, main: bool) -> tuple[Trai
     model_config = ModelConfig.from_dict(payload["config"])
     config = TrainConfig.from_dict(training["train_config"] | ({"epochs": epochs} if epochs else {}))
     inputs = list(training.get("inputs", []))
+    init = training.get("init")
     done = int(training.get("epoch", 0))
     if config.epochs <= done:
         raise UsageError(f"{run_dir}: {done} epochs done already; --epochs gives the total, so pass more than {done}")
@@ -102,22 +103,45 @@ def _resumed_config(run_dir: Path, epochs: int | None, main: bool) -> tuple[Trai
         on_disk = None
     if main and on_disk != (model_config.to_dict(), config.to_dict(), inputs):
         write_run_config(run_dir / CONFIG, model_config, config, inputs)
-    return config, inputs
+    return config, inputs, init
+
+
+def _initial_weights(init: str | Path, data: StructureSet) -> tuple[ModelConfig, dict, dict]:
+    """(model config, weights, provenance) of the checkpoint a run starts from (`--init`); its
+    elements must cover the inputs'."""
+    from groupae_cli.io.checkpoint import read_checkpoint, sha256
+
+    payload = read_checkpoint(init)
+    model_config = ModelConfig.from_dict(payload["config"])
+    missing = sorted(set(data.elements()) - set(model_config.elements))
+    if missing:
+        from ase.data import chemical_symbols
+
+        raise UsageError(f"{init}: its model does not know {', '.join(chemical_symbols[z] for z in missing)}, "
+                         "found in the inputs; --init cannot add elements")
+    return model_config, payload["state_dict"], {"path": str(payload["path"]), "sha256": sha256(payload["path"])}
 
 
 def train_from_files(inputs: Sequence[str], run_dir: str | Path, model_config: ModelConfig, config: TrainConfig,
                      resume: bool = False, device: str = "auto", fmt: str | None = None, strict: bool = False,
-                     quiet: bool = False, resume_epochs: int | None = None) -> list[dict]:
+                     quiet: bool = False, resume_epochs: int | None = None,
+                     init: str | Path | None = None) -> list[dict]:
     """Parse inputs once (cache.npz), split by molecule (split.json), write config.yaml, train.
 
     With `resume`, everything comes from the run directory (`model_config` and `config` are not
     used) and training continues from last.ckpt, up to `resume_epochs` epochs in all if given.
+    With `init` (a checkpoint path or a shipped model's name), a new run starts from its weights
+    and its model config (`model_config` is not used) with a fresh optimizer and schedule:
+    fine-tuning, or more steps after a finished run.
     """
     run_dir = Path(run_dir)
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
     dist = Distributed(resolve_device(device))
+    weights, init_note = None, None
     if resume:
-        config, inputs = _resumed_config(run_dir, resume_epochs, dist.main)
+        if init is not None:
+            raise UsageError("--init starts a new run; --resume continues one from its last.ckpt")
+        config, inputs, init_note = _resumed_config(run_dir, resume_epochs, dist.main)
     elif (run_dir / "last.ckpt").exists():
         raise UsageError(f"{run_dir}: holds a run already; pass --resume to continue it, or another -o")
     elif run_dir.exists() and not run_dir.is_dir():
@@ -131,7 +155,10 @@ def train_from_files(inputs: Sequence[str], run_dir: str | Path, model_config: M
             raise UsageError(f"{len(report)} input records failed (--strict)")
         run_dir.mkdir(parents=True, exist_ok=True)
         data.save(run_dir / CACHE)
-        model_config = model_config.replace(elements=model_elements(data))
+        if init is not None:
+            model_config, weights, init_note = _initial_weights(init, data)
+        else:
+            model_config, init_note = model_config.replace(elements=model_elements(data)), None
         train_idx, val_idx = data.split(config.val_fraction, config.seed)
         _write_text(run_dir / SPLIT, json.dumps({"train": train_idx.tolist(), "validation": val_idx.tolist()}))
         write_run_config(run_dir / CONFIG, model_config, config, inputs)
@@ -165,9 +192,12 @@ def train_from_files(inputs: Sequence[str], run_dir: str | Path, model_config: M
             chosen = np.sort(np.random.default_rng([config.seed, 2]).choice(val_idx, config.val_size, replace=False))
         return Batches(data, list(fixed_batches(chosen, config.batch_size)), model_config.elements)
 
+    if init is not None and weights is None:  # the other processes of a torchrun: the same file
+        weights = _initial_weights(init, data)[1]
+    extra = {"inputs": list(inputs), "n_train": len(train_idx), "n_validation": len(val_idx)}
     trainer = Trainer(model_config, config, run_dir, train_batches, val_batches, device=device, quiet=quiet, log=log,
-                      extra_state={"inputs": list(inputs), "n_train": len(train_idx), "n_validation": len(val_idx)},
-                      dist=dist)
+                      extra_state=extra | ({"init": init_note} if init_note else {}), dist=dist,
+                      init_weights=weights)
     if resume:
         trainer.resume(run_dir / "last.ckpt")
         log(f"resuming {run_dir} at epoch {trainer.epoch + 1} of {config.epochs}")

@@ -78,7 +78,8 @@ class Trainer:
     def __init__(self, model_config: ModelConfig, config: TrainConfig, run_dir: str | Path,
                  train_batches: Callable[[int], Sequence[dict]], val_batches: Callable[[], Sequence[dict]],
                  device: str = "auto", quiet: bool = False, log: Callable[[str], None] | None = None,
-                 extra_state: dict | None = None, dist: Distributed | None = None):
+                 extra_state: dict | None = None, dist: Distributed | None = None,
+                 init_weights: dict | None = None):
         self.config = config
         self.run_dir = Path(run_dir)
         self.device = resolve_device(device)
@@ -89,7 +90,10 @@ class Trainer:
         self.extra_state = extra_state or {}
         torch.manual_seed(config.seed)  # before the model is built: the same weights on every process
         np.random.seed(config.seed)
-        self.model = GroupAE(model_config).to(self.device)
+        self.model = GroupAE(model_config)
+        if init_weights is not None:  # a run that starts from a trained model (--init)
+            self.model.load_state_dict(init_weights)
+        self.model = self.model.to(self.device)
         self.ddp = self.dist.wrap(self.model, self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.steps_per_epoch = max(1, len(self.dist.shard(train_batches(0))))

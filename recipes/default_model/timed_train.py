@@ -7,7 +7,7 @@ by --batch-size / --lr / --epochs. The run directory gets `timed.json` (the prob
 card, the settings) beside what `groupae train` writes.
 
     python recipes/default_model/timed_train.py DESIGN.yaml RUN_DIR --deadline UNIX_TIME \
-        --batch-size 256 --lr 0.003 [--epochs 8] [--device cuda]
+        --batch-size 256 --lr 0.003 [--epochs 8] [--device cuda] [--init default]
 
 The inputs are the recipe's files as XYZ (`to_xyz.py`): the machine it ran on had no RDKit.
 """
@@ -37,6 +37,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--device", default="cuda")
     p.add_argument("--inputs", nargs="+", default=INPUTS, help="structure files (default: the recipe's, as XYZ)")
+    p.add_argument("--init", default=None, help="start from this checkpoint's weights and model (groupae train "
+                   "--init): e.g. 'default', to add a lease's steps to the shipped model")
     args = p.parse_args()
     t0 = time.time()
 
@@ -60,6 +62,12 @@ def main() -> None:
     train_dict = {**recipe["train"], **(design.get("train") or {}), "batch_size": args.batch_size, "lr": args.lr,
                   "epochs": args.epochs}
     model_config = preset(design.get("preset", "small"), **{"elements": ORGANIC, **model_dict})
+    if args.init:
+        from groupae_cli.io.checkpoint import read_checkpoint
+        from groupae_cli.models import ModelConfig
+
+        model_config = ModelConfig.from_dict(read_checkpoint(args.init)["config"])
+        model_dict = model_config.to_dict()
 
     # --- probe: real steps of this design at this batch size -------------------------------------
     start = time.perf_counter()
@@ -104,7 +112,7 @@ def main() -> None:
     (args.run_dir / "timed.json").write_text(json.dumps(timings, indent=1))
     config = TrainConfig.from_dict({**train_dict, "epoch_size": epoch_size})
     start = time.time()
-    train_from_files(args.inputs, args.run_dir, model_config, config, device=args.device, quiet=False)
+    train_from_files(args.inputs, args.run_dir, model_config, config, device=args.device, quiet=False, init=args.init)
     timings["train_seconds"] = time.time() - start
     (args.run_dir / "timed.json").write_text(json.dumps(timings, indent=1))
 
