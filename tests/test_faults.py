@@ -332,6 +332,8 @@ def _hostile(embedded: Path, target: Path, case: str) -> None:
         target.write_bytes(data[: len(data) // 2])
     elif case == "corrupted":
         target.write_bytes(data[:512] + bytes(255 - b for b in data[512:4096]) + data[4096:])
+    elif case == "corrupted object header":  # h5py raised KeyError or RuntimeError (not OSError) here
+        target.write_bytes(data[:640] + bytes(255 - b for b in data[640:704]) + data[704:])
     elif case == "foreign":
         with h5py.File(target, "w") as f:
             f["x"] = np.arange(10)
@@ -346,7 +348,8 @@ def _hostile(embedded: Path, target: Path, case: str) -> None:
                 del f["permutation"]
 
 
-HDF5_FAULTS = {"truncated": "not a readable", "corrupted": "not a readable", "foreign": "embedding_dim",
+HDF5_FAULTS = {"truncated": "not a readable", "corrupted": "not a readable",
+               "corrupted object header": "embed file", "foreign": "embedding_dim",
                "incomplete": "not marked complete", "offsets": "offsets", "no permutation": "'permutation'"}
 
 
@@ -361,7 +364,7 @@ def test_hostile_hdf5_given_to_reconstruct_is_one_line(checkpoint, embedded, tmp
     assert not out.exists() and leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("case", ["truncated", "corrupted"])
+@pytest.mark.parametrize("case", ["truncated", "corrupted", "corrupted object header"])
 def test_hostile_hdf5_given_to_info_is_one_line(embedded, tmp_path, case):
     bad = tmp_path / "bad.h5"
     _hostile(embedded, bad, case)
