@@ -103,8 +103,8 @@ class RecordWriter:
 
     def _check_space(self, nbytes: int) -> None:
         """OSError(ENOSPC) before a write that would leave the output's file system nearly full."""
-        free = shutil.disk_usage(self.tmp_path.parent).free
-        if free < 2 * nbytes + SPACE_MARGIN:
+        total, _, free = shutil.disk_usage(self.tmp_path.parent)
+        if total and free < 2 * nbytes + SPACE_MARGIN:  # (a file system that reports no size: unknown)
             raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free >> 20} MiB free; the HDF5 writer "
                                         f"stops below {SPACE_MARGIN >> 20} MiB)", str(self.tmp_path))
 
