@@ -579,3 +579,13 @@ def test_align_output_into_a_directory_is_one_line(tmp_path):
     assert result.exit_code == 2
     one_line_error(result, str(target), "Is a directory")
     assert leftovers(tmp_path) == []
+
+
+def test_align_no_refine_refuses_different_compositions(checkpoint, tmp_path):
+    """It mapped C onto N and printed an RMSD (issue 14, item 3; already refused when this test came)."""
+    (tmp_path / "cn.xyz").write_text("2\nCN\nC 0 0 0\nN 1.2 0 0\n")
+    (tmp_path / "cc.xyz").write_text("2\nCC\nC 0 0 0\nC 1.3 0 0\n")
+    result = runner.invoke(app, ["align", str(tmp_path / "cn.xyz"), str(tmp_path / "cc.xyz"), "--no-refine",
+                                 "--model", str(checkpoint), "--device", "cpu"])
+    assert result.exit_code == 2 and "RMSD" not in result.stdout
+    assert "different compositions" in result.stderr
