@@ -107,18 +107,13 @@ def decode_embeddings(model, path: str | Path, device: torch.device,
     record whose stored values or decoding are not finite, or whose permutation is not one,
     becomes a Failure.
     """
-    import h5py
+    from groupae_cli.io.hdf5 import open_embed_file, unreadable
 
-    from groupae_cli.errors import UsageError
-    from groupae_cli.io.hdf5 import check_embed_file
-
-    try:
-        with h5py.File(path, "r") as f:
-            check_embed_file(f, path, model)
+    with open_embed_file(path, model) as f:
+        try:
             yield from _decode(model, f, path, device, batch_size)
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise UsageError(f"{path}: not a readable groupae embed file ({why})") from None
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise unreadable(path, exc) from None
 
 
 @torch.inference_mode()

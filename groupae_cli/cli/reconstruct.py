@@ -58,6 +58,10 @@ def reconstruct(
     from_h5 = source != "-" and Path(source).suffix.lower() in (".h5", ".hdf5")
     if from_h5 and not Path(source).is_file():
         raise UsageError(f"{source}: no such file")
+    if from_h5:  # before the model loads: a broken file fails fast
+        from groupae_cli.io.hdf5 import open_embed_file
+
+        open_embed_file(source).close()
     if not from_h5:
         resolve(source, fmt)
     if out != "-":

@@ -245,6 +245,32 @@ def check_embed_file(f: h5py.File, path: str | Path, model=None) -> None:
                              f"not {checkpoint} ({ours[:12]}...); decode with the model that wrote them (--model)")
 
 
+def open_embed_file(path: str | Path, model=None) -> h5py.File:
+    """An embed file opened for reading and checked (check_embed_file); UsageError, in one line,
+    for one h5py cannot read (truncated, corrupt, not HDF5). The caller closes it."""
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise unreadable(path, exc) from None
+    try:
+        check_embed_file(f, path, model)
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+        f.close()
+        raise unreadable(path, exc) from None
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def unreadable(path: str | Path, exc: Exception):
+    """The UsageError for an embed file that h5py fails to read."""
+    from groupae_cli.errors import UsageError
+
+    why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    return UsageError(f"{path}: not a readable groupae embed file ({why})")
+
+
 def plain(value):
     """An HDF5 attribute or value as plain Python: bytes as str, arrays as lists, numpy scalars as numbers."""
     if isinstance(value, bytes):
