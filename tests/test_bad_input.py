@@ -168,11 +168,11 @@ def test_cli_reports_bad_records_and_strict_fails(sample, tmp_path, case):
 
 
 def test_unknown_extension_lists_what_is_read_and_suggests_format_only_where_one_fits(sample, tmp_path):
-    """A .pdb (no reader fits): the formats groupae reads, no --format hint. An XYZ named .txt: the
+    """A .cif (no reader fits): the formats groupae reads, no --format hint. An XYZ named .txt: the
     format it looks like, as the --format to pass."""
-    (tmp_path / "protein.pdb").write_text("ATOM      1  N   ALA A   1      11.104   6.134  -6.504  1.00  0.00           N\n")
+    (tmp_path / "crystal.cif").write_text("data_nacl\n_cell_length_a 5.64\n_symmetry_space_group_name_H-M 'F m -3 m'\n")
     shutil.copy(sample / "xyz" / "molecules_10.xyz", tmp_path / "frames.txt")
-    no_fit = runner.invoke(app, ["info", str(tmp_path / "protein.pdb")])
+    no_fit = runner.invoke(app, ["info", str(tmp_path / "crystal.cif")])
     assert no_fit.exit_code == 2 and no_fit.stderr.count("\n") == 1
     assert "--format" not in no_fit.stderr
     assert all(kind in no_fit.stderr for kind in ("XYZ (.xyz, .extxyz)", "SDF/MOL (.sdf, .sd, .mol, .mdl)", "PLY (.ply)"))
