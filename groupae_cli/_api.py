@@ -198,6 +198,8 @@ class Embeddings:
     names, sources: N str each (record name; the file it came from); indices: (N,) record index in it
     failed:         records an embed file could not take: dicts of source, index, name, reason
     attrs:          an embed file's provenance (model, sha256, versions, ...)
+    identity:       k: embedding[:, :k] (`.frame_free`) is z's frame-free block, the molecule whatever
+                    its conformation (0: the model has none)
     """
 
     embedding: np.ndarray
@@ -211,9 +213,15 @@ class Embeddings:
     indices: np.ndarray
     failed: list[dict] = field(default_factory=list)
     attrs: dict = field(default_factory=dict)
+    identity: int = 0
 
     def __len__(self) -> int:
         return len(self.names)
+
+    @property
+    def frame_free(self) -> np.ndarray:
+        """z's frame-free block (N, identity): for finding the same molecule across conformers."""
+        return self.embedding[:, : self.identity]
 
     def table(self) -> dict[str, list | np.ndarray]:
         """One row per record as 1-D columns — name, source, index, n_atoms, degenerate, z0 ... z{d-1}
@@ -260,6 +268,7 @@ def embed(model, structures, batch_size: int = 64, out: str | Path | None = None
         degenerate=np.concatenate([p["degenerate"] for p in parts]) if parts else np.zeros(0, bool),
         atomic_numbers=[s.numbers.copy() for s in items], names=[s.name for s in items],
         sources=[s.source for s in items], indices=np.array([s.index for s in items], dtype=np.int64),
+        identity=model.config.embedding_identity,
     )
 
 
@@ -286,7 +295,7 @@ def read_embeddings(path: str | Path) -> Embeddings:
             names=[str(plain(v)) for v in f["name"][:]],
             sources=[inputs[k] if k < len(inputs) else "" for k in source_file.tolist()],
             indices=f["source_index"][:].astype(np.int64), failed=failed,
-            attrs={k: plain(v) for k, v in f.attrs.items()},
+            attrs={k: plain(v) for k, v in f.attrs.items()}, identity=int(f.attrs.get("embedding_identity", 0)),
         )
 
 

@@ -25,6 +25,9 @@ def test_from_python_examples_run(tmp_path, monkeypatch, capsys):
     for k, block in enumerate(blocks):
         exec(compile(block, f"README.md From Python block {k + 1}", "exec"), namespace)  # noqa: S102
     printed = capsys.readouterr().out
-    assert "(3, 128)" in printed and "RMSD" in printed
+    assert "(3, 128)" in printed and "(3, 64)" in printed and "RMSD" in printed
     assert (tmp_path / "embeddings.h5").is_file()
     assert namespace["stored"].names == ["paracetamol", "C2H6O"]
+    identity = namespace["model"].config.embedding_identity
+    assert identity > 0 and namespace["stored"].identity == identity  # read back from the file's attrs
+    assert namespace["stored"].frame_free.shape == (2, identity)
