@@ -6,6 +6,7 @@ a bad record.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def read_structures(path: str | Path, fmt: str | None = None,
             if position is not None:
                 on_bytes(position())
             yield item
-    except (OSError, EOFError) as exc:  # e.g. a .gz cut short or corrupt
+    except (OSError, EOFError, zlib.error) as exc:  # e.g. a .gz cut short or corrupt (zlib.error: a damaged deflate block)
         yield Failure(source, seen if seen else None, f"unreadable after {seen} records: {exc}")
         return
     finally:

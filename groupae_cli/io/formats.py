@@ -8,6 +8,7 @@ import gzip
 import io
 import os
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, TextIO
@@ -57,7 +58,7 @@ def _sniff_file(path: Path) -> str | None:
         return None
     try:
         return sniff(peek_head(stream))
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):
         return None
     finally:
         stream.close()

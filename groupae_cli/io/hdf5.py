@@ -249,6 +249,7 @@ def open_embed_file(path: str | Path, model=None) -> h5py.File:
     """An embed file opened for reading and checked (check_embed_file); UsageError, in one line,
     for one h5py cannot read (truncated, corrupt, not HDF5). The caller closes it."""
     try:
+        check_global_heaps(path)
         f = h5py.File(path, "r")
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise unreadable(path, exc) from None
@@ -261,6 +262,44 @@ def open_embed_file(path: str | Path, model=None) -> h5py.File:
         f.close()
         raise
     return f
+
+
+def check_global_heaps(path: str | Path) -> None:
+    """ValueError for an HDF5 file whose global heap collections (where variable-length strings
+    live: attributes, names, failure reasons) do not parse. HDF5 walks a collection's objects by their
+    sizes, and a corrupt size of 0 makes it loop for ever (HDF5 2.0, reading any string of that
+    collection); this walks each collection the same way, in bounded steps, before h5py does. A
+    collection is found by its signature ("GCOL", version 1, three reserved zero bytes)."""
+    import mmap
+
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size < 16:
+            return  # h5py refuses it
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            lengths = {0: data[14], 1: data[14], 2: data[10], 3: data[10]}.get(data[8], 8) \
+                if data[:8] == b"\x89HDF\r\n\x1a\n" else 8
+            if lengths not in (2, 4, 8):
+                return  # h5py refuses it
+            header = 2 + 2 + 4 + lengths  # an object's: index, reference count, reserved, size
+            start = data.find(b"GCOL\x01\x00\x00\x00")
+            while start >= 0:
+                _walk_collection(data, start, lengths, header)
+                start = data.find(b"GCOL\x01\x00\x00\x00", start + 8)
+
+
+def _walk_collection(data, start: int, lengths: int, header: int) -> None:
+    size = int.from_bytes(data[start + 8:start + 8 + lengths], "little")
+    end = start + size
+    if size < 8 + lengths or end > len(data):
+        raise ValueError(f"global heap at byte {start} runs past the end of the file")
+    p = start + 8 + lengths
+    while p + header <= end:
+        index = int.from_bytes(data[p:p + 2], "little")
+        length = int.from_bytes(data[p + 8:p + 8 + lengths], "little")
+        need = header + (length + 7) // 8 * 8 if index else length  # index 0: the free space, header included
+        if need <= 0 or p + need > end:
+            raise ValueError(f"global heap at byte {start} is corrupt (object of {length} bytes at byte {p})")
+        p += need
 
 
 def unreadable(path: str | Path, exc: Exception):
@@ -288,6 +327,7 @@ def describe(path: str | Path) -> dict:
     from groupae_cli.errors import UsageError
 
     try:
+        check_global_heaps(path)
         return _describe(path)
     except (OSError, RuntimeError, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
