@@ -339,7 +339,7 @@ class _Partners:
             where[ib] = np.arange(m)
             _, near_b = tree.query(moved[ia], k)  # (m, k) class-local B indices
             _, near_a = cKDTree(moved[ia]).query(self.b[ib], k)  # (m, k) class-local A indices
-            kept = where[previous[ia]] if previous is not None else np.arange(m)
+            kept = where[previous[ia]] if previous is not None else _greedy(near_b, ((moved[ia, None, :] - self.b[ib][near_b]) ** 2).sum(-1))
             rows = np.concatenate([np.repeat(np.arange(m), k), near_a.ravel(), np.arange(m)])
             cols = np.concatenate([near_b.ravel(), np.repeat(np.arange(m), k), kept])
             keys = np.unique(rows * m + cols)
@@ -347,10 +347,28 @@ class _Partners:
             cost = ((moved[ia[rows]] - self.b[ib[cols]]) ** 2).sum(-1)
             # + 1 on every edge: explicit zeros would read as missing edges, and each perfect
             # matching has m edges, so the offset changes no comparison
-            graph = csr_matrix((cost + 1.0, (rows, cols)), shape=(m, m))
+            # (and a jitter far below any meaningful difference: exact ties, as in symmetric
+            # structures, can make scipy's LAPJVsp search for minutes)
+            jitter = np.random.default_rng(0).uniform(0.0, 1e-9, len(cost))
+            graph = csr_matrix((cost + 1.0 + jitter, (rows, cols)), shape=(m, m))
             rows, cols = min_weight_full_bipartite_matching(graph)
             mapping[ia[rows]] = ib[cols]
         return mapping
+
+
+def _greedy(near: np.ndarray, d2: np.ndarray) -> np.ndarray:
+    """A one-to-one matching to seed the sparse assignment (a full matching among its candidates):
+    rows in order of their nearest distance take their nearest free candidate; rows left over take
+    the free columns in order."""
+    m = len(near)
+    match, used = np.full(m, -1, dtype=np.int64), np.zeros(m, dtype=bool)
+    for row in np.argsort(d2[:, 0], kind="stable").tolist():
+        for col in near[row].tolist():
+            if not used[col]:
+                match[row], used[col] = col, True
+                break
+    match[match < 0] = np.flatnonzero(~used)
+    return match
 
 
 def _fit(a, b, mapping) -> AlignResult:
@@ -392,13 +410,21 @@ def _align_large(a, za, b, zb, poses, deadline, progress, seed) -> tuple[AlignRe
     for score, rotation, translation in icp[:LARGE_REFINED]:
         if best is not None and score >= best.rmsd ** 2:
             break  # its nearest-neighbour bound already loses to the best one-to-one answer
-        mapping = None
+        if best is not None and time.perf_counter() > deadline:
+            stopped = True
+            break
+        mapping, last = None, np.inf
         for _ in range(50):
             new = partners.assign(a @ rotation.T + translation, mapping)
             if mapping is not None and np.array_equal(new, mapping):
                 break
             mapping = new
             result = _fit(a, b, mapping)
+            if result.rmsd > last * (1.0 - 1e-4) - 1e-6:  # a few atoms trading partners: not worth another
+                if result.rmsd < best.rmsd:
+                    best = result
+                break
+            last = result.rmsd
             rotation, translation = result.rotation, result.translation
             if best is None or result.rmsd < best.rmsd:
                 best = result
@@ -610,6 +636,46 @@ class _GraphSearch:
             picks.append(pick)
         return self._finish(base, pairs, picks)
 
+    def bound_search(self, skeleton_row: np.ndarray, best_ssd: float, max_nodes: int = 200_000):
+        """Prove that no permutation within the groups beats `best_ssd`, or find the one that does,
+        without trying them all: branch and bound over the groups, one group per level.
+
+        The best proper fit of a correlation matrix H is lambda(H) = max_R tr(R H), and lambda is
+        subadditive, so for a partial choice (the core and the groups chosen so far) every
+        completion has lambda <= lambda(partial) + the sum over the other groups of their largest
+        lambda over permutations (each group turned on its own). Its residual is then at least
+        norms - 2 * that; nodes whose bound cannot beat `best_ssd` are dropped, level by level (the
+        groups with the most room first). Returns (complete, better): complete is False when more
+        than `max_nodes` nodes would be needed (nothing proven); better is (ssd, rotation,
+        translation, mapping) when a completion beats `best_ssd`, else None."""
+        base, pairs, norms, h_core, terms = self._terms(skeleton_row)
+
+        def lam(h):
+            return (norms - best_fit_ssd(h, norms)) / 2.0
+
+        room = np.array([lam(term).max() for term in terms])
+        order = np.argsort(-room, kind="stable")
+        rest = np.concatenate([np.cumsum(room[order][::-1])[::-1], [0.0]])  # rest[d]: room of groups d, d+1, ...
+        tol = 1e-9 * max(1.0, best_ssd)
+        h, picks, nodes = h_core[None], np.zeros((1, 0), dtype=np.int64), 0
+        if norms - 2.0 * (lam(h)[0] + rest[0]) >= best_ssd - tol:
+            return True, None
+        for depth, g in enumerate(order):
+            count = len(terms[g])
+            nodes += len(h) * count
+            if nodes > max_nodes:
+                return False, None
+            h = (h[:, None] + terms[g][None]).reshape(-1, 3, 3)
+            picks = np.concatenate([np.repeat(picks, count, axis=0), np.tile(np.arange(count), len(picks))[:, None]], 1)
+            keep = norms - 2.0 * (lam(h) + rest[depth + 1]) < best_ssd - tol
+            h, picks = h[keep], picks[keep]
+            if not len(h):
+                return True, None
+        k = int(np.argmin(best_fit_ssd(h, norms)))
+        chosen = np.empty(len(terms), dtype=np.int64)
+        chosen[order] = picks[k]
+        return True, self._finish(base, pairs, chosen)
+
     def local(self, skeleton_row: np.ndarray, rotation: np.ndarray, seed: int = 0, samples: int = 160,
               polish: int = 2):
         """Too many group permutations to try them all. With the rotation fixed, every group's best
@@ -690,9 +756,12 @@ def align_graph(a, b, guess: tuple[np.ndarray, np.ndarray] | None = None, extra_
                 break
             if search.per_skeleton <= limit:
                 found = search.exhaustive(core[k])
-            else:
+            else:  # a good completion, then a proof that none is better (or the better one)
                 found = search.local(core[k], rotations[k])
-                exact = False
+                complete, better = search.bound_search(core[k], min(found[0], best[0]), max_nodes=min(40 * limit, 2_000_000))
+                if better is not None and better[0] < found[0]:
+                    found = better
+                exact = exact and complete
             completed += 1
             if found[0] < best[0]:
                 best = found

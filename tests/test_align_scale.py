@@ -113,3 +113,26 @@ def test_lower_bound_holds_and_proves_exact_answers(rng):
         bound = radial_bound(x.positions, x.numbers, y.positions, y.numbers)
         assert bound == result.details["rmsd_lower_bound"] <= result.rmsd
         assert result.details["proven_optimal"] is (result.rmsd <= bound + 1e-9)
+
+
+def conformers_of(name):
+    structures, _ = split(read_structures(SAMPLE / "molecules.sdf"))
+    return [s for s in structures if s.name.startswith(f"{name}_conf")]
+
+
+@pytest.mark.parametrize("name", ["NCI_2414", "NCI_1473"])  # 2 CH3 + 9 CH2, 4 CH3 + 4 CH2: 18,432 / 20,736 per skeleton
+def test_graph_mode_proves_its_answer_by_bounds_where_groups_are_too_many_to_try(name):
+    from groupae_cli.align import _GraphSearch, align_graph, symmetry_classes
+
+    first, second, _ = conformers_of(name)
+    result = align_graph(first, second)  # 5,000 permutations tried at most per skeleton
+    exhaustive = align_graph(first, second, limit=1_000_000)  # every permutation tried
+    assert exhaustive.details["proven_optimal"]
+    assert result.details["proven_optimal"] and result.rmsd == pytest.approx(exhaustive.rmsd, abs=1e-9)
+    # the bound search finds the optimum itself when told of a worse answer, and proves the optimum
+    search = _GraphSearch(first, second, symmetry_classes(first), symmetry_classes(second), 5_000)
+    optimum = exhaustive.rmsd ** 2 * len(first)
+    found = [search.bound_search(row, optimum + 1.0) for row in search.skeleton]
+    assert all(complete for complete, _ in found)
+    assert min(better[0] for _, better in found if better is not None) == pytest.approx(optimum, rel=1e-9)
+    assert all(search.bound_search(row, optimum - 1e-6) == (True, None) for row in search.skeleton)
