@@ -306,16 +306,25 @@ def reconstruct(model, structures, batch_size: int = 64):
 
     `structures` may also be the path of an embed HDF5 file: its records are decoded from the
     stored embeddings and group elements (no input to compare with: rmsd is None).
+
+    Like `embed`, it never returns a partial answer: ValueError names a structure the model cannot
+    take, a record of the embed file that cannot be decoded (its embedding NaN or Inf), or one the
+    model decodes to NaN or Inf coordinates. (`groupae reconstruct` skips and reports those instead.)
     """
-    from groupae_cli.reconstruct import decode_embeddings
+    from groupae_cli.errors import Failure
+    from groupae_cli.reconstruct import decode_embeddings, finite
     from groupae_cli.reconstruct import reconstruct as decode_batch
 
     device = _device(model)
     if isinstance(structures, (str, Path)) and Path(structures).suffix.lower() in _HDF5:
-        return list(decode_embeddings(model, structures, device, batch_size))
-    items, single = _structures(structures)
-    _usable(model, items)
-    results = [r for batch in _batches(items, batch_size) for r in decode_batch(model, batch, device)]
+        results, single = list(decode_embeddings(model, structures, device, batch_size)), False
+    else:
+        items, single = _structures(structures)
+        _usable(model, items)
+        results = [finite(r) for batch in _batches(items, batch_size) for r in decode_batch(model, batch, device)]
+    failed = next((r for r in results if isinstance(r, Failure)), None)
+    if failed is not None:
+        raise ValueError(str(failed))
     return results[0] if single else results
 
 

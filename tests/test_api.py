@@ -211,3 +211,31 @@ def test_what_the_model_cannot_take_is_named(model):
             call()
     with pytest.raises(ValueError, match="needs a model"):
         g.align(gold, gold, refine=False)
+
+
+def test_reconstruct_raises_naming_a_record_it_cannot_decode(model, tmp_path, monkeypatch):
+    """g.reconstruct returns only Reconstructions: a NaN record of an embed file, or a NaN output of
+    the model, is a ValueError naming the record (as g.embed names a structure it cannot take)."""
+    import importlib
+    import re
+
+    import h5py
+
+    reconstruct_module = importlib.import_module("groupae_cli.reconstruct")  # the attribute is the function
+    structures = g.read(SAMPLE / "xyz" / "molecules_10.xyz")
+    path = g.embed(model, structures, out=tmp_path / "ten.h5")
+    assert all(isinstance(r, g.Reconstruction) for r in g.reconstruct(model, path))
+    with h5py.File(path, "r+") as f:
+        f["embedding"][4] = np.nan
+    with pytest.raises(ValueError, match=f"record 4 \\({re.escape(structures[4].name)}\\): .*NaN"):
+        g.reconstruct(model, path)
+    decode = reconstruct_module.reconstruct
+
+    def nan_third(model, batch, device):
+        results = decode(model, batch, device)
+        results[min(2, len(results) - 1)].structure.positions[:] = np.nan
+        return results
+
+    monkeypatch.setattr(reconstruct_module, "reconstruct", nan_third)
+    with pytest.raises(ValueError, match=f"\\({re.escape(structures[2].name)}\\): .*NaN"):
+        g.reconstruct(model, structures)
