@@ -818,15 +818,21 @@ def formula(numbers) -> str:
 def composition_difference(a_numbers, b_numbers) -> str | None:
     """Why A and B cannot be aligned atom for atom, in one line, or None: a single atom (no
     orientation to align), or different compositions ("A has C6H6O (13 atoms), B has C6H6 (12
-    atoms)")."""
+    atoms): A has 1 O more")."""
     for label, numbers in (("A", a_numbers), ("B", b_numbers)):
         if len(numbers) < 2:
             return f"{label} has {len(numbers)} atom{'s' if len(numbers) != 1 else ''}: alignment needs at least 2 " \
                    "(a single atom has no orientation)"
     if sorted(np.asarray(a_numbers).tolist()) == sorted(np.asarray(b_numbers).tolist()):
         return None
+    from collections import Counter
+
+    a, b = Counter(np.asarray(a_numbers).tolist()), Counter(np.asarray(b_numbers).tolist())
+    more = ", ".join(f"{a[z] - b[z]} {_symbol(z)}" for z in sorted(a) if a[z] > b[z])
+    fewer = ", ".join(f"{b[z] - a[z]} {_symbol(z)}" for z in sorted(b) if b[z] > a[z])
+    how = " and ".join(part for part in (f"{more} more" if more else "", f"{fewer} fewer" if fewer else "") if part)
     return (f"different compositions: A has {formula(a_numbers)} ({len(a_numbers)} atoms), "
-            f"B has {formula(b_numbers)} ({len(b_numbers)} atoms)")
+            f"B has {formula(b_numbers)} ({len(b_numbers)} atoms): A has {how}")
 
 
 def graph_difference(a, b) -> str | None:

@@ -94,7 +94,7 @@ def small_molecules(tmp_path_factory):
 
 
 @pytest.mark.parametrize("a,b,expected", [
-    ("phenol.sdf", "benzene.sdf", "different compositions: A has C6H6O (13 atoms), B has C6H6 (12 atoms)"),
+    ("phenol.sdf", "benzene.sdf", "different compositions: A has C6H6O (13 atoms), B has C6H6 (12 atoms): A has 1 O more"),
     ("ethanol.sdf", "ether.sdf", "different bond graphs"),
     ("na.xyz", "na2.xyz", "1 atom: a structure needs at least 2 (a single atom has no orientation"),
 ])
@@ -216,3 +216,20 @@ def test_progress_over_pairs_on_a_terminal_and_pair_failures_summarised(ensemble
     assert len(lines(capsys.readouterr().out)) == 5
     mixed = run(A, SAMPLE / "molecules.sdf", "--json", "--strict")  # other molecules: pairs skipped
     assert mixed.exit_code == 1 and "pairs skipped" in mixed.stderr and len(lines(mixed.stdout)) == 3
+
+
+def test_a_composition_error_says_how_the_two_differ():
+    from groupae_cli.align import composition_difference
+
+    phenol, aniline = [6] * 6 + [1] * 6 + [8], [6] * 6 + [1] * 7 + [7]
+    assert composition_difference(phenol, aniline).endswith("A has 1 O more and 1 H, 1 N fewer")
+    assert composition_difference(phenol, sorted(phenol, reverse=True)) is None
+
+
+def test_align_refuses_to_write_over_its_input(small_molecules, tmp_path):
+    a = tmp_path / "phenol.sdf"
+    a.write_bytes((small_molecules / "phenol.sdf").read_bytes())
+    before = a.read_bytes()
+    result = run(a, a, "-o", a)
+    assert result.exit_code == 2 and "is also an input" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and a.read_bytes() == before

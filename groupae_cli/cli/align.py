@@ -202,6 +202,10 @@ def align(
     if pairs == "-" and "-" in paths:
         raise UsageError("standard input ('-') can be read only once")
     resolve_inputs(paths, fmt)  # each exists, in a format groupae reads; stdin at most once
+    if out not in (None, "-"):
+        from groupae_cli.io.formats import check_output
+
+        check_output(out, paths)  # a directory, a missing one, or an input (it would be overwritten)
 
     # --- the structures, then the pairs to align
     records = {path: _records(path, fmt) for path in paths}
