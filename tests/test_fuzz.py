@@ -10,6 +10,7 @@ The default suite runs a few derandomized examples of each property (a few secon
 `slow` tests run many more (`pytest -m slow tests/test_fuzz.py`).
 """
 
+import contextlib
 import faulthandler
 import gzip
 import tempfile
@@ -27,7 +28,7 @@ from groupae_cli.errors import Failure, UsageError
 from groupae_cli.io import Structure, read_structures
 
 runner = CliRunner()
-WATCHDOG_S = 120
+WATCHDOG_S = 60
 XYZ10 = SAMPLE / "xyz" / "molecules_10.xyz"
 FAST = settings(max_examples=10, deadline=5000, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -35,12 +36,15 @@ FAST = settings(max_examples=10, deadline=5000, derandomize=True, database=None,
 SLOW = settings(FAST, max_examples=300, deadline=20000)
 
 
-@pytest.fixture(autouse=True)
+@contextlib.contextmanager
 def watchdog():
-    """A hang (in Python or in C: h5py, RDKit, torch) ends the run with tracebacks, not a stuck CI."""
+    """A hang of one example (in Python or in C: h5py, RDKit, torch) ends the run with tracebacks,
+    not a stuck CI."""
     faulthandler.dump_traceback_later(WATCHDOG_S, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def _seeds() -> dict[str, tuple[str, bytes]]:
@@ -109,7 +113,7 @@ def _write(directory: Path, ext: str, data: bytes, packed: bool) -> Path:
 
 
 def _reads_only_records_and_failures(case) -> None:
-    with tempfile.TemporaryDirectory() as directory:
+    with watchdog(), tempfile.TemporaryDirectory() as directory:
         path = _write(Path(directory), *case)
         items = list(read_structures(path))
     assert items, "a reader gives at least one record or failure"
@@ -145,7 +149,7 @@ def test_readers_give_records_or_failures_on_hostile_bytes_long(case):
 
 
 def _info_on_structures(case) -> None:
-    with tempfile.TemporaryDirectory() as directory:
+    with watchdog(), tempfile.TemporaryDirectory() as directory:
         path = _write(Path(directory), *case)
         one_line_or_reported(runner.invoke(app, ["info", str(path)]))
 
@@ -157,7 +161,7 @@ def test_info_on_hostile_structure_files_is_a_summary_or_one_line(case):
 
 
 def _embed(checkpoint, case) -> None:
-    with tempfile.TemporaryDirectory() as directory:
+    with watchdog(), tempfile.TemporaryDirectory() as directory:
         path = _write(Path(directory), *case)
         out = Path(directory) / "out.h5"
         result = runner.invoke(app, ["embed", str(path), "-o", str(out), "--model", str(checkpoint),
@@ -185,7 +189,7 @@ def test_embed_of_hostile_structure_files_long(checkpoint, case):
 def _load(checkpoint, data: bytes) -> None:
     from groupae_cli.io.checkpoint import load_model
 
-    with tempfile.TemporaryDirectory() as directory:
+    with watchdog(), tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "fuzz.ckpt"
         path.write_bytes(data)
         try:
@@ -223,7 +227,7 @@ def embedded(checkpoint, tmp_path_factory):
 
 
 def _hdf5(checkpoint, data: bytes) -> None:
-    with tempfile.TemporaryDirectory() as directory:
+    with watchdog(), tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "fuzz.h5"
         path.write_bytes(data)
         one_line_or_reported(runner.invoke(app, ["info", str(path)]))
@@ -273,9 +277,11 @@ def test_an_embed_file_with_a_corrupt_global_heap_is_refused_not_a_hang(checkpoi
     data[objects[1] + 8:objects[1] + 16] = size.to_bytes(8, "little")
     bad = tmp_path / "bad.h5"
     bad.write_bytes(bytes(data))
-    for args in (["info", str(bad)], ["reconstruct", str(bad), "-o", str(tmp_path / "out.xyz"),
-                                      "--model", str(checkpoint), "--device", "cpu"]):
-        result = runner.invoke(app, args)
+    commands = (["info", str(bad)],
+                ["reconstruct", str(bad), "-o", str(tmp_path / "out.xyz"), "--model", str(checkpoint), "--device", "cpu"])
+    for args in commands:
+        with watchdog():
+            result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
         one_line_or_reported(result)
         assert str(bad) in result.stderr and "global heap" in result.stderr
