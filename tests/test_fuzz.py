@@ -308,3 +308,17 @@ def test_a_damaged_deflate_block_is_a_failure_not_a_traceback(tmp_path):
     result = runner.invoke(app, ["info", str(bad)])
     one_line_or_reported(result)
     assert result.exit_code != 0 or "unreadable" in result.output
+
+
+def test_an_attribute_that_is_not_utf8_is_printed_not_a_traceback(checkpoint, embedded, tmp_path):
+    """Found by this fuzzing: a damaged byte in a string attribute (h5py keeps it as a surrogate)
+    made `info` fail on printing it (UnicodeEncodeError, a traceback); it is shown as U+FFFD."""
+    data = embedded.read_bytes()
+    stored = str(checkpoint).encode()
+    assert data.count(stored) >= 1
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(data.replace(stored, b"\xd0" + stored[1:]))
+    with watchdog():
+        result = runner.invoke(app, ["info", str(bad)])
+    one_line_or_reported(result)
+    assert result.exit_code == 0 and f"\ufffd{str(checkpoint)[1:]}" in result.stdout

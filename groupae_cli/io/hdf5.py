@@ -311,9 +311,13 @@ def unreadable(path: str | Path, exc: Exception):
 
 
 def plain(value):
-    """An HDF5 attribute or value as plain Python: bytes as str, arrays as lists, numpy scalars as numbers."""
+    """An HDF5 attribute or value as plain Python: bytes as str, arrays as lists, numpy scalars as numbers.
+    Bytes that are not UTF-8 (a damaged file; h5py keeps them as surrogates) become U+FFFD, so the
+    value can be printed."""
     if isinstance(value, bytes):
-        return value.decode()
+        return value.decode(errors="replace")
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     if isinstance(value, np.ndarray):
         return [plain(v) for v in value.tolist()]
     if isinstance(value, np.generic):
@@ -337,11 +341,11 @@ def describe(path: str | Path) -> dict:
 def _describe(path: str | Path) -> dict:
     datasets: dict[str, dict] = {}
     with h5py.File(path, "r") as f:
-        attrs = {k: plain(v) for k, v in f.attrs.items()}
+        attrs = {plain(k): plain(v) for k, v in f.attrs.items()}
 
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset):
-                datasets[name] = {"shape": list(obj.shape), "dtype": str(obj.dtype) if obj.dtype.names is None
+                datasets[plain(name)] = {"shape": list(obj.shape), "dtype": str(obj.dtype) if obj.dtype.names is None
                                   else ", ".join(obj.dtype.names)}
 
         f.visititems(visit)
