@@ -249,14 +249,11 @@ def axis_starts(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0, ord
     axes, where the principal frame is arbitrary); plus `extra` uniformly random rotations."""
     axes_a, _ = principal_axes(a)
     axes_b, _ = principal_axes(b)
-    starts = []
-    for m in _AXIS_MAPS:
-        rotation = axes_b @ m @ axes_a.T
-        keep = np.linalg.det(rotation) > 0 and (orders or np.array_equal(np.abs(m), np.eye(3)))
-        if keep:
-            starts.append(rotation)
+    rotations = axes_b @ _AXIS_MAPS @ axes_a.T
+    keep = (np.linalg.det(rotations) > 0) & (orders | (np.abs(_AXIS_MAPS) == np.eye(3)).all(axis=(1, 2)))
+    starts = list(rotations[keep])
     if spread:
-        starts.extend(axes_b @ g @ axes_a.T for g in _SPREAD)
+        starts.extend(axes_b @ _SPREAD @ axes_a.T)
     if extra:
         from scipy.spatial.transform import Rotation
 
@@ -442,6 +439,109 @@ def _align_large(a, za, b, zb, poses, deadline, progress, seed) -> tuple[AlignRe
     return best, {"refined_starts": refined, "time_limit_reached": stopped}
 
 
+@functools.cache
+def _permutations(k: int) -> np.ndarray:
+    """Every permutation of range(k), (k!, k)."""
+    from itertools import permutations
+
+    return np.array(list(permutations(range(k))), dtype=np.int64).reshape(-1, k)
+
+
+#: Classes up to this size are assigned by trying every permutation at once (5! = 120) rather
+#: than by one Hungarian call per pose.
+ENUMERATED = 5
+
+
+def _assign_many(moved: np.ndarray, b: np.ndarray, classes: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """`assign` for a batch of poses, moved (s, n, 3): mappings (s, n). Exact, with fewer Hungarian
+    calls: one-atom classes are fixed; where every atom of a class has a different nearest
+    partner, that choice is optimal (each row at its minimum); small classes try every
+    permutation in one vectorised step; the rest get scipy's Hungarian, pose by pose."""
+    linear_sum_assignment = _hungarian()
+    mappings = np.empty(moved.shape[:2], dtype=np.int64)
+    for ia, ib in classes:
+        k = len(ia)
+        if k == 1:
+            mappings[:, ia] = ib
+            continue
+        # squared distances less each moved atom's own |x|^2 (the same for every partner: no
+        # assignment changes), (s, k, k)
+        cost = (b[ib] ** 2).sum(-1) - 2.0 * moved[:, ia] @ b[ib].T
+        cols = cost.argmin(2)
+        left = np.flatnonzero(~(np.sort(cols, axis=1) == np.arange(k)).all(1))
+        if len(left) and k <= ENUMERATED:
+            perms = _permutations(k)
+            totals = cost[left[:, None, None], np.arange(k), perms[None]].sum(-1)  # (left, k!)
+            cols[left] = perms[totals.argmin(1)]
+        else:
+            for j in left.tolist():
+                cols[j] = linear_sum_assignment(cost[j])[1]
+        mappings[:, ia] = ib[cols]
+    return mappings
+
+
+def _refine_starts(a, za, b, zb, poses, deadline, progress, max_iter: int = 50) -> tuple[AlignResult, np.ndarray, bool]:
+    """`refine` from every start, all at once: the same answer start for start, in less time.
+
+    The starts advance together (one batched pose-and-cost step and one batched Kabsch per
+    iteration). A refinement's future depends only on its current mapping (Kabsch of the mapping,
+    then the assignment from that pose), so a start that reaches a mapping another start has
+    already reached follows that one's path from there on: it stops and takes that start's
+    result. Returns (the best result, every start's RMSD, whether `deadline` stopped the search:
+    then each unfinished start counts with its latest fit)."""
+    import time
+
+    n, m = len(a), len(poses)
+    classes = [(np.flatnonzero(za == z), np.flatnonzero(zb == z)) for z in np.unique(za)]
+    rotations = np.array([r for r, _ in poses], dtype=float)
+    translations = np.array([t for _, t in poses], dtype=float)
+    mappings = np.zeros((m, n), dtype=np.int64)
+    ssd = np.full(m, np.inf)
+    converged = np.zeros(m, dtype=bool)
+    seen: dict[bytes, int] = {}
+    # the same pose twice (the spread set holds the 12 axis maps of the tetrahedral group):
+    # refined once
+    _, first, inverse = np.unique(np.round(np.concatenate([rotations.reshape(m, 9), translations], 1), 9), axis=0,
+                                  return_index=True, return_inverse=True)
+    owner = first[inverse.ravel()]  # a start that joins another start's path takes its result
+    active, done, stopped = np.flatnonzero(owner == np.arange(m)), 0, False
+    for step in range(max_iter):
+        moved = a @ np.swapaxes(rotations[active], 1, 2) + translations[active][:, None, :]
+        new = _assign_many(moved, b, classes)
+        keep = ~(new == mappings[active]).all(1) if step else np.ones(len(active), dtype=bool)
+        converged[active[~keep]] = True
+        for j, start in enumerate(active.tolist()):
+            if not keep[j]:
+                continue
+            key = new[j].tobytes()
+            if key in seen:  # on another start's path (or a cycle of equal fits on its own)
+                owner[start], keep[j] = seen[key], False
+                converged[start] = seen[key] != start
+                continue
+            seen[key] = start
+        active, new = active[keep], new[keep]
+        if len(active):
+            mappings[active] = new
+            rotations[active], translations[active], ssd[active] = kabsch_many(a, b[new])
+        if progress is not None and m - len(active) > done:
+            progress(m - len(active), m)
+        done = m - len(active)
+        if not len(active):
+            break
+        if time.perf_counter() > deadline:
+            stopped = True
+            break
+    root = owner.copy()
+    for _ in range(m.bit_length() + 1):  # pointer doubling: every start to the end of its chain
+        root = root[root]
+    final = ssd[root]
+    k = int(np.argmin(final))
+    k = int(root[k])
+    result = AlignResult(fit_rmsd(a, b[mappings[k]], rotations[k], translations[k]), rotations[k], translations[k],
+                         mappings[k].copy(), converged=bool(converged[k]))
+    return result, np.sqrt(np.maximum(final, 0.0) / n), stopped
+
+
 def align(a_positions: np.ndarray, a_numbers: np.ndarray, b_positions: np.ndarray, b_numbers: np.ndarray,
           guess: tuple[np.ndarray, np.ndarray] | None = None, extra_starts: int = 0,
           refine_guess: bool = True, seed: int = 0, time_limit: float | None = None,
@@ -474,17 +574,9 @@ def align(a_positions: np.ndarray, a_numbers: np.ndarray, b_positions: np.ndarra
     if len(a) >= LARGE:
         result, details = _align_large(a, za, b, zb, poses, deadline, progress, seed)
     else:
-        results = []
-        for r, t in poses:
-            results.append(refine(a, b, za, zb, r, t))
-            if progress is not None:
-                progress(len(results), len(poses))
-            if time.perf_counter() > deadline:
-                details["time_limit_reached"] = True
-                break
-        result = results[int(np.argmin([r.rmsd for r in results]))]
+        result, rmsds, details["time_limit_reached"] = _refine_starts(a, za, b, zb, poses, deadline, progress)
         if guess is not None:
-            result.details["guess_was_optimal"] = bool(results[0].rmsd <= result.rmsd + 1e-6)
+            result.details["guess_was_optimal"] = bool(rmsds[0] <= result.rmsd + 1e-6)
     result.starts = len(poses)
     bound = radial_bound(a, za, b, zb)
     result.details.update(details, rmsd_lower_bound=bound,

@@ -254,3 +254,18 @@ def test_symmetric_and_degenerate_inputs_are_recovered_and_reported(smiles, shap
         assert result.details["principal_axes_a"] == result.details["principal_axes_b"] == shape
         np.testing.assert_allclose(s.positions @ result.rotation.T + result.translation,
                                    moved.positions[result.mapping], atol=1e-4)
+
+
+def test_starts_refined_together_give_each_start_its_own_refinement():
+    """Element mode refines all starts at once, merging starts whose paths meet and assigning small
+    or uncontested classes without the Hungarian: every start must end where `refine` alone ends."""
+    import sys
+
+    module = sys.modules["groupae_cli.align"]
+    structures, _ = split(read_structures(SAMPLE / "molecules.sdf"))
+    a, b = [s for s in structures if s.name.startswith("NCI_355_conf")][:2]
+    poses = module.start_poses(a.positions, b.positions, extra=16, seed=3)
+    _, rmsds, stopped = module._refine_starts(a.positions, a.numbers, b.positions, b.numbers, poses, np.inf, None)
+    alone = [module.refine(a.positions, b.positions, a.numbers, b.numbers, r, t).rmsd for r, t in poses]
+    assert not stopped
+    np.testing.assert_allclose(rmsds, alone, atol=1e-9)
