@@ -171,14 +171,16 @@ def _embed(checkpoint, case) -> None:
         assert [p.name for p in Path(directory).iterdir() if ".partial" in p.name] == []
 
 
-@settings(FAST, max_examples=4)
+# no per-example deadline: a whole embed command (model load, HDF5) can take longer than 5 s on a
+# busy machine, which a timing deadline would report as a failure; hangs are the watchdog's to catch
+@settings(FAST, max_examples=4, deadline=None)
 @given(case=hostile_structure_file())
 def test_embed_of_hostile_structure_files_writes_a_file_or_fails_in_one_line(checkpoint, case):
     _embed(checkpoint, case)
 
 
 @pytest.mark.slow
-@settings(SLOW, max_examples=100)
+@settings(SLOW, max_examples=100, deadline=None)
 @given(case=hostile_structure_file())
 def test_embed_of_hostile_structure_files_long(checkpoint, case):
     _embed(checkpoint, case)
