@@ -107,7 +107,7 @@ def check_weights(path, state_dict: dict, model) -> None:
 
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu"):
     """The GroupAE a checkpoint describes, weights loaded, in eval mode, in its config's
-    `inference_dtype` (batches for it: `collate(..., dtype=model.dtype)`)."""
+    `inference_dtype` (batches for it: `centred_batch(..., dtype=model.dtype)`)."""
     from groupae_cli.models import GroupAE, ModelConfig
 
     payload = read_checkpoint(name_or_path)

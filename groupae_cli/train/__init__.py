@@ -77,8 +77,8 @@ def model_elements(data: StructureSet) -> tuple[int, ...]:
     return POINTS if seen == [0] else tuple(sorted(set(ORGANIC) | set(seen)))
 
 
-def _resumed_config(run_dir: Path, epochs: int | None, main: bool) -> tuple[TrainConfig, list]:
-    """The training configuration and inputs of a run to resume, from its last.ckpt (written
+def _resumed_config(run_dir: Path, epochs: int | None, main: bool) -> tuple[TrainConfig, list, dict | None]:
+    """The training configuration, inputs and --init provenance of a run to resume, from its last.ckpt (written
     atomically, so it survives a kill; config.yaml is rewritten from it when that was lost or
     changed), with `epochs` as the new total if given. config.yaml is rewritten only when it
     changes."""
@@ -106,9 +106,9 @@ def _resumed_config(run_dir: Path, epochs: int | None, main: bool) -> tuple[Trai
     return config, inputs, init
 
 
-def _initial_weights(init: str | Path, data: StructureSet) -> tuple[ModelConfig, dict, dict]:
-    """(model config, weights, provenance) of the checkpoint a run starts from (`--init`); its
-    elements must cover the inputs'."""
+def _initial_model(init: str | Path, data: StructureSet) -> tuple[ModelConfig, dict]:
+    """(model config, provenance) of the checkpoint a run starts from (`--init`; the Trainer loads
+    its weights); its elements must cover the inputs'."""
     from groupae_cli.io.checkpoint import read_checkpoint, sha256
 
     payload = read_checkpoint(init)
@@ -119,7 +119,7 @@ def _initial_weights(init: str | Path, data: StructureSet) -> tuple[ModelConfig,
 
         raise UsageError(f"{init}: its model does not know {', '.join(chemical_symbols[z] for z in missing)}, "
                          "found in the inputs; --init cannot add elements")
-    return model_config, payload["state_dict"], {"path": str(payload["path"]), "sha256": sha256(payload["path"])}
+    return model_config, {"path": str(payload["path"]), "sha256": sha256(payload["path"])}
 
 
 def train_from_files(inputs: Sequence[str], run_dir: str | Path, model_config: ModelConfig, config: TrainConfig,
@@ -137,7 +137,7 @@ def train_from_files(inputs: Sequence[str], run_dir: str | Path, model_config: M
     run_dir = Path(run_dir)
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
     dist = Distributed(resolve_device(device))
-    weights, init_note = None, None
+    init_note = None
     if resume:
         if init is not None:
             raise UsageError("--init starts a new run; --resume continues one from its last.ckpt")
@@ -156,7 +156,7 @@ def train_from_files(inputs: Sequence[str], run_dir: str | Path, model_config: M
         run_dir.mkdir(parents=True, exist_ok=True)
         data.save(run_dir / CACHE)
         if init is not None:
-            model_config, weights, init_note = _initial_weights(init, data)
+            model_config, init_note = _initial_model(init, data)
         else:
             model_config, init_note = model_config.replace(elements=model_elements(data)), None
         train_idx, val_idx = data.split(config.val_fraction, config.seed)
@@ -192,12 +192,9 @@ def train_from_files(inputs: Sequence[str], run_dir: str | Path, model_config: M
             chosen = np.sort(np.random.default_rng([config.seed, 2]).choice(val_idx, config.val_size, replace=False))
         return Batches(data, list(fixed_batches(chosen, config.batch_size)), model_config.elements)
 
-    if init is not None and weights is None:  # the other processes of a torchrun: the same file
-        weights = _initial_weights(init, data)[1]
     extra = {"inputs": list(inputs), "n_train": len(train_idx), "n_validation": len(val_idx)}
     trainer = Trainer(model_config, config, run_dir, train_batches, val_batches, device=device, quiet=quiet, log=log,
-                      extra_state=extra | ({"init": init_note} if init_note else {}), dist=dist,
-                      init_weights=weights)
+                      extra_state=extra | ({"init": init_note} if init_note else {}), dist=dist, init=init)
     if resume:
         trainer.resume(run_dir / "last.ckpt")
         log(f"resuming {run_dir} at epoch {trainer.epoch + 1} of {config.epochs}")

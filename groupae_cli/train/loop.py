@@ -79,7 +79,7 @@ class Trainer:
                  train_batches: Callable[[int], Sequence[dict]], val_batches: Callable[[], Sequence[dict]],
                  device: str = "auto", quiet: bool = False, log: Callable[[str], None] | None = None,
                  extra_state: dict | None = None, dist: Distributed | None = None,
-                 init_weights: dict | None = None):
+                 init: str | Path | None = None):
         self.config = config
         self.run_dir = Path(run_dir)
         self.device = resolve_device(device)
@@ -91,8 +91,8 @@ class Trainer:
         torch.manual_seed(config.seed)  # before the model is built: the same weights on every process
         np.random.seed(config.seed)
         self.model = GroupAE(model_config)
-        if init_weights is not None:  # a run that starts from a trained model (--init)
-            self.model.load_state_dict(init_weights)
+        if init is not None:  # a run that starts from a trained model's weights (--init)
+            self._load_weights(read_checkpoint(init))
         self.model = self.model.to(self.device)
         self.ddp = self.dist.wrap(self.model, self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -114,12 +114,17 @@ class Trainer:
         training = {"epoch": self.epoch, "metrics": metrics, "train_config": self.config.to_dict(), **self.extra_state}
         save_checkpoint(self.run_dir / name, self.model, training=training, state=self._state())
 
+    def _load_weights(self, payload: dict) -> None:
+        """A read checkpoint's weights into the model, checked against it first (one line, not a
+        traceback, for weights of another config, integer or NaN ones)."""
+        check_weights(payload["path"], payload["state_dict"], self.model)
+        self.model.load_state_dict(payload["state_dict"])
+
     def resume(self, path: str | Path) -> None:
         payload = read_checkpoint(path)
         if not isinstance(payload.get("state"), dict):
             raise UsageError(f"{path}: holds no training state to resume from (optimizer, scheduler)")
-        check_weights(path, payload["state_dict"], self.model)
-        self.model.load_state_dict(payload["state_dict"])
+        self._load_weights(payload)
         state = payload["state"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
