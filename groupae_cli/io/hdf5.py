@@ -108,30 +108,43 @@ class RecordWriter:
             raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free >> 20} MiB free; the HDF5 writer "
                                         f"stops below {SPACE_MARGIN >> 20} MiB)", str(self.tmp_path))
 
-    def append(self, records: Mapping[str, Sequence | np.ndarray], atoms: Mapping[str, Sequence[np.ndarray]]) -> None:
-        """Add a batch: `records[name]` has one row per record, `atoms[name]` one array per record."""
+    def append(self, records: Mapping[str, Sequence | np.ndarray], atoms: Mapping[str, Sequence[np.ndarray]],
+               counts: Sequence[int] | np.ndarray | None = None) -> None:
+        """Add a batch: `records[name]` has one row per record, `atoms[name]` one array per record;
+        or, with `counts` (atoms per record), `atoms[name]` the records' atoms concatenated."""
         if set(records) != set(self.per_record) or set(atoms) != set(self.per_atom):
             raise ValueError(f"batch keys {sorted(records)} + {sorted(atoms)} do not match the schema")
+        if counts is None:
+            counts = np.array([len(a) for a in next(iter(atoms.values()))], dtype=np.int64) if atoms else None
+            for name, arrays in atoms.items():
+                if not np.array_equal([len(a) for a in arrays], counts):
+                    raise ValueError(f"{name}: per-record lengths differ from the other per-atom datasets")
+            atoms = {name: np.concatenate(arrays) if len(arrays) else np.zeros(0) for name, arrays in atoms.items()}
+        else:
+            counts = np.asarray(counts, dtype=np.int64)
+            if len(counts) != len(next(iter(records.values()))):
+                raise ValueError(f"{len(counts)} atom counts for a batch of {len(next(iter(records.values())))}")
+            atoms = {name: np.asarray(flat) for name, flat in atoms.items()}
+            for name, flat in atoms.items():
+                if len(flat) != counts.sum():
+                    raise ValueError(f"{name}: {len(flat)} atoms, the counts say {counts.sum()}")
         try:
-            self._append(records, atoms)
+            self._append(records, atoms, counts)
         except OSError as exc:
             self.abort()
             raise output_error(self.path, exc) from exc
 
-    def _append(self, records: Mapping[str, Sequence | np.ndarray], atoms: Mapping[str, Sequence[np.ndarray]]) -> None:
-        counts = np.array([len(a) for a in next(iter(atoms.values()))], dtype=np.int64) if atoms else None
+    def _append(self, records: Mapping[str, Sequence | np.ndarray], atoms: Mapping[str, np.ndarray],
+                counts: np.ndarray | None) -> None:
         size = len(next(iter(records.values())))
-        self._check_space(sum(np.asarray(v).nbytes for v in records.values())
-                          + sum(np.asarray(a).nbytes for arrays in atoms.values() for a in arrays))
+        self._check_space(sum(np.asarray(v).nbytes for v in records.values()) + sum(a.nbytes for a in atoms.values()))
         for name, value in records.items():
             rows = np.asarray(value, dtype=object if self.per_record[name][1] is STRING else self.per_record[name][1])
             if len(rows) != size:
                 raise ValueError(f"{name}: {len(rows)} rows in a batch of {size}")
             self._grow(name, rows)
-        for name, arrays in atoms.items():
-            if not np.array_equal([len(a) for a in arrays], counts):
-                raise ValueError(f"{name}: per-record lengths differ from the other per-atom datasets")
-            self._grow(name, np.concatenate(arrays).astype(self.per_atom[name]) if len(arrays) else np.zeros(0))
+        for name, flat in atoms.items():
+            self._grow(name, flat.astype(self.per_atom[name]))
         if counts is not None:
             self._grow("offsets", self.n_atoms + np.cumsum(counts))
             self.n_atoms += int(counts.sum())
@@ -139,13 +152,17 @@ class RecordWriter:
 
     def fail(self, source_file: int, source_index: int | None, name: str, reason: str) -> None:
         """Record a failed input record (source_index -1: the whole file)."""
-        row = np.array([(source_file, -1 if source_index is None else source_index, name, reason)], dtype=_FAILED_DTYPE)
+        self.add_failed(np.array([(source_file, -1 if source_index is None else source_index, name, reason)],
+                                 dtype=_FAILED_DTYPE))
+
+    def add_failed(self, rows: np.ndarray) -> None:
+        """Append rows of the `failed` table (fields source_file, source_index, name, reason)."""
         try:
-            self._grow("failed", row)
+            self._grow("failed", rows)
         except OSError as exc:
             self.abort()
             raise output_error(self.path, exc) from exc
-        self.n_failed += 1
+        self.n_failed += len(rows)
 
     def close(self) -> Path:
         """Finish the file and move it to its final name (OutputError, and no file, if that fails)."""
