@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from groupae_cli import __version__
-from groupae_cli.cli import align, embed, info, reconstruct, train
+from groupae_cli.cli import align, embed, info, merge, reconstruct, train
 
 app = typer.Typer(
     name="groupae",
@@ -39,6 +39,7 @@ def root(
 
 app.command("train")(train.train)
 app.command("embed")(embed.embed)
+app.command("merge")(merge.merge)
 app.command("reconstruct")(reconstruct.reconstruct)
 app.command("align")(align.align)
 app.command("info")(info.info)
