@@ -15,19 +15,8 @@ import torch
 from groupae_cli.data import centred_batch, to_device
 from groupae_cli.errors import Failure
 from groupae_cli.io.hdf5 import embedding_writer
+from groupae_cli.io.parallel import parse_shard
 from groupae_cli.io.records import Structure
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """'i/N' -> (i, N) with 0 <= i < N."""
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must look like i/N (e.g. 0/4), not {text!r}") from None
-    if not 0 <= i < n:
-        raise ValueError(f"--shard {text}: need 0 <= i < N")
-    return i, n
-
 
 NON_FINITE = "the model gave NaN or Inf for it"
 
@@ -80,17 +69,20 @@ def encode_batch(model, structures: Sequence[Structure], device: torch.device) -
 
 
 def embed_files(items: Iterable[tuple[int, Structure | Failure]], model, out: str | Path, attrs: dict,
-                device: torch.device, batch_size: int = 64, shard: tuple[int, int] = (0, 1),
-                on_failure: Callable[[Failure], None] | None = None) -> int:
+                device: torch.device, batch_size: int = 64,
+                on_failure: Callable[[Failure], None] | None = None, keep_empty: bool = False) -> int:
     """Write the embeddings of every usable record of `items` ((file number, record) pairs) to `out`.
 
-    Failed or unusable records go to the file's `failed` table (and to `on_failure`). With
-    `shard` = (i, N) only records whose running index is i modulo N are taken. Returns the number
-    of records embedded; when that is 0 no file is written (a file of failures alone would look
-    like a finished job).
+    Failed or unusable records go to the file's `failed` table (and to `on_failure`), in input
+    order whatever the batch size (a record the model gives NaN for is known only when its batch
+    is encoded, so failures wait for their batch). A shard's records are chosen by the reader
+    (`RecordStream`), which does not parse the others. Returns the number of records embedded;
+    when that is 0 no file is written (a file of failures alone would look like a finished job),
+    unless `keep_empty` (a shard of a sharded run, which `groupae merge` expects).
     """
     written = 0
-    pending: list[tuple[int, Structure]] = []
+    pending: list[tuple[int, Structure | Failure]] = []  # the batch, and the failures among it, in order
+    structures_pending = 0
 
     identity = {"embedding_identity": model.config.embedding_identity,
                 "embedding_identity_meaning": "embedding[:, :embedding_identity] sees only frame-free features "
@@ -104,50 +96,59 @@ def embed_files(items: Iterable[tuple[int, Structure | Failure]], model, out: st
             if on_failure is not None:
                 on_failure(failure)
 
-        def flush() -> None:
+        def write(batch: list[tuple[int, Structure]], result: dict) -> None:
             nonlocal written
-            if not pending:
-                return
-            result = encode_batch(model, [s for _, s in pending], device)
-            good = np.isfinite(result["embedding"]).all(1) & np.isfinite(result["rotation"]).all((1, 2)) \
-                & np.isfinite(result["translation"]).all(1)
-            for (file_number, s) in (p for p, ok in zip(pending, good) if not ok):
-                reject(file_number, Failure(s.source, s.index, NON_FINITE, s.name))
-            if not good.all():
-                pending[:] = [p for p, ok in zip(pending, good) if ok]
-                result = {k: [v[i] for i in np.flatnonzero(good)] if isinstance(v, list) else v[good]
-                          for k, v in result.items()}
-            if not pending:
-                return
-            structures = [s for _, s in pending]
+            structures = [s for _, s in batch]
             records = {
                 "embedding": result["embedding"], "rotation": result["rotation"],
                 "translation": result["translation"], "degenerate": result["degenerate"],
                 "n_atoms": [len(s) for s in structures], "name": [s.name for s in structures],
-                "source_file": [f for f, _ in pending], "source_index": [s.index for s in structures],
+                "source_file": [f for f, _ in batch], "source_index": [s.index for s in structures],
             }
             atoms = {"permutation": result["permutation"], "atomic_numbers": [s.numbers for s in structures]}
             writer.append(records, atoms)
             written += len(structures)
-            pending.clear()
 
-        for k, (file_number, item) in enumerate(items):
-            if k % shard[1] != shard[0]:
-                continue
+        def flush() -> None:
+            nonlocal structures_pending
+            batch = [(f, s) for f, s in pending if isinstance(s, Structure)]
+            good = np.ones(len(batch), dtype=bool)
+            result: dict = {}
+            if batch:
+                result = encode_batch(model, [s for _, s in batch], device)
+                good = np.isfinite(result["embedding"]).all(1) & np.isfinite(result["rotation"]).all((1, 2)) \
+                    & np.isfinite(result["translation"]).all(1)
+            verdict = iter(good)
+            for file_number, item in pending:  # the failed table in input order
+                if isinstance(item, Failure):
+                    reject(file_number, item)
+                elif not next(verdict):
+                    reject(file_number, Failure(item.source, item.index, NON_FINITE, item.name))
+            if not good.all():
+                keep = np.flatnonzero(good)
+                batch = [batch[i] for i in keep]
+                result = {k: [v[i] for i in keep] if isinstance(v, list) else v[good] for k, v in result.items()}
+            if batch:
+                write(batch, result)
+            pending.clear()
+            structures_pending = 0
+
+        for file_number, item in items:
             if isinstance(item, Structure):
                 reason = usable(item, model)
                 item = item if reason is None else Failure(item.source, item.index, reason, item.name)
-            if isinstance(item, Failure):
-                reject(file_number, item)
+            if isinstance(item, Failure) and not structures_pending:
+                reject(file_number, item)  # nothing before it waits: written at once
                 continue
             pending.append((file_number, item))
-            if len(pending) >= batch_size:
+            structures_pending += isinstance(item, Structure)
+            if structures_pending >= batch_size or len(pending) >= 4 * batch_size:
                 flush()
         flush()
     except BaseException:
         writer.abort()
         raise
-    if written:
+    if written or keep_empty:
         writer.close()
     else:
         writer.abort()

@@ -169,3 +169,64 @@ def test_far_from_the_origin_a_molecule_embeds_as_at_the_origin(molecules, check
                                rtol=1e-6)
     (a, b) = reconstruct(model, [near, far], torch.device("cpu"))
     assert abs(a.rmsd - b.rmsd) < 1e-3 * a.rmsd
+
+
+def test_parser_workers_and_shards_give_the_same_file(checkpoint, tmp_path):
+    """--workers N gives the file --workers 0 gives, bit for bit; shards (each read by workers) hold
+    the same records, failures included, in input order."""
+    sample = __import__("conftest").SAMPLE
+    broken = tmp_path / "broken.xyz"
+    broken.write_text((sample / "xyz" / "molecules_10.xyz").read_text().replace("\nC ", "\nC 1.0 nonsense\n", 1))
+    inputs = [str(sample / "xyz" / "molecules_10.xyz"), str(broken), str(sample / "tetris.xyz")]
+    base = ["--model", str(checkpoint), "--device", "cpu", "--quiet", "--batch-size", "4"]
+    outputs = {}
+    for name, extra in {"serial": ["--workers", "0"], "workers": ["--workers", "2"],
+                        "s0": ["--workers", "2", "--shard", "0/3"], "s1": ["--workers", "1", "--shard", "1/3"],
+                        "s2": ["--workers", "0", "--shard", "2/3"]}.items():
+        outputs[name] = tmp_path / f"{name}.h5"
+        result = runner.invoke(app, ["embed", *inputs, "-o", str(outputs[name]), *base, *extra])
+        assert result.exit_code == 0, result.output
+    serial, _ = read(outputs["serial"])
+    parallel, _ = read(outputs["workers"])
+    assert len(serial["failed"]) >= 9  # the broken frame and tetris's untyped points
+    for key in serial:
+        assert np.array_equal(serial[key], parallel[key]), key
+    shards = [read(outputs[f"s{i}"])[0] for i in range(3)]
+    got = sorted((int(p["source_file"][k]), int(p["source_index"][k]), p["embedding"][k].tobytes())
+                 for p in shards for k in range(len(p["embedding"])))
+    want = [(int(f), int(i)) for f, i in zip(serial["source_file"], serial["source_index"])]
+    assert [g[:2] for g in got] == want
+    np.testing.assert_allclose(np.stack([np.frombuffer(g[2], np.float32) for g in got]), serial["embedding"],
+                               atol=1e-5, rtol=0)
+    failures = sorted((int(r["source_file"]), int(r["source_index"])) for p in shards for r in p["failed"])
+    assert failures == [(int(r["source_file"]), int(r["source_index"])) for r in serial["failed"]]
+
+
+def test_a_shard_parses_only_its_own_records(monkeypatch):
+    from rdkit import Chem
+
+    from groupae_cli.io import read_items
+
+    sample = str(__import__("conftest").SAMPLE / "molecules.sdf")
+    calls = []
+    parse = Chem.MolFromMolBlock
+    monkeypatch.setattr(Chem, "MolFromMolBlock", lambda *a, **k: calls.append(1) or parse(*a, **k))
+    everything = list(read_items([sample]))
+    calls.clear()
+    mine = list(read_items([sample], select=lambda k: k % 4 == 1))
+    assert [k for k, _, _ in mine] == [k for k, _, _ in everything if k % 4 == 1]
+    assert len(calls) == len(mine) < len(everything) / 3
+    assert [item.name for _, _, item in mine] == [item.name for k, _, item in everything if k % 4 == 1]
+
+
+def test_a_parser_process_that_dies_is_one_line():
+    import os
+    import signal
+
+    from groupae_cli.errors import GroupaeError
+    from groupae_cli.io.parallel import RecordStream
+
+    with RecordStream([str(__import__("conftest").SAMPLE / "molecules.sdf")], workers=1) as stream:
+        os.kill(stream._procs[0].pid, signal.SIGKILL)
+        with pytest.raises(GroupaeError, match=r"parser process died .*molecules\.sdf.*--workers 0"):
+            list(stream)

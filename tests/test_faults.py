@@ -13,6 +13,7 @@ import sys
 from collections import namedtuple
 from pathlib import Path
 
+import h5py
 import pytest
 from conftest import SAMPLE
 from typer.testing import CliRunner
@@ -589,3 +590,44 @@ def test_align_no_refine_refuses_different_compositions(checkpoint, tmp_path):
                                  "--model", str(checkpoint), "--device", "cpu"])
     assert result.exit_code == 2 and "RMSD" not in result.stdout
     assert "different compositions" in result.stderr
+
+
+def test_failures_are_written_in_input_order_whatever_the_batch_size(checkpoint, tmp_path, monkeypatch):
+    """A NaN found when a batch is encoded goes into the failed table at its record's place, before
+    failures read after it; so the table is the same for every batch size (and merges by input order)."""
+    embed_module = importlib.import_module("groupae_cli.embed")
+    real = embed_module.encode_batch
+
+    def nan_for_the_third(model, structures, device):
+        result = real(model, structures, device)
+        for k, s in enumerate(structures):
+            if s.index == 2:
+                result["embedding"][k] = float("nan")
+        return result
+
+    monkeypatch.setattr(embed_module, "encode_batch", nan_for_the_third)
+    bad = tmp_path / "bad.xyz"
+    frames = Path(XYZ10).read_text()
+    bad.write_text(frames + "3\n\nC 0 0 0\nX 1 1 1\n")  # a bad record (unknown element) after the NaN one
+    tables = []
+    for size in ("1", "4", "64"):
+        out = tmp_path / f"out{size}.h5"
+        result = runner.invoke(app, ["embed", str(bad), "-o", str(out), "--model", str(checkpoint), "--device", "cpu",
+                                     "--batch-size", size, "--quiet"])
+        assert result.exit_code == 0, result.output
+        with h5py.File(out) as f:
+            tables.append([(int(r["source_index"]), r["reason"].decode()[:20]) for r in f["failed"][:]])
+    assert [index for index, _ in tables[0]] == [2, 10]
+    assert tables[0] == tables[1] == tables[2]
+
+
+def test_a_shard_that_embeds_nothing_still_writes_its_part(checkpoint, tmp_path):
+    out = tmp_path / "part.h5"
+    one = tmp_path / "one.xyz"
+    one.write_text("\n".join(Path(XYZ10).read_text().splitlines()[:2 + int(Path(XYZ10).read_text().split()[0])]) + "\n")
+    result = runner.invoke(app, ["embed", str(one), "-o", str(out), "--model", str(checkpoint), "--device", "cpu",
+                                 "--shard", "1/2"])
+    assert result.exit_code == 0, result.output
+    assert "0 records embedded" in result.output and "shard 1/2" in result.output
+    with h5py.File(out) as f:
+        assert f.attrs["complete"] and f.attrs["n_records"] == 0 and f.attrs["shard"] == "1/2"

@@ -60,28 +60,37 @@ def progress(iterable, quiet: bool, **kwargs):
 
 
 def read_progress(paths, fmt: str | None, quiet: bool, desc: str):
-    """(file number, record) over the inputs, with a bar on stderr whose total is the inputs' size
-    in bytes (compressed size for .gz), so it shows a percentage and an ETA; the records read so
-    far are its postfix. With stdin among the inputs the total is unknown: a plain record count."""
+    """(file number, record) over the inputs, read in this process, with a progress bar (see
+    `stream_progress`)."""
+    from groupae_cli.io.parallel import RecordStream
+
+    yield from stream_progress(RecordStream(paths, fmt), quiet, desc)
+
+
+def stream_progress(stream, quiet: bool, desc: str):
+    """The items of a RecordStream, with a bar on stderr whose total is the inputs' size in bytes
+    (compressed size for .gz), so it shows a percentage and an ETA; the records read so far are its
+    postfix. With stdin among the inputs the total is unknown: a plain record count."""
     import os
 
-    from groupae_cli.io import read_inputs, resolve_inputs
-
-    paths = resolve_inputs(paths, fmt)
+    paths = stream.paths
     if "-" in paths:
-        yield from progress(read_inputs(paths, fmt), quiet, desc=desc, unit=" rec")
+        yield from progress(stream, quiet, desc=desc, unit=" rec")
         return
     sizes = [os.path.getsize(p) for p in paths]
     done = [0] * len(paths)
     bar = progress(None, quiet, total=sum(sizes), desc=desc, unit="B", unit_scale=True, unit_divisor=1024)
 
     def on_bytes(number: int, n: int) -> None:
-        done[number] = min(n, sizes[number])
+        done[number] = max(done[number], min(n, sizes[number]))  # workers report positions out of step
+        for earlier in range(number):  # a worker's position is reported now and then: the files before are read
+            done[earlier] = sizes[earlier]
         bar.update(sum(done) - bar.n)
 
+    stream.on_bytes = on_bytes
     records = 0
     try:
-        for number, item in read_inputs(paths, fmt, on_bytes):
+        for number, item in stream:
             records += 1
             bar.set_postfix_str(f"{records} records", refresh=False)
             yield number, item
@@ -95,4 +104,4 @@ def print_json(obj) -> None:
 
 
 __all__ = ["EXIT_USAGE", "Device", "Format", "Json", "Model", "Quiet", "Strict", "handle_errors", "print_json", "progress",
-           "read_progress"]
+           "read_progress", "stream_progress"]

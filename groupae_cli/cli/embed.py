@@ -14,7 +14,7 @@ from groupae_cli.cli.common import (
     Quiet,
     Strict,
     handle_errors,
-    read_progress,
+    stream_progress,
 )
 
 DEFAULT_MODEL = "default"
@@ -43,7 +43,11 @@ def embed(
     out: Annotated[Path, typer.Option("--out", "-o", help="The HDF5 file to write.")],
     model: Model = None,
     batch_size: Annotated[int, typer.Option(help="Structures per batch.", min=1)] = 64,
-    shard: Annotated[str | None, typer.Option(help="i/N: embed only every N-th record, from the i-th (0-based).")] = None,
+    shard: Annotated[str | None, typer.Option(help="i/N: embed only every N-th record, from the i-th (0-based); "
+                                              "the others are not parsed. `groupae merge` joins the parts.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Parser processes beside the model (0: parse in the main process; "
+                                                     "default: 1 per 4 cores on CPU, all cores but one on a GPU, "
+                                                     "0 for stdin).", min=0)] = None,
     device: Device = "auto",
     fmt: Format = None,
     strict: Strict = False,
@@ -55,10 +59,10 @@ def embed(
     `failed` table and summarised on stderr (--strict: exit 1 if any). When no record can be
     embedded nothing is written and the exit code is 1.
     """
-    from groupae_cli.embed import embed_files, parse_shard, provenance
     from groupae_cli.errors import EXIT_FAILURES, FailureReport, UsageError
     from groupae_cli.io import resolve_inputs
     from groupae_cli.io.formats import check_output
+    from groupae_cli.io.parallel import RecordStream, default_workers, parse_shard
 
     try:
         part = parse_shard(shard) if shard else (0, 1)
@@ -68,16 +72,24 @@ def embed(
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise UsageError(f"{out}: the output is HDF5; name it .h5 or .hdf5")
     check_output(out)
-    net, torch_device, model_path = load_for_command(model, device)
-    attrs = provenance(model_path, Path(model_path).stem if model is None else str(model), paths, part, "embed")
-    report = FailureReport(strict=strict)
-    items = read_progress(paths, fmt, quiet, desc="embedding")
-    count = embed_files(items, net, out, attrs, torch_device, batch_size, part, on_failure=report.add)
+    if workers is None:
+        workers = default_workers(paths, device)
+    # the parsers start before torch is imported and the model built: the first records are ready when it is
+    with RecordStream(paths, fmt, workers, part) as stream:
+        from groupae_cli.embed import embed_files, provenance
+
+        net, torch_device, model_path = load_for_command(model, device)
+        attrs = provenance(model_path, Path(model_path).stem if model is None else str(model), paths, part, "embed")
+        report = FailureReport(strict=strict)
+        items = stream_progress(stream, quiet, desc="embedding")
+        count = embed_files(items, net, out, attrs, torch_device, batch_size, on_failure=report.add,
+                            keep_empty=part[1] > 1)
     if not quiet:
         report.summarise()
-    if count == 0:
+    if count == 0 and part[1] == 1:
         typer.echo(f"groupae: error: {out}: not written: none of the {len(report)} records could be embedded", err=True)
         raise typer.Exit(EXIT_FAILURES)
     if not quiet:
-        typer.echo(f"groupae: {count} record{'s' if count != 1 else ''} embedded into {out}", err=True)
+        where = f" (shard {part[0]}/{part[1]})" if part[1] > 1 else ""
+        typer.echo(f"groupae: {count} record{'s' if count != 1 else ''} embedded into {out}{where}", err=True)
     raise typer.Exit(report.exit_code())

@@ -21,7 +21,7 @@ from groupae_cli.io.formats import (
     sniff,
     written_atomically,
 )
-from groupae_cli.io.records import POINT_TYPE, Structure, check
+from groupae_cli.io.records import POINT_TYPE, SKIPPED, Structure, check
 
 __all__ = [
     "POINT_TYPE",
@@ -29,6 +29,7 @@ __all__ = [
     "Structure",
     "check",
     "read_inputs",
+    "read_items",
     "read_structures",
     "resolve_inputs",
     "write_structures",
@@ -53,15 +54,16 @@ def _reader(fmt: str):
     return read_ply
 
 
-def read_structures(path: str | Path, fmt: str | None = None,
-                    on_bytes: Callable[[int], None] | None = None) -> Iterator[Structure | Failure]:
+def read_structures(path: str | Path, fmt: str | None = None, on_bytes: Callable[[int], None] | None = None,
+                    wanted: Callable[[int], bool] | None = None) -> Iterator[Structure | Failure]:
     """Stream the records of one file (or "-" for stdin) as Structures or Failures.
 
     Raises UsageError only for what stops a command before it starts (no such file, unknown
     format); everything found while reading becomes a Failure: an empty file, binary garbage,
     a broken record (and reading goes on), a stream that breaks off (reading stops there).
     `on_bytes`, if given, is called after each record with the bytes of the file (as stored, so
-    compressed for .gz) read so far; not for stdin.
+    compressed for .gz) read so far; not for stdin. With `wanted`, a record whose index it rejects
+    is cut from the text but not parsed, and yielded as SKIPPED (so the indices that follow hold).
     """
     source = str(path)
     fmt = resolve(source, fmt)
@@ -77,7 +79,7 @@ def read_structures(path: str | Path, fmt: str | None = None,
             if fmt is None:
                 yield Failure(source, None, "cannot tell the format of standard input; pass --format")
                 return
-        for item in _reader(fmt)(stream, source):
+        for item in _reader(fmt)(stream, source, wanted):
             seen += 1
             if position is not None:
                 on_bytes(position())
@@ -109,10 +111,29 @@ def read_inputs(paths: Iterable[str | Path], fmt: str | None = None,
 
     `on_bytes(file number, bytes read)` follows each file's progress (see `read_structures`).
     """
+    for _, number, item in read_items(paths, fmt, on_bytes):
+        yield number, item
+
+
+def read_items(paths: Iterable[str | Path], fmt: str | None = None,
+               on_bytes: Callable[[int, int], None] | None = None,
+               select: Callable[[int], bool] | None = None) -> Iterator[tuple[int, int, Structure | Failure]]:
+    """(item number, file number, record or failure) over several inputs, in order.
+
+    The item number counts every record and failure of every input, in order (a file that
+    cannot be read at all counts as one). With `select`, only items whose number it accepts are
+    yielded, and the others are cut from the text without being parsed: `select=lambda k: k % N
+    == i` is shard i of N, and costs each shard only its own share of parsing.
+    """
+    base = 0
     for number, path in enumerate(resolve_inputs(paths, fmt)):
         track = None if on_bytes is None else (lambda n, number=number: on_bytes(number, n))
-        for item in read_structures(path, fmt, track):
-            yield number, item
+        wanted = None if select is None else (lambda index, base=base: select(base + index))
+        offset = -1
+        for offset, item in enumerate(read_structures(path, fmt, track, wanted)):
+            if item is not SKIPPED and (select is None or select(base + offset)):
+                yield base + offset, number, item
+        base += offset + 1
 
 
 def write_structures(structures: Iterable[Structure], path: str | Path, fmt: str | None = None) -> int:

@@ -13,12 +13,12 @@ starts at, with RDKit's own reason.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from groupae_cli.errors import Failure
-from groupae_cli.io.records import Structure, checked
+from groupae_cli.io.records import SKIPPED, Structure, checked
 from groupae_cli.io.sdf import _structure, rdkit_messages
 
 #: Lines of RDKit's error reports that say nothing about the cause (a stack trace's frame).
@@ -72,7 +72,7 @@ def pdb_models(lines: list[str]) -> list[tuple[int, str]]:
     return models
 
 
-def read_pdb(stream: BinaryIO, source: str) -> Iterator[Structure | Failure]:
+def read_pdb(stream: BinaryIO, source: str, wanted: Callable[[int], bool] | None = None) -> Iterator[Structure | Failure]:
     """Yield every model of a PDB stream as a Structure or a Failure."""
     from rdkit import Chem
 
@@ -82,6 +82,9 @@ def read_pdb(stream: BinaryIO, source: str) -> Iterator[Structure | Failure]:
         return
     stem = _stem(source)
     for index, (lineno, block) in enumerate(pdb_models(lines)):
+        if wanted is not None and not wanted(index):
+            yield SKIPPED
+            continue
         name = f"{stem}:{index}"
         with rdkit_messages() as messages:
             try:
@@ -94,7 +97,7 @@ def read_pdb(stream: BinaryIO, source: str) -> Iterator[Structure | Failure]:
         yield _record(mol, source, index, name, lineno, messages)
 
 
-def read_mol2(stream: BinaryIO, source: str) -> Iterator[Structure | Failure]:
+def read_mol2(stream: BinaryIO, source: str, wanted: Callable[[int], bool] | None = None) -> Iterator[Structure | Failure]:
     """Yield every molecule of a MOL2 stream as a Structure or a Failure."""
     from rdkit import Chem
 
@@ -108,6 +111,9 @@ def read_mol2(stream: BinaryIO, source: str) -> Iterator[Structure | Failure]:
         return
     stem = _stem(source)
     for index, start in enumerate(starts):
+        if wanted is not None and not wanted(index):
+            yield SKIPPED
+            continue
         block = lines[start : starts[index + 1] if index + 1 < len(starts) else len(lines)]
         title = block[1].strip() if len(block) > 1 else ""
         name = title if title and title.isprintable() else f"{stem}:{index}"

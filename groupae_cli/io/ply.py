@@ -8,7 +8,7 @@ for molecules). Other numeric vertex properties (normals, colours, ...) become p
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -16,14 +16,18 @@ import numpy as np
 
 from groupae_cli.errors import Failure
 from groupae_cli.io.formats import MAX_RECORD_BYTES, too_large
-from groupae_cli.io.records import POINT_TYPE, Structure, checked
+from groupae_cli.io.records import POINT_TYPE, SKIPPED, Structure, checked
 
 TYPE_PROPERTY = "atomic_number"
 _XYZ = ("x", "y", "z")
 
 
-def read_ply(stream: BinaryIO, source: str) -> Iterator[Structure | Failure]:
-    """Yield the point cloud of a PLY stream as one Structure, or a Failure."""
+def read_ply(stream: BinaryIO, source: str, wanted: Callable[[int], bool] | None = None) -> Iterator[Structure | Failure]:
+    """Yield the point cloud of a PLY stream as one Structure, or a Failure (SKIPPED, unread, when
+    `wanted` rejects record 0)."""
+    if wanted is not None and not wanted(0):
+        yield SKIPPED
+        return
     from plyfile import PlyData
 
     name = Path(source).name.split(".")[0] if source != "-" else "stdin"

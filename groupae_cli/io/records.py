@@ -18,6 +18,17 @@ MAX_ABS_COORDINATE = 1e6
 MIN_DISTANCE = 1e-3
 
 
+class _Skipped:
+    """What a reader yields in place of a record it was told not to parse (see `Wanted`)."""
+
+    def __repr__(self) -> str:
+        return "SKIPPED"
+
+
+#: A record cut from the file but not parsed: it keeps its place (its index) and costs no parsing.
+SKIPPED = _Skipped()
+
+
 @dataclass
 class Structure:
     """One structure: a molecule or a point cloud.

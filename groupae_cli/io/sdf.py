@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -23,7 +23,7 @@ from groupae_cli.io.formats import (
     text_output,
     too_large,
 )
-from groupae_cli.io.records import Structure, checked
+from groupae_cli.io.records import SKIPPED, Structure, checked
 
 _TIMESTAMP = re.compile(r"^\[\d\d:\d\d:\d\d\]\s*")
 
@@ -127,12 +127,16 @@ def _structure(mol, source: str, index: int, name: str, conf_id: int = -1) -> St
     )
 
 
-def read_sdf(stream: BinaryIO, source: str) -> Iterator[Structure | Failure]:
-    """Yield every record of an SDF/MOL stream as a Structure or a Failure."""
+def read_sdf(stream: BinaryIO, source: str, wanted: Callable[[int], bool] | None = None) -> Iterator[Structure | Failure]:
+    """Yield every record of an SDF/MOL stream as a Structure or a Failure (SKIPPED, unparsed,
+    for a record index that `wanted` rejects)."""
     from rdkit import Chem
 
     stem = Path(source).name.split(".")[0] if source != "-" else "stdin"
     for index, (lineno, block, title) in enumerate(_blocks(stream)):
+        if wanted is not None and not wanted(index):
+            yield SKIPPED
+            continue
         name = title.strip() or f"{stem}:{index}"
         if block is None or isinstance(block, int):
             why = _BINARY if block is None else too_large(block)

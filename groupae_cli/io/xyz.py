@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -22,7 +22,7 @@ from groupae_cli.io.formats import (
     text_output,
     too_large,
 )
-from groupae_cli.io.records import Structure, checked
+from groupae_cli.io.records import SKIPPED, Structure, checked
 
 _NAME_KEYS = ("name", "title", "id", "Name", "Title", "ID")
 #: Element symbols by atomic number, as ase spells them ("X", 0: an untyped point).
@@ -128,8 +128,9 @@ def _parse_frame(text: str, comment: str, source: str, index: int, name: str) ->
                      features=features, feature_names=tuple(columns))
 
 
-def read_xyz(stream: BinaryIO, source: str) -> Iterator[Structure | Failure]:
-    """Yield every frame of an XYZ / extended XYZ stream as a Structure or a Failure."""
+def read_xyz(stream: BinaryIO, source: str, wanted: Callable[[int], bool] | None = None) -> Iterator[Structure | Failure]:
+    """Yield every frame of an XYZ / extended XYZ stream as a Structure or a Failure (SKIPPED,
+    unparsed, for a frame index that `wanted` rejects; the frame is still cut, so indices hold)."""
     stem = Path(source).name.split(".")[0] if source != "-" else "stdin"
     lines = _Lines(stream)
     index = 0
@@ -176,6 +177,12 @@ def read_xyz(stream: BinaryIO, source: str) -> Iterator[Structure | Failure]:
                 size += len(body[-1])
             if failure is None and (extra := lines.peek()) is not None and _looks_like_atom_line(extra[1]):
                 failure = f"count line {lineno} says {n} atoms but more atom lines follow (line {extra[0]})"
+        if wanted is not None and not wanted(index):
+            if failure is not None:
+                lines.skip_to_count_line()
+            yield SKIPPED
+            index += 1
+            continue
         name = "" if _is_binary(frame[1]) else _name(frame[1], "")
         if failure is not None:
             yield Failure(source, index, failure, name)

@@ -1,32 +1,90 @@
-"""Import e3nn without importing torch._dynamo (about 1.3 s of every command's start-up).
+"""Import e3nn without what groupae never uses from it: torch._dynamo and sympy (start-up time).
 
-At import time e3nn decorates one function (building Wigner matrices) with
-`torch.compiler.disable`, and that decorator imports torch._dynamo. The decorator only matters
-when a model is run under `torch.compile`, which groupae never does. So while e3nn is imported the
-decorator is the identity, and torch's own is put back at once. Where torch._dynamo is loaded
-already, or e3nn is, nothing is changed.
+* At import time e3nn decorates one function (building Wigner matrices) with
+  `torch.compiler.disable`, and that decorator imports torch._dynamo (about 1.3 s). The decorator
+  only matters when a model is run under `torch.compile`, which groupae never does. So while e3nn
+  is imported the decorator is the identity, and torch's own is put back at once.
+* `e3nn.o3` imports sympy (about 0.7 s) for one module, `_angular_spherical_harmonics`, which uses
+  it only in two functions that build Legendre polynomials symbolically (groupae's models never
+  call them). While e3nn is imported, `sympy` is a stand-in holding the names that module takes
+  from it; those two functions then import the real sympy the first time they are called. If
+  e3nn's imports are not what this expects, e3nn is imported again the plain way.
+
+Where torch._dynamo, sympy or e3nn is loaded already, the corresponding step changes nothing.
 """
 
 from __future__ import annotations
 
 import sys
+import types
 
 import torch
 
+_SYMPY_MODULE = "e3nn.o3._angular_spherical_harmonics"
+_SYMPY_NAMES = ("Integer", "Poly", "diff", "factorial", "pi", "sqrt", "symbols")
+_SYMPY_USERS = ("_poly_legendre", "_sympy_legendre")
+
+
+def _identity(fn=None, recursive=True, **kwargs):
+    return fn if fn is not None else (lambda f: f)
+
+
+def _lazy_sympy(module: types.ModuleType) -> None:
+    """Make the functions of `module` that use sympy import it on their first call."""
+
+    def bind_real_sympy() -> None:
+        import sympy
+
+        for name in _SYMPY_NAMES:
+            setattr(module, name, getattr(sympy, name))
+
+    for function_name in _SYMPY_USERS:
+        original = getattr(module, function_name)
+
+        def lazy(*args, _original=original, **kwargs):
+            bind_real_sympy()
+            return _original(*args, **kwargs)
+
+        setattr(module, function_name, lazy)
+
+
+def _forget_e3nn() -> None:
+    for name in [m for m in sys.modules if m == "e3nn" or m.startswith("e3nn.")]:
+        del sys.modules[name]
+
 
 def import_e3nn() -> None:
-    if "torch._dynamo" in sys.modules or "e3nn.o3" in sys.modules:
+    if "e3nn.o3" in sys.modules:
         return
+    stand_in = None
+    if "sympy" not in sys.modules:
+        stand_in = types.ModuleType("sympy", "stand-in while e3nn is imported (groupae_cli.models._startup)")
+        for name in _SYMPY_NAMES:
+            setattr(stand_in, name, None)
+        sys.modules["sympy"] = stand_in
     original = torch.compiler.disable
-
-    def identity(fn=None, recursive=True, **kwargs):
-        return fn if fn is not None else (lambda f: f)
-
-    torch.compiler.disable = identity
+    if "torch._dynamo" not in sys.modules:
+        torch.compiler.disable = _identity
     try:
-        import e3nn.o3  # noqa: F401
+        try:
+            import e3nn.o3
+
+            users = sys.modules[_SYMPY_MODULE]
+            if stand_in is not None:
+                if not all(hasattr(users, f) for f in _SYMPY_USERS):
+                    raise ImportError("e3nn's use of sympy is not what groupae expects")
+                _lazy_sympy(users)
+        except ImportError:  # e3nn took more from sympy than the stand-in holds: the plain way
+            if stand_in is None:
+                raise
+            del sys.modules["sympy"]
+            stand_in = None
+            _forget_e3nn()
+            import e3nn.o3  # noqa: F401
     finally:
         torch.compiler.disable = original
+        if stand_in is not None and sys.modules.get("sympy") is stand_in:
+            del sys.modules["sympy"]
 
 
 import_e3nn()

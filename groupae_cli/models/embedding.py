@@ -50,7 +50,11 @@ def pool_by_queries(pool, dense: torch.Tensor, layout: Layout) -> torch.Tensor:
     """(B, N, d) atom tokens -> (B, K d): `pool`'s K learned queries attend to each structure's
     tokens (a permutation-invariant set pooling, the Set Transformer's PMA), layer-normed, flattened."""
     queries = pool.queries.expand(layout.n_structures, -1, -1)
-    pooled, _ = pool.attention(queries, dense, dense, key_padding_mask=~layout.mask, need_weights=False)
+    # the padding as an attention mask per head, not key_padding_mask: the same arithmetic, and
+    # torch's check of a key_padding_mask imports sympy (about half a second of start-up)
+    heads, k = pool.attention.num_heads, queries.shape[1]
+    padding = (~layout.mask)[:, None, None, :].expand(-1, heads, k, -1).reshape(-1, k, layout.n_max)
+    pooled, _ = pool.attention(queries, dense, dense, attn_mask=padding, need_weights=False)
     return pool.norm(pooled).flatten(1)
 
 

@@ -1,0 +1,189 @@
+"""Records parsed in worker processes and handed back in input order, so parsing overlaps the model.
+
+Items (records and failures, numbered in input order over every input file: see `read_items`)
+are dealt to W workers like cards: worker w parses the items whose number k has k % (N W) =
+i + N w, where i/N is the shard (1 shard: N = 1). Every worker cuts the whole text into records
+(cheap) and parses only its own; each sends its items in order, so taking one item from each
+worker in turn gives exactly the shard's items in input order, as a single reader would give them.
+
+Workers start with the stream (before the model is loaded, so the first records are parsed while
+it loads), send chunks of records through bounded queues (memory stays flat), ignore Ctrl-C (the
+main process stops them), and are stopped by `close()`. A worker that dies (killed, or crashed by
+a C library on a malformed record) is one line naming the file it was reading, never a hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue as queue_module
+import signal
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from groupae_cli.errors import Failure, GroupaeError
+from groupae_cli.io import read_items, resolve_inputs
+from groupae_cli.io.formats import STDIN
+from groupae_cli.io.records import Structure
+
+Item = tuple[int, Structure | Failure]  # (file number, record or failure)
+#: Records per message from a worker, and messages a worker may have waiting (per worker).
+CHUNK = 32
+QUEUE_DEPTH = 8
+_POLL_S = 0.5
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/N' -> (i, N) with 0 <= i < N."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/N (e.g. 0/4), not {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 <= i < N")
+    return i, n
+
+
+def default_workers(paths: list[str], device: str = "cpu", cpus: int | None = None) -> int:
+    """Parser processes for a run: none for standard input (one reader only); on a GPU all cores
+    but one (the model is fast, parsing sets the pace), up to 8; on CPU one per 4 cores, at least
+    one where there are 2 or more (the model takes the rest). `device` as given to --device; for
+    "auto" a GPU is assumed where an NVIDIA driver is loaded (torch is not imported to ask). In a
+    process that has loaded torch already (a Python session, a test) workers would have to start as
+    fresh interpreters, which costs more than small inputs gain: none there unless asked for."""
+    import os
+
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if STDIN in paths or cpus < 2 or "torch" in sys.modules:
+        return 0
+    gpu = device.startswith("cuda") or (device == "auto" and os.path.exists("/proc/driver/nvidia/version"))
+    if gpu:
+        return max(1, min(8, cpus - 1))
+    return max(1, cpus // 4)
+
+
+def _work(paths: list[str], fmt: str | None, residue: int, modulus: int, out, chunk: int) -> None:
+    """A worker: every item numbered residue modulo `modulus`, sent in chunks, then ("done",)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    position: list = [None]
+
+    def on_bytes(number: int, n: int) -> None:
+        position[0] = (number, n)
+
+    try:
+        batch: list = []
+        for k, number, item in read_items(paths, fmt, on_bytes, select=lambda k: k % modulus == residue):
+            batch.append((k, number, item))
+            if len(batch) >= chunk:
+                out.put(("items", batch, position[0]))
+                batch = []
+        out.put(("items", batch, position[0]))
+        out.put(("done", None, None))
+    except BaseException as exc:  # noqa: BLE001 - reported to the main process as one line
+        out.put(("error", f"{type(exc).__name__}: {exc}", position[0]))
+
+
+class RecordStream:
+    """The (file number, record or failure) items of shard `shard` (i, N) of the inputs, in order,
+    parsed by `workers` processes (0: in this process, as they are consumed).
+
+    Iterate it once; `close()` (or leaving a `with` block) stops the workers. `on_bytes(file
+    number, bytes read)`, if set before iterating, follows each file's progress."""
+
+    def __init__(self, paths: list[str], fmt: str | None = None, workers: int = 0, shard: tuple[int, int] = (0, 1),
+                 on_bytes: Callable[[int, int], None] | None = None):
+        self.paths = resolve_inputs(paths, fmt)
+        self.fmt = fmt
+        self.shard = shard
+        self.on_bytes = on_bytes
+        self.workers = 0 if STDIN in self.paths else workers
+        self._procs: list = []
+        self._queues: list = []
+        if self.workers:
+            self._start()
+
+    def _start(self) -> None:
+        import multiprocessing
+
+        # fork is instant; where torch is loaded already (its thread pools do not survive a fork
+        # safely) start clean interpreters instead
+        ctx = multiprocessing.get_context("spawn" if "torch" in sys.modules else "fork")
+        i, n = self.shard
+        for w in range(self.workers):
+            out = ctx.Queue(QUEUE_DEPTH)
+            proc = ctx.Process(target=_work, args=(self.paths, self.fmt, i + n * w, n * self.workers, out, CHUNK),
+                               daemon=True, name=f"groupae-reader-{w}")
+            proc.start()
+            self._procs.append(proc)
+            self._queues.append(out)
+
+    def __iter__(self) -> Iterator[Item]:
+        i, n = self.shard
+        if not self.workers:
+            for _, number, item in read_items(self.paths, self.fmt, self.on_bytes,
+                                              select=None if n == 1 else (lambda k: k % n == i)):
+                yield number, item
+            return
+        buffers: list[deque] = [deque() for _ in self._procs]
+        j = 0  # the shard's j-th item is worker j % W's next
+        try:
+            while True:
+                w = j % self.workers
+                while not buffers[w]:
+                    kind, payload, position = self._receive(w)
+                    if kind == "done":
+                        return
+                    buffers[w].extend(payload)
+                    if position is not None and self.on_bytes is not None:
+                        self.on_bytes(*position)
+                k, number, item = buffers[w].popleft()
+                if k != i + n * j:  # cannot happen while every worker cuts the same text
+                    raise GroupaeError(f"parser workers disagree on the record order (item {k}, expected {i + n * j})")
+                yield number, item
+                j += 1
+        finally:
+            self.close()
+
+    def _receive(self, w: int):
+        proc, out = self._procs[w], self._queues[w]
+        while True:
+            try:
+                kind, payload, position = out.get(timeout=_POLL_S)
+            except queue_module.Empty:
+                if proc.is_alive():
+                    continue
+                try:  # it may have finished just after the timeout
+                    kind, payload, position = out.get(timeout=_POLL_S)
+                except queue_module.Empty:
+                    raise GroupaeError(f"a parser process died (exit code {proc.exitcode}) while reading "
+                                       f"{self._where(None)}; run with --workers 0 to see the record") from None
+            if kind == "error":
+                raise GroupaeError(f"a parser process failed while reading {self._where(position)}: {payload}")
+            return kind, payload, position
+
+    def _where(self, position) -> str:
+        return self.paths[position[0]] if position else ", ".join(Path(p).name for p in self.paths)
+
+    def close(self) -> None:
+        """Stop the workers (at once: their remaining output is not needed)."""
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self._procs:
+            proc.join(timeout=5)
+        for out in self._queues:
+            with contextlib.suppress(Exception):
+                out.cancel_join_thread()
+                out.close()
+        self._procs, self._queues = [], []
+
+    def __enter__(self) -> RecordStream:  # noqa: PYI034 - typing.Self needs Python 3.11
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["RecordStream", "default_workers", "parse_shard"]
