@@ -46,4 +46,10 @@ app.command("info")(info.info)
 
 
 def main() -> None:
-    app()
+    from groupae_cli.cli.common import quick_exit
+
+    try:
+        app()
+    except SystemExit as exc:
+        quick_exit(exc.code)
+        raise

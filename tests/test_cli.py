@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+from conftest import SAMPLE
 from rdkit import Chem
 from typer.testing import CliRunner
 
@@ -67,14 +68,33 @@ def test_console_script_runs(sample):
     assert result.returncode == 0 and json.loads(result.stdout)["records"] == 8
 
 
-def test_models_load_without_torch_dynamo():
-    """Start-up: e3nn comes in without torch._dynamo (about 1.3 s per command), and torch's own
-    compiler.disable is back afterwards."""
-    code = ("import sys, torch; d = torch.compiler.disable; from groupae_cli.io.checkpoint import load_model; "
-            "load_model('default'); print('torch._dynamo' in sys.modules, torch.compiler.disable is d)")
+def test_embed_runs_without_torch_dynamo_or_sympy(tmp_path):
+    """Start-up: the whole embed command, model loaded and run, imports neither torch._dynamo (about
+    1.3 s) nor sympy (about 0.7 s), and torch's own compiler.disable is back afterwards; e3nn's
+    functions that need sympy still get the real one; the output is complete although the process
+    skips the interpreter's teardown."""
+    out = tmp_path / "one.h5"
+    code = ("import sys, torch; d = torch.compiler.disable; from groupae_cli.app import main; "
+            f"sys.argv = ['groupae', 'embed', {str(SAMPLE / 'molecules.sdf')!r}, '-o', {str(out)!r}, '--quiet']; "
+            "import atexit; atexit.register(lambda: print('torch._dynamo' in sys.modules, 'sympy' in sys.modules, "
+            "torch.compiler.disable is d, flush=True)); main()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["False", "True"]
+    assert result.stdout.split() == []  # quick exit: no teardown, no atexit
+    import h5py
+
+    with h5py.File(out) as f:
+        assert f.attrs["complete"] and f.attrs["n_records"] > 250
+    code = ("import sys, torch; d = torch.compiler.disable; from groupae_cli.io.checkpoint import load_model; "
+            "from groupae_cli.io import read_structures; from groupae_cli.embed import encode_batch; "
+            "m = load_model('default'); encode_batch(m, list(read_structures(sys.argv[1]))[:8], torch.device('cpu')); "
+            "print('torch._dynamo' in sys.modules, 'sympy' in sys.modules, torch.compiler.disable is d); "
+            "from e3nn.o3._angular_spherical_harmonics import _poly_legendre; "
+            "print(_poly_legendre(2, 1) != {}, type(sys.modules['sympy']).__name__, hasattr(sys.modules['sympy'], 'Rational'))")
+    result = subprocess.run([sys.executable, "-c", code, str(SAMPLE / "molecules.sdf")], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["False", "False", "True", "True", "module", "True"]
 
 
 class _Terminal:

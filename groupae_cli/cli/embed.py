@@ -13,6 +13,7 @@ from groupae_cli.cli.common import (
     Model,
     Quiet,
     Strict,
+    allow_quick_exit,
     handle_errors,
     stream_progress,
 )
@@ -84,6 +85,7 @@ def embed(
         items = stream_progress(stream, quiet, desc="embedding")
         count = embed_files(items, net, out, attrs, torch_device, batch_size, on_failure=report.add,
                             keep_empty=part[1] > 1)
+    allow_quick_exit()  # the output is closed, the parser processes are stopped
     if not quiet:
         report.summarise()
     if count == 0 and part[1] == 1:

@@ -109,10 +109,12 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu"):
     """The GroupAE a checkpoint describes, weights loaded, in eval mode, in its config's
     `inference_dtype` (batches for it: `centred_batch(..., dtype=model.dtype)`)."""
     from groupae_cli.models import GroupAE, ModelConfig
+    from groupae_cli.models._startup import quick_build
 
     payload = read_checkpoint(name_or_path)
     try:
-        model = GroupAE(ModelConfig.from_dict(payload["config"]))
+        with quick_build():
+            model = GroupAE(ModelConfig.from_dict(payload["config"]))
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise UsageError(f"{payload['path']}: its model config cannot build a model "
                          f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})") from None
