@@ -73,6 +73,14 @@ def kabsch_many(p: np.ndarray, qs: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return rotations, translations, ((moved - qs) ** 2).sum(axis=(1, 2))
 
 
+def _det3(x: np.ndarray) -> np.ndarray:
+    """Determinants of a stack of 3x3 matrices (m, 3, 3), written out: np.linalg.det's LU costs
+    more than the formula at this size."""
+    return (x[:, 0, 0] * (x[:, 1, 1] * x[:, 2, 2] - x[:, 1, 2] * x[:, 2, 1])
+            - x[:, 0, 1] * (x[:, 1, 0] * x[:, 2, 2] - x[:, 1, 2] * x[:, 2, 0])
+            + x[:, 0, 2] * (x[:, 1, 0] * x[:, 2, 1] - x[:, 1, 1] * x[:, 2, 0]))
+
+
 def best_fit_ssd(h: np.ndarray, norms: float, iterations: int = 60) -> np.ndarray:
     """The smallest summed squared residual over proper rotations, for correlation matrices h
     (m, 3, 3) = sum_i p_i q_i^T of centred point sets with sum |p|^2 + |q|^2 = `norms`.
@@ -241,6 +249,11 @@ def icosahedral_rotations() -> np.ndarray:
 _SPREAD = icosahedral_rotations()
 
 
+#: det of each of `_AXIS_MAPS` (+1 for the first 24), and which of them only flip signs (no swap)
+_AXIS_DETS = np.round(np.linalg.det(_AXIS_MAPS))
+_AXIS_SIGNS_ONLY = (np.abs(_AXIS_MAPS) == np.eye(3)).all(axis=(1, 2))
+
+
 def axis_starts(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0, orders: bool = False,
                 spread: bool = False) -> list[np.ndarray]:
     """Proper rotations taking A's principal axes onto B's, for every sign choice (4); with
@@ -249,11 +262,11 @@ def axis_starts(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0, ord
     axes, where the principal frame is arbitrary); plus `extra` uniformly random rotations."""
     axes_a, _ = principal_axes(a)
     axes_b, _ = principal_axes(b)
-    rotations = axes_b @ _AXIS_MAPS @ axes_a.T
-    keep = (np.linalg.det(rotations) > 0) & (orders | (np.abs(_AXIS_MAPS) == np.eye(3)).all(axis=(1, 2)))
-    starts = list(rotations[keep])
+    handedness = np.prod(_det3(np.stack([axes_a, axes_b])))  # det(axes_b M axes_a^T) = handedness * det(M)
+    maps = _AXIS_MAPS[(_AXIS_DETS * handedness > 0) & (orders | _AXIS_SIGNS_ONLY)]
     if spread:
-        starts.extend(axes_b @ _SPREAD @ axes_a.T)
+        maps = np.concatenate([maps, _SPREAD])
+    starts = list(axes_b @ maps @ axes_a.T)
     if extra:
         from scipy.spatial.transform import Rotation
 
@@ -265,8 +278,8 @@ def axis_starts(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0, ord
 def start_poses(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """The search's starting poses (rotation, translation): every rotation of `axis_starts` (axis
     orders and the spread set, plus `extra` random ones), centroid onto centroid."""
-    ta, tb = a.mean(0), b.mean(0)
-    return [(rotation, tb - ta @ rotation.T) for rotation in axis_starts(a, b, extra, seed, orders=True, spread=True)]
+    rotations = np.array(axis_starts(a, b, extra, seed, orders=True, spread=True))
+    return list(zip(rotations, b.mean(0) - rotations @ a.mean(0)))
 
 
 #: From this many atoms on, element mode scores every start cheaply and refines only the best few
@@ -287,8 +300,8 @@ def radial_bound(a: np.ndarray, a_numbers: np.ndarray, b: np.ndarray, b_numbers:
     When the search's RMSD meets this bound, it is proven optimal."""
     ra = np.linalg.norm(a - a.mean(0), axis=1)
     rb = np.linalg.norm(b - b.mean(0), axis=1)
-    ssd = sum(float(((np.sort(ra[a_numbers == z]) - np.sort(rb[b_numbers == z])) ** 2).sum())
-              for z in np.unique(a_numbers))
+    # sorted by element, then by distance: the same elements line up (equal compositions)
+    ssd = float(((ra[np.lexsort((ra, a_numbers))] - rb[np.lexsort((rb, b_numbers))]) ** 2).sum())
     return float(np.sqrt(ssd / len(a)))
 
 
@@ -452,31 +465,37 @@ def _permutations(k: int) -> np.ndarray:
 ENUMERATED = 5
 
 
-def _assign_many(moved: np.ndarray, b: np.ndarray, classes: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """`assign` for a batch of poses, moved (s, n, 3): mappings (s, n). Exact, with fewer Hungarian
-    calls: one-atom classes are fixed; where every atom of a class has a different nearest
-    partner, that choice is optimal (each row at its minimum); small classes try every
+def _assign_batch(moved: np.ndarray, blocks: list) -> np.ndarray:
+    """`assign` for a batch of s poses, with atoms sorted by element (each element one contiguous
+    block, at the same place in A and B): moved (n, s, 3), A's centred atoms moved (less B's
+    centroid); returns the mappings (s, n) in that order. Exact, with fewer Hungarian calls:
+    one-atom elements map to themselves; where every atom of an element has a different nearest
+    partner, that choice is optimal (each row at its minimum); small elements try every
     permutation in one vectorised step; the rest get scipy's Hungarian, pose by pose."""
     linear_sum_assignment = _hungarian()
-    mappings = np.empty(moved.shape[:2], dtype=np.int64)
-    for ia, ib in classes:
-        k = len(ia)
-        if k == 1:
-            mappings[:, ia] = ib
-            continue
+    n, s = moved.shape[:2]
+    mappings = np.empty((s, n), dtype=np.int64)
+    mappings[:] = np.arange(n)
+    for lo, hi, minus_2yt, y2 in blocks:
+        k = hi - lo
         # squared distances less each moved atom's own |x|^2 (the same for every partner: no
-        # assignment changes), (s, k, k)
-        cost = (b[ib] ** 2).sum(-1) - 2.0 * moved[:, ia] @ b[ib].T
-        cols = cost.argmin(2)
-        left = np.flatnonzero(~(np.sort(cols, axis=1) == np.arange(k)).all(1))
+        # assignment changes), laid out (atom of A, pose, atom of B): one matrix product
+        cost = (moved[lo:hi].reshape(k * s, 3) @ minus_2yt).reshape(k, s, k)
+        cost += y2
+        cols = cost.argmin(2)  # (k, s)
+        if k <= 58:  # k distinct powers of two sum to 2^k - 1, k with a repeat never do (k 2^(k-1) < 2^63)
+            left = np.flatnonzero(np.left_shift(1, cols).sum(0) != (1 << k) - 1)
+        else:
+            left = np.flatnonzero((np.bincount((cols + k * np.arange(s)).ravel(), minlength=k * s) != 1)
+                                  .reshape(s, k).any(1))
         if len(left) and k <= ENUMERATED:
             perms = _permutations(k)
-            totals = cost[left[:, None, None], np.arange(k), perms[None]].sum(-1)  # (left, k!)
-            cols[left] = perms[totals.argmin(1)]
-        else:
-            for j in left.tolist():
-                cols[j] = linear_sum_assignment(cost[j])[1]
-        mappings[:, ia] = ib[cols]
+            totals = cost[:, left, :][np.arange(k), :, perms].sum(1)  # (k!, left)
+            cols[:, left] = perms[totals.argmin(0)].T
+        elif len(left):
+            hard = np.ascontiguousarray(cost[:, left, :].transpose(1, 0, 2))
+            cols[:, left] = np.array([linear_sum_assignment(c)[1] for c in hard]).T
+        mappings[:, lo:hi] = cols.T + lo
     return mappings
 
 
@@ -484,31 +503,47 @@ def _refine_starts(a, za, b, zb, poses, deadline, progress, max_iter: int = 50) 
     """`refine` from every start, all at once: the same answer start for start, in less time.
 
     The starts advance together (one batched pose-and-cost step and one batched Kabsch per
-    iteration). A refinement's future depends only on its current mapping (Kabsch of the mapping,
-    then the assignment from that pose), so a start that reaches a mapping another start has
-    already reached follows that one's path from there on: it stops and takes that start's
-    result. Returns (the best result, every start's RMSD, whether `deadline` stopped the search:
-    then each unfinished start counts with its latest fit)."""
+    iteration, in centred coordinates with the atoms sorted by element: after the first step every
+    pose lays centroid on centroid). A refinement's future depends only on its current mapping
+    (Kabsch of the mapping, then the assignment from that pose), so a start that reaches a mapping
+    another start has already reached follows that one's path from there on: it stops and takes
+    that start's result. Returns (the best result, every start's RMSD, whether `deadline` stopped
+    the search: then each unfinished start counts with its latest fit)."""
     import time
+    from itertools import pairwise
 
     n, m = len(a), len(poses)
-    classes = [(np.flatnonzero(za == z), np.flatnonzero(zb == z)) for z in np.unique(za)]
+    # stable: within an element the atoms keep their order, so each element's cost matrix (and
+    # the Hungarian's choice between equal costs) is the one `assign` builds
+    order_a, order_b = np.argsort(za, kind="stable"), np.argsort(zb, kind="stable")
+    a_mean, b_mean = a.mean(0), b.mean(0)
+    ac, bc = a[order_a] - a_mean, b[order_b] - b_mean
+    norms = float((ac ** 2).sum() + (bc ** 2).sum())
+    edges = [0, *(np.flatnonzero(np.diff(za[order_a])) + 1).tolist(), n]
+    blocks = [(lo, hi, -2.0 * bc[lo:hi].T, (bc[lo:hi] ** 2).sum(-1)) for lo, hi in pairwise(edges)
+              if hi - lo > 1]
     rotations = np.array([r for r, _ in poses], dtype=float)
     translations = np.array([t for _, t in poses], dtype=float)
-    mappings = np.zeros((m, n), dtype=np.int64)
+    transposed = np.swapaxes(rotations, 1, 2).copy()  # R^T of every start, updated by each Kabsch
+    offsets = rotations @ a_mean + translations - b_mean  # where a pose puts A's centroid, from B's
+    mappings = np.zeros((m, n), dtype=np.int64)  # in sorted order
     ssd = np.full(m, np.inf)
     converged = np.zeros(m, dtype=bool)
     seen: dict[bytes, int] = {}
     # the same pose twice (the spread set holds the 12 axis maps of the tetrahedral group):
-    # refined once
-    _, first, inverse = np.unique(np.round(np.concatenate([rotations.reshape(m, 9), translations], 1), 9), axis=0,
-                                  return_index=True, return_inverse=True)
-    owner = first[inverse.ravel()]  # a start that joins another start's path takes its result
+    # refined once (+ 0.0 turns -0.0 into 0.0, so equal poses give equal bytes)
+    owner = np.arange(m)
+    firsts: dict[bytes, int] = {}
+    for start, row in enumerate(np.round(np.concatenate([rotations.reshape(m, 9), translations], 1), 9) + 0.0):
+        owner[start] = firsts.setdefault(row.tobytes(), start)
     active, done, stopped = np.flatnonzero(owner == np.arange(m)), 0, False
     for step in range(max_iter):
-        moved = a @ np.swapaxes(rotations[active], 1, 2) + translations[active][:, None, :]
-        new = _assign_many(moved, b, classes)
-        keep = ~(new == mappings[active]).all(1) if step else np.ones(len(active), dtype=bool)
+        s = len(active)
+        moved = (ac @ transposed[active].transpose(1, 0, 2).reshape(3, 3 * s)).reshape(n, s, 3)
+        if step == 0:
+            moved += offsets[active]
+        new = _assign_batch(moved, blocks)
+        keep = ~(new == mappings[active]).all(1) if step else np.ones(s, dtype=bool)
         converged[active[~keep]] = True
         for j, start in enumerate(active.tolist()):
             if not keep[j]:
@@ -521,8 +556,16 @@ def _refine_starts(a, za, b, zb, poses, deadline, progress, max_iter: int = 50) 
             seen[key] = start
         active, new = active[keep], new[keep]
         if len(active):
+            s = len(active)
             mappings[active] = new
-            rotations[active], translations[active], ssd[active] = kabsch_many(a, b[new])
+            h = (ac.T @ bc[new.T].reshape(n, 3 * s)).reshape(3, s, 3).transpose(1, 0, 2)  # sum_i a_i b_i^T
+            u, sv, vt = np.linalg.svd(h)
+            d = np.sign(np.linalg.det(u @ vt))  # -1: the best orthogonal fit is a reflection
+            d[d == 0] = 1.0
+            sv[:, 2] *= d
+            u[:, :, 2] *= d[:, None]
+            ssd[active] = np.maximum(norms - 2.0 * sv.sum(1), 0.0)
+            transposed[active] = u @ vt  # R = V diag(1, 1, d) U^T, proper
         if progress is not None and m - len(active) > done:
             progress(m - len(active), m)
         done = m - len(active)
@@ -535,11 +578,14 @@ def _refine_starts(a, za, b, zb, poses, deadline, progress, max_iter: int = 50) 
     for _ in range(m.bit_length() + 1):  # pointer doubling: every start to the end of its chain
         root = root[root]
     final = ssd[root]
-    k = int(np.argmin(final))
-    k = int(root[k])
-    result = AlignResult(fit_rmsd(a, b[mappings[k]], rotations[k], translations[k]), rotations[k], translations[k],
-                         mappings[k].copy(), converged=bool(converged[k]))
-    return result, np.sqrt(np.maximum(final, 0.0) / n), stopped
+    k = int(root[int(np.argmin(final))])
+    rotation = transposed[k].T.copy()
+    translation = b_mean - rotation @ a_mean
+    mapping = np.empty(n, dtype=np.int64)
+    mapping[order_a] = order_b[mappings[k]]
+    result = AlignResult(fit_rmsd(a, b[mapping], rotation, translation), rotation, translation, mapping,
+                         converged=bool(converged[k]))
+    return result, np.sqrt(final / n), stopped
 
 
 def align(a_positions: np.ndarray, a_numbers: np.ndarray, b_positions: np.ndarray, b_numbers: np.ndarray,
