@@ -260,10 +260,13 @@ def axis_starts(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0, ord
     `orders`, also onto B's axes in every order (24 in all: for conformers whose axes swap rank);
     with `spread`, the 60 rotations of `_SPREAD` between the principal frames (for near-degenerate
     axes, where the principal frame is arbitrary); plus `extra` uniformly random rotations."""
-    axes_a, _ = principal_axes(a)
-    axes_b, _ = principal_axes(b)
-    handedness = np.prod(_det3(np.stack([axes_a, axes_b])))  # det(axes_b M axes_a^T) = handedness * det(M)
-    maps = _AXIS_MAPS[(_AXIS_DETS * handedness > 0) & (orders | _AXIS_SIGNS_ONLY)]
+    # both frames right-handed (eigh returns either hand), so a proper map between them is a
+    # proper rotation: the spread set would otherwise be 60 mirror images wherever the two hands
+    # differ (31 of the 72 bench pairs), and none of them the tetrahedral axis maps it repeats
+    frames = np.stack([principal_axes(a)[0], principal_axes(b)[0]])
+    frames[:, :, 2] *= np.sign(_det3(frames))[:, None]
+    axes_a, axes_b = frames
+    maps = _AXIS_MAPS[(_AXIS_DETS > 0) & (orders | _AXIS_SIGNS_ONLY)]
     if spread:
         maps = np.concatenate([maps, _SPREAD])
     starts = list(axes_b @ maps @ axes_a.T)
