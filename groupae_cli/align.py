@@ -477,8 +477,7 @@ def _assign_batch(moved: np.ndarray, blocks: list) -> np.ndarray:
     permutation in one vectorised step; the rest get scipy's Hungarian, pose by pose."""
     linear_sum_assignment = _hungarian()
     n, s = moved.shape[:2]
-    mappings = np.empty((s, n), dtype=np.int64)
-    mappings[:] = np.arange(n)
+    mappings = np.repeat(np.arange(n)[None], s, axis=0)
     for lo, hi, minus_2yt, y2 in blocks:
         k = hi - lo
         # squared distances less each moved atom's own |x|^2 (the same for every partner: no
@@ -495,10 +494,13 @@ def _assign_batch(moved: np.ndarray, blocks: list) -> np.ndarray:
             perms = _permutations(k)
             totals = cost[:, left, :][np.arange(k), :, perms].sum(1)  # (k!, left)
             cols[:, left] = perms[totals.argmin(0)].T
-        elif len(left):
-            hard = np.ascontiguousarray(cost[:, left, :].transpose(1, 0, 2))
-            cols[:, left] = np.array([linear_sum_assignment(c)[1] for c in hard]).T
-        mappings[:, lo:hi] = cols.T + lo
+        mappings[:, lo:hi] = cols.T
+        if len(left) and k > ENUMERATED:
+            by_pose = cost.transpose(1, 0, 2)  # (s, k, k) views, one matrix per pose
+            for j in left.tolist():
+                mappings[j, lo:hi] = linear_sum_assignment(by_pose[j])[1]
+        if lo:
+            mappings[:, lo:hi] += lo
     return mappings
 
 
@@ -563,12 +565,13 @@ def _refine_starts(a, za, b, zb, poses, deadline, progress, max_iter: int = 50) 
             mappings[active] = new
             h = (ac.T @ bc[new.T].reshape(n, 3 * s)).reshape(3, s, 3).transpose(1, 0, 2)  # sum_i a_i b_i^T
             u, sv, vt = np.linalg.svd(h)
-            d = np.sign(np.linalg.det(u @ vt))  # -1: the best orthogonal fit is a reflection
-            d[d == 0] = 1.0
-            sv[:, 2] *= d
-            u[:, :, 2] *= d[:, None]
-            ssd[active] = np.maximum(norms - 2.0 * sv.sum(1), 0.0)
-            transposed[active] = u @ vt  # R = V diag(1, 1, d) U^T, proper
+            fit = u @ vt  # R^T, where it is proper
+            flip = np.linalg.det(fit) < 0  # the best orthogonal fit is a reflection: the best proper
+            if flip.any():  # one is U diag(1, 1, -1) V^T
+                fit[flip] -= 2.0 * u[flip, :, 2:] @ vt[flip, 2:, :]
+                sv[flip, 2] *= -1.0
+            ssd[active] = norms - 2.0 * sv.sum(1)
+            transposed[active] = fit
         if progress is not None and m - len(active) > done:
             progress(m - len(active), m)
         done = m - len(active)
@@ -580,7 +583,7 @@ def _refine_starts(a, za, b, zb, poses, deadline, progress, max_iter: int = 50) 
     root = owner.copy()
     for _ in range(m.bit_length() + 1):  # pointer doubling: every start to the end of its chain
         root = root[root]
-    final = ssd[root]
+    final = np.maximum(ssd[root], 0.0)
     k = int(root[int(np.argmin(final))])
     rotation = transposed[k].T.copy()
     translation = b_mean - rotation @ a_mean
