@@ -1,22 +1,25 @@
 """Embedding structure files: records stream through the model in batches into the HDF5 of DESIGN §4.
 
 Memory stays flat in the number of records: one batch of structures is held at a time, and the
-writer appends each batch to resizable, chunked datasets.
+writer (`groupae_cli.io.embeddings`) appends rows a chunk at a time to resizable, chunked datasets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from groupae_cli.data import centred_batch, to_device
 from groupae_cli.errors import Failure
-from groupae_cli.io.hdf5 import embedding_writer
+from groupae_cli.io.embeddings import Encoded, provenance, write_embeddings
 from groupae_cli.io.parallel import parse_shard
 from groupae_cli.io.records import Structure
+
+K = TypeVar("K")
 
 NON_FINITE = "the model gave NaN or Inf for it"
 
@@ -35,23 +38,6 @@ def usable(structure: Structure, model) -> str | None:
     return None
 
 
-def provenance(model_path, model_name: str | None, input_files: list[str], shard: tuple[int, int],
-               command: str) -> dict:
-    """The attributes an embed file carries: the model (name, sha256), the inputs, the shard, what
-    its datasets mean and what wrote it."""
-    from groupae_cli import __version__
-    from groupae_cli.io.checkpoint import sha256
-
-    attrs = {"model": model_name or "", "model_sha256": sha256(model_path) if model_path else ""}
-    return attrs | {
-        "input_files": input_files,
-        "shard": f"{shard[0]}/{shard[1]}",
-        "permutation_convention": "permutation[offsets[i] + k] is the input atom of record i in canonical slot k",
-        "degenerate_meaning": "the input's symmetry cancels the learned frame vectors; anchor atoms define it",
-        "command": f"groupae {__version__} {command}",
-    }
-
-
 @torch.inference_mode()
 def encode_batch(model, structures: Sequence[Structure], device: torch.device) -> dict[str, np.ndarray | list]:
     """The model's invariant embedding and group element for each structure, as numpy arrays."""
@@ -68,91 +54,65 @@ def encode_batch(model, structures: Sequence[Structure], device: torch.device) -
     }
 
 
+def encode_items(items: Iterable[tuple[K, Structure | Failure]], model, device: torch.device,
+                 batch_size: int = 64) -> Iterator[tuple[K, Encoded | Failure]]:
+    """(key, record or failure) -> (key, encoded record or failure), in the order given.
+
+    Records go through the model `batch_size` at a time; a record the model cannot take, or one it
+    gives NaN or Inf for, becomes a Failure in its place. A failure read while records wait for
+    their batch waits with them, so the order holds.
+    """
+    pending: list[tuple[K, Structure | Failure]] = []
+    waiting = 0  # records among the pending
+
+    def flush() -> Iterator[tuple[K, Encoded | Failure]]:
+        nonlocal waiting
+        batch = [s for _, s in pending if isinstance(s, Structure)]
+        result = encode_batch(model, batch, device) if batch else {}
+        k = 0
+        for key, item in pending:
+            if isinstance(item, Failure):
+                yield key, item
+                continue
+            row = Encoded(item, result["embedding"][k], result["rotation"][k], result["translation"][k],
+                          bool(result["degenerate"][k]), result["permutation"][k])
+            k += 1
+            finite = np.isfinite(row.embedding).all() and np.isfinite(row.rotation).all() \
+                and np.isfinite(row.translation).all()
+            yield key, row if finite else Failure(item.source, item.index, NON_FINITE, item.name)
+        pending.clear()
+        waiting = 0
+
+    for key, item in items:
+        if isinstance(item, Structure):
+            reason = usable(item, model)
+            item = item if reason is None else Failure(item.source, item.index, reason, item.name)
+        if isinstance(item, Failure) and not waiting:
+            yield key, item  # nothing before it waits
+            continue
+        pending.append((key, item))
+        waiting += isinstance(item, Structure)
+        if waiting >= batch_size or len(pending) >= 4 * batch_size:
+            yield from flush()
+    yield from flush()
+
+
+def model_attrs(model, attrs: dict) -> Callable[[], tuple[int, int, dict]]:
+    """What `write_embeddings` asks of the model: embedding size, frame-free block, attributes."""
+    return lambda: (model.config.embedding_dim, model.config.embedding_identity, attrs)
+
+
 def embed_files(items: Iterable[tuple[int, Structure | Failure]], model, out: str | Path, attrs: dict,
                 device: torch.device, batch_size: int = 64,
                 on_failure: Callable[[Failure], None] | None = None, keep_empty: bool = False) -> int:
     """Write the embeddings of every usable record of `items` ((file number, record) pairs) to `out`.
 
     Failed or unusable records go to the file's `failed` table (and to `on_failure`), in input
-    order whatever the batch size (a record the model gives NaN for is known only when its batch
-    is encoded, so failures wait for their batch). A shard's records are chosen by the reader
-    (`RecordStream`), which does not parse the others. Returns the number of records embedded;
-    when that is 0 no file is written (a file of failures alone would look like a finished job),
-    unless `keep_empty` (a shard of a sharded run, which `groupae merge` expects).
+    order whatever the batch size. Returns the number of records embedded; when that is 0 no file
+    is written, unless `keep_empty` (see `write_embeddings`).
     """
-    written = 0
-    pending: list[tuple[int, Structure | Failure]] = []  # the batch, and the failures among it, in order
-    structures_pending = 0
-
-    identity = {"embedding_identity": model.config.embedding_identity,
-                "embedding_identity_meaning": "embedding[:, :embedding_identity] sees only frame-free features "
-                                              "(the atoms' environments, element counts): the molecule whatever "
-                                              "its conformation; the rest also sees the canonical pose"}
-    writer = embedding_writer(out, model.config.embedding_dim, attrs | identity)
-    try:
-
-        def reject(file_number: int, failure: Failure) -> None:
-            writer.fail(file_number, failure.index, failure.name, failure.reason)
-            if on_failure is not None:
-                on_failure(failure)
-
-        def write(batch: list[tuple[int, Structure]], result: dict) -> None:
-            nonlocal written
-            structures = [s for _, s in batch]
-            records = {
-                "embedding": result["embedding"], "rotation": result["rotation"],
-                "translation": result["translation"], "degenerate": result["degenerate"],
-                "n_atoms": [len(s) for s in structures], "name": [s.name for s in structures],
-                "source_file": [f for f, _ in batch], "source_index": [s.index for s in structures],
-            }
-            atoms = {"permutation": result["permutation"], "atomic_numbers": [s.numbers for s in structures]}
-            writer.append(records, atoms)
-            written += len(structures)
-
-        def flush() -> None:
-            nonlocal structures_pending
-            batch = [(f, s) for f, s in pending if isinstance(s, Structure)]
-            good = np.ones(len(batch), dtype=bool)
-            result: dict = {}
-            if batch:
-                result = encode_batch(model, [s for _, s in batch], device)
-                good = np.isfinite(result["embedding"]).all(1) & np.isfinite(result["rotation"]).all((1, 2)) \
-                    & np.isfinite(result["translation"]).all(1)
-            verdict = iter(good)
-            for file_number, item in pending:  # the failed table in input order
-                if isinstance(item, Failure):
-                    reject(file_number, item)
-                elif not next(verdict):
-                    reject(file_number, Failure(item.source, item.index, NON_FINITE, item.name))
-            if not good.all():
-                keep = np.flatnonzero(good)
-                batch = [batch[i] for i in keep]
-                result = {k: [v[i] for i in keep] if isinstance(v, list) else v[good] for k, v in result.items()}
-            if batch:
-                write(batch, result)
-            pending.clear()
-            structures_pending = 0
-
-        for file_number, item in items:
-            if isinstance(item, Structure):
-                reason = usable(item, model)
-                item = item if reason is None else Failure(item.source, item.index, reason, item.name)
-            if isinstance(item, Failure) and not structures_pending:
-                reject(file_number, item)  # nothing before it waits: written at once
-                continue
-            pending.append((file_number, item))
-            structures_pending += isinstance(item, Structure)
-            if structures_pending >= batch_size or len(pending) >= 4 * batch_size:
-                flush()
-        flush()
-    except BaseException:
-        writer.abort()
-        raise
-    if written or keep_empty:
-        writer.close()
-    else:
-        writer.abort()
-    return written
+    return write_embeddings(encode_items(items, model, device, batch_size), out, model_attrs(model, attrs),
+                            on_failure, keep_empty)
 
 
-__all__ = ["embed_files", "encode_batch", "parse_shard", "provenance", "usable"]
+__all__ = ["embed_files", "encode_batch", "encode_items", "model_attrs", "parse_shard", "provenance", "usable"]

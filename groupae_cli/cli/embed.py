@@ -21,19 +21,25 @@ from groupae_cli.cli.common import (
 DEFAULT_MODEL = "default"
 
 
-def load_for_command(model: str | None, device: str):
-    """(model, torch device, checkpoint path) for a command's --model and --device."""
-    from groupae_cli._api import load_model
+def model_path_for(model: str | None):
+    """The checkpoint a command's --model names (without importing torch)."""
     from groupae_cli.errors import UsageError
     from groupae_cli.io.checkpoint import resolve_model_path
 
     try:
-        model_path = resolve_model_path(model or DEFAULT_MODEL)
+        return resolve_model_path(model or DEFAULT_MODEL)
     except UsageError:
         if model is not None:
             raise
         raise UsageError("no default model is shipped with this version yet; pass --model CHECKPOINT "
                          "(one written by groupae train)") from None
+
+
+def load_for_command(model: str | None, device: str):
+    """(model, torch device, checkpoint path) for a command's --model and --device."""
+    from groupae_cli._api import load_model
+
+    model_path = model_path_for(model)
     net = load_model(model_path, device)
     return net, next(net.parameters()).device, model_path
 
@@ -46,9 +52,11 @@ def embed(
     batch_size: Annotated[int, typer.Option(help="Structures per batch.", min=1)] = 64,
     shard: Annotated[str | None, typer.Option(help="i/N: embed only every N-th record, from the i-th (0-based); "
                                               "the others are not parsed. `groupae merge` joins the parts.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Parser processes beside the model (0: parse in the main process; "
-                                                     "default: 1 per 4 cores on CPU, all cores but one on a GPU, "
-                                                     "0 for stdin).", min=0)] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes. On CPU each parses and encodes its share "
+                                                     "with one torch thread; on a GPU they parse for the model. "
+                                                     "0: all in the main process. Default: one per core on CPU, "
+                                                     "all cores but one on a GPU (at most 8), 0 for stdin.",
+                                                min=0)] = None,
     device: Device = "auto",
     fmt: Format = None,
     strict: Strict = False,
@@ -62,8 +70,15 @@ def embed(
     """
     from groupae_cli.errors import EXIT_FAILURES, FailureReport, UsageError
     from groupae_cli.io import resolve_inputs
+    from groupae_cli.io.embeddings import provenance, write_embeddings
     from groupae_cli.io.formats import check_output
-    from groupae_cli.io.parallel import RecordStream, default_workers, parse_shard
+    from groupae_cli.io.parallel import (
+        RecordStream,
+        default_workers,
+        gpu_wanted,
+        parse_shard,
+        usable_cpus,
+    )
 
     try:
         part = parse_shard(shard) if shard else (0, 1)
@@ -75,16 +90,28 @@ def embed(
     check_output(out)
     if workers is None:
         workers = default_workers(paths, device)
-    # the parsers start before torch is imported and the model built: the first records are ready when it is
-    with RecordStream(paths, fmt, workers, part) as stream:
-        from groupae_cli.embed import embed_files, provenance
+    report = FailureReport(strict=strict)
+    name = None if model is None else str(model)
+    if workers and device in ("cpu", "auto") and not gpu_wanted(device):
+        # CPU: the workers parse and encode (one torch thread each); this process only writes
+        model_path = model_path_for(model)
+        attrs = provenance(model_path, name or Path(model_path).stem, paths, part, "embed")
+        encoder = {"model": str(model_path), "batch_size": batch_size, "threads": max(1, usable_cpus() // workers)}
+        with RecordStream(paths, fmt, workers, part, encoder=encoder) as stream:
+            items = stream_progress(stream, quiet, desc="embedding")
+            count = write_embeddings(items, out, lambda: (stream.model_info["embedding_dim"],
+                                                          stream.model_info["embedding_identity"], attrs),
+                                     on_failure=report.add, keep_empty=part[1] > 1)
+    else:
+        # the parsers start before torch is imported and the model built: the first records are ready when it is
+        with RecordStream(paths, fmt, workers, part) as stream:
+            from groupae_cli.embed import embed_files
 
-        net, torch_device, model_path = load_for_command(model, device)
-        attrs = provenance(model_path, Path(model_path).stem if model is None else str(model), paths, part, "embed")
-        report = FailureReport(strict=strict)
-        items = stream_progress(stream, quiet, desc="embedding")
-        count = embed_files(items, net, out, attrs, torch_device, batch_size, on_failure=report.add,
-                            keep_empty=part[1] > 1)
+            net, torch_device, model_path = load_for_command(model, device)
+            attrs = provenance(model_path, name or Path(model_path).stem, paths, part, "embed")
+            items = stream_progress(stream, quiet, desc="embedding")
+            count = embed_files(items, net, out, attrs, torch_device, batch_size, on_failure=report.add,
+                                keep_empty=part[1] > 1)
     allow_quick_exit()  # the output is closed, the parser processes are stopped
     if not quiet:
         report.summarise()

@@ -4,6 +4,9 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, read
 `torch.load(weights_only=True)`: format_version, the groupae / torch / e3nn versions that wrote it,
 the model config that builds it, the state dict, and training metadata (and, for resuming, the
 optimizer and scheduler state).
+
+torch is imported by the functions that need it: finding a model and hashing it (what `groupae
+embed` does before its worker processes start) stays light.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from groupae_cli import PRETRAINED_DIR, __version__, shipped_model_path
 from groupae_cli.errors import UsageError
 from groupae_cli.io.formats import written_atomically
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_VERSION = 1
 
@@ -24,6 +29,7 @@ FORMAT_VERSION = 1
 def save_checkpoint(path: str | Path, model, training: dict | None = None, state: dict | None = None) -> None:
     """Write atomically (temporary name, then rename): a crash never leaves half a checkpoint."""
     import e3nn
+    import torch
 
     payload = {
         "format_version": FORMAT_VERSION,
@@ -40,6 +46,8 @@ def save_checkpoint(path: str | Path, model, training: dict | None = None, state
 def _save(payload: dict, path: str | Path) -> None:
     """torch.save atomically, its bytes written by Python: a full disk is then an OSError (one line,
     no file), where torch's own writer raised a RuntimeError ("unexpected pos ...")."""
+    import torch
+
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     with written_atomically(path) as tmp:
@@ -59,6 +67,8 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
 
 
 def read_checkpoint(name_or_path: str | Path) -> dict:
+    import torch
+
     path = resolve_model_path(name_or_path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -85,6 +95,8 @@ def check_weights(path, state_dict: dict, model) -> None:
     """UsageError naming the first tensor of `state_dict` that cannot be `model`'s: not a tensor,
     missing or unexpected, of another shape or kind (integer weights for float ones), or holding
     NaN or Inf (a model whose training diverged gives NaN for every input)."""
+    import torch
+
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -108,6 +120,8 @@ def check_weights(path, state_dict: dict, model) -> None:
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu"):
     """The GroupAE a checkpoint describes, weights loaded, in eval mode, in its config's
     `inference_dtype` (batches for it: `centred_batch(..., dtype=model.dtype)`)."""
+    import torch
+
     from groupae_cli.models import GroupAE, ModelConfig
     from groupae_cli.models._startup import quick_build
 
@@ -132,6 +146,7 @@ def export_checkpoint(source: str | Path, target: str | Path, note: dict | None 
     do not touch the weights (e.g. inference_dtype), checked by ModelConfig; `note` is added under
     training["export"] (e.g. the recipe that made it).
     """
+
     from groupae_cli.models import ModelConfig
 
     payload = read_checkpoint(source)
