@@ -19,6 +19,7 @@ from groupae_cli.cli.common import (
 )
 
 DEFAULT_MODEL = "default"
+CPU_BATCH, GPU_BATCH = 64, 1024
 
 
 def model_path_for(model: str | None):
@@ -49,7 +50,8 @@ def embed(
     inputs: Annotated[list[str], typer.Argument(help="Structure files (XYZ, SDF/MOL, PLY; .gz; '-' for stdin).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The HDF5 file to write.")],
     model: Model = None,
-    batch_size: Annotated[int, typer.Option(help="Structures per batch.", min=1)] = 64,
+    batch_size: Annotated[int | None, typer.Option(help="Structures per batch (default: 64 on CPU, 1024 on a GPU, "
+                                                        "where large batches keep it busy).", min=1)] = None,
     shard: Annotated[str | None, typer.Option(help="i/N: embed only every N-th record, from the i-th (0-based); "
                                               "the others are not parsed. `groupae merge` joins the parts.")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes. On CPU each parses and encodes its share "
@@ -91,6 +93,8 @@ def embed(
     if workers is None:
         workers = default_workers(paths, device)
     report = FailureReport(strict=strict)
+    if batch_size is None:
+        batch_size = GPU_BATCH if gpu_wanted(device) else CPU_BATCH
     name = None if model is None else str(model)
     if workers and device in ("cpu", "auto") and not gpu_wanted(device):
         # CPU: the workers parse and encode (one torch thread each); this process only writes
