@@ -332,22 +332,20 @@ class _Partners:
                 d2[pick], partner[pick] = d * d, ib[j]
         return d2, partner
 
-    def assign(self, moved: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
-        """The one-to-one mapping minimising summed squared distances within each element, over
-        candidate pairs: each A atom's NEIGHBOURS nearest B atoms, each B atom's nearest A atoms,
-        and the pairs of `previous` (the last mapping; else the atoms in file order), which make
-        sure a full matching exists. The dense Hungarian for small classes."""
-        from scipy.sparse import csr_matrix
-        from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+    def candidates(self, moved: np.ndarray, previous: np.ndarray | None = None) -> list:
+        """For each element with more than 4 NEIGHBOURS atoms, the candidate pairs of the sparse
+        assignment: (A atoms ia, B atoms ib, rows, cols, cost), rows and cols indexing ia and ib,
+        cost the squared distance. Each A atom's NEIGHBOURS nearest B atoms, each B atom's nearest
+        A atoms, and the pairs of `previous` (the last mapping; else a greedy matching), which make
+        sure a full matching exists. Smaller elements: (ia, ib, None, None, None)."""
         from scipy.spatial import cKDTree
 
-        mapping = np.empty(len(moved), dtype=np.int64)
         where = np.empty(len(self.b), dtype=np.int64)
+        out = []
         for (ia, ib), tree in zip(self.classes, self.trees):
             m, k = len(ia), NEIGHBOURS
             if m <= 4 * k:
-                rows, cols = _hungarian()(((moved[ia, None, :] - self.b[None, ib, :]) ** 2).sum(-1))
-                mapping[ia[rows]] = ib[cols]
+                out.append((ia, ib, None, None, None))
                 continue
             where[ib] = np.arange(m)
             _, near_b = tree.query(moved[ia], k)  # (m, k) class-local B indices
@@ -355,15 +353,34 @@ class _Partners:
             kept = where[previous[ia]] if previous is not None else _greedy(near_b, ((moved[ia, None, :] - self.b[ib][near_b]) ** 2).sum(-1))
             rows = np.concatenate([np.repeat(np.arange(m), k), near_a.ravel(), np.arange(m)])
             cols = np.concatenate([near_b.ravel(), np.repeat(np.arange(m), k), kept])
-            keys = np.unique(rows * m + cols)
-            rows, cols = np.divmod(keys, m)
-            cost = ((moved[ia[rows]] - self.b[ib[cols]]) ** 2).sum(-1)
+            rows, cols = np.divmod(np.unique(rows * m + cols), m)
+            out.append((ia, ib, rows, cols, ((moved[ia[rows]] - self.b[ib[cols]]) ** 2).sum(-1)))
+        return out
+
+    def assign(self, moved: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
+        """The one-to-one mapping minimising summed squared distances within each element over the
+        candidate pairs of `candidates` (scipy's sparse LAPJVsp); the dense Hungarian for small
+        elements."""
+        from scipy.sparse import csr_matrix
+        from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
+        mapping = np.empty(len(moved), dtype=np.int64)
+        for ia, ib, rows, cols, cost in self.candidates(moved, previous):
+            if rows is None:
+                rows, cols = _hungarian()(((moved[ia, None, :] - self.b[None, ib, :]) ** 2).sum(-1))
+                mapping[ia[rows]] = ib[cols]
+                continue
+            m = len(ia)
             # + 1 on every edge: explicit zeros would read as missing edges, and each perfect
-            # matching has m edges, so the offset changes no comparison
-            # (and a jitter far below any meaningful difference: exact ties, as in symmetric
-            # structures, can make scipy's LAPJVsp search for minutes)
-            jitter = np.random.default_rng(0).uniform(0.0, 1e-9, len(cost))
-            graph = csr_matrix((cost + 1.0 + jitter, (rows, cols)), shape=(m, m))
+            # matching has m edges, so the offset changes no comparison. One extra column with no
+            # edge makes the problem rectangular, and for those scipy's LAPJVsp skips its
+            # initial 'augmenting row reduction' and goes straight to shortest augmenting paths:
+            # that phase lowers a contested column's price by the gap between a row's two best
+            # reduced costs and takes the displaced row up again at once, so near-ties (rounded
+            # coordinates, symmetric copies, or any jitter added to break exact ties) make it trade
+            # a column back and forth in tiny steps for minutes. The augmenting paths are
+            # Dijkstra searches whose work depends on the graph, not on how close the costs are.
+            graph = csr_matrix((cost + 1.0, (rows, cols)), shape=(m, m + 1))
             rows, cols = min_weight_full_bipartite_matching(graph)
             mapping[ia[rows]] = ib[cols]
         return mapping

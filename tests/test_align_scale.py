@@ -74,6 +74,51 @@ def test_sparse_assignment_is_the_dense_hungarian_optimum(blob, rng):
     assert sorted(sparse.tolist()) == list(range(len(a)))
 
 
+def copies_of_one_molecule(index=3, atoms=1500, decimals=1):
+    """Identical copies of one sample molecule on a 9 Å grid, coordinates rounded to `decimals`:
+    exact ties between the copies, and near-ties from the rounding."""
+    structures, _ = split(read_structures(SAMPLE / "molecules.sdf"))
+    s = structures[index]
+    count = -(-atoms // len(s))
+    centres = np.array([(k % 6, (k // 6) % 6, k // 36) for k in range(count)]) * 9.0
+    positions = (s.positions - s.positions.mean(0))[None] + centres[:, None]
+    return np.tile(s.numbers, count), np.round(positions.reshape(-1, 3), decimals)
+
+
+def test_rounded_coordinates_and_identical_copies_neither_stall_nor_change_the_answer(rng):
+    """Ties and near-ties made scipy's LAPJVsp trade columns in tiny price steps for minutes (its
+    augmenting row reduction): the mirror image below ran for more than 5 minutes with the 1e-9
+    jitter the costs had (a jitter turns exact ties into near-ties of its own), and more than 3
+    without it. The sparse assignment skips that phase (a rectangular problem): on rounded
+    coordinates it finishes in seconds with the optimum over its candidate pairs (the dense
+    Hungarian's, non-candidates forbidden), and a rounded moved copy reaches the known
+    correspondence."""
+    import time
+
+    from scipy.optimize import linear_sum_assignment
+
+    numbers, a = copies_of_one_molecule()
+    mirror = a * np.array([1.0, 1.0, -1.0])
+    assert len(a) >= LARGE
+    start = time.perf_counter()
+    mirrored = align(a, numbers, mirror, numbers)
+    assert time.perf_counter() - start < 60  # seconds at most on a busy machine, not minutes
+    assert np.isclose(np.linalg.det(mirrored.rotation), 1.0) and mirrored.rmsd > 0.1
+    moved = a @ mirrored.rotation.T + mirrored.translation
+    partners = _Partners(mirror, numbers, numbers)
+    sparse = partners.assign(moved, mirrored.mapping)
+    for ia, ib, rows, cols, cost in partners.candidates(moved, mirrored.mapping):
+        if rows is not None:
+            dense = np.full((len(ia), len(ib)), np.inf)
+            dense[rows, cols] = cost
+            r, c = linear_sum_assignment(dense)
+            assert ((moved[ia] - mirror[sparse[ia]]) ** 2).sum() == pytest.approx(dense[r, c].sum(), rel=1e-12)
+    b, numbers_b, known = moved_copy(numbers, a, rng, noise=0.0)
+    b = np.round(b, 1)
+    copy = align(a, numbers, b, numbers_b)
+    assert copy.rmsd <= rmsd_of(a, b, known) + 1e-6
+
+
 def test_time_limit_returns_the_best_so_far_not_proven(blob, rng):
     numbers, a = blob
     b, numbers_b, _ = moved_copy(numbers, a, rng)
