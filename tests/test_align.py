@@ -274,8 +274,7 @@ def test_starts_refined_together_give_each_start_its_own_refinement():
 def test_starts_refined_together_match_refine_with_any_translation_and_a_large_element(rng):
     """The batched refinement works in centred coordinates with atoms sorted by element: a starting
     pose that does not lay centroid on centroid (a learned guess can be anywhere), elements given in
-    any order, and an element with more atoms than the permutation test's bit trick takes (62 H),
-    each still end where `refine` alone ends."""
+    any order, and a large element (62 H), each still end where `refine` alone ends."""
     import sys
 
     module = sys.modules["groupae_cli.align"]
