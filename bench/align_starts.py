@@ -54,7 +54,7 @@ def main() -> None:
     sets = {"bench/align.py": [(n, a.numbers, a.positions, b.positions)
                                for _, n, a, b, _, _ in [*sample_pairs(), *symmetric_pairs()]],
             "hard": list(hard_pairs())}
-    spread_starts = alignment.axis_starts
+    spread_starts = alignment.start_rotations
 
     def random_starts(a, b, extra=0, seed=0, orders=False, spread=False):
         return spread_starts(a, b, extra, seed, orders, spread=False)
@@ -68,7 +68,7 @@ def main() -> None:
                 ("24 axis + 48 random", random_starts, 48, [0, 1, 2, 3]),
                 ("24 axis + 60 random", random_starts, 60, [0, 1, 2, 3])]
     for label, starts, extra, seeds in variants:
-        alignment.axis_starts = starts
+        alignment.start_rotations = starts
         found, seconds, count = {name: [] for name in sets}, 0.0, 0
         for seed in seeds:
             for name, pairs in sets.items():
@@ -77,7 +77,7 @@ def main() -> None:
                                 for _, z, pa, pb in pairs])
                 seconds, count = seconds + time.perf_counter() - begin, count + len(pairs)
                 found[name].append(int((got <= references[name] + 1e-3).sum()))
-        alignment.axis_starts = spread_starts
+        alignment.start_rotations = spread_starts
         cells = [f"{min(v)}–{max(v)}" if min(v) != max(v) else str(v[0]) for v in found.values()]
         print(f"| {label} | {len(seeds)} | " + " | ".join(cells) + f" | {1e3 * seconds / count:.1f} |", flush=True)
 

@@ -254,34 +254,43 @@ _AXIS_DETS = np.round(np.linalg.det(_AXIS_MAPS))
 _AXIS_SIGNS_ONLY = (np.abs(_AXIS_MAPS) == np.eye(3)).all(axis=(1, 2))
 
 
-def axis_starts(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0, orders: bool = False,
-                spread: bool = False) -> list[np.ndarray]:
-    """Proper rotations taking A's principal axes onto B's, for every sign choice (4); with
-    `orders`, also onto B's axes in every order (24 in all: for conformers whose axes swap rank);
-    with `spread`, the 60 rotations of `_SPREAD` between the principal frames (for near-degenerate
-    axes, where the principal frame is arbitrary); plus `extra` uniformly random rotations."""
+def start_rotations(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0, orders: bool = False,
+                    spread: bool = False) -> np.ndarray:
+    """Proper rotations (m, 3, 3) taking A's principal axes onto B's, for every sign choice (4);
+    with `orders`, also onto B's axes in every order (24 in all: for conformers whose axes swap
+    rank); with `spread`, the 60 rotations of `_SPREAD` between the principal frames (for
+    near-degenerate axes, where the principal frame is arbitrary); plus `extra` uniformly random
+    rotations."""
+    centred = [x - x.mean(0) for x in (a, b)]
+    # principal_axes of both in one call: columns largest first
+    frames = np.linalg.eigh(np.stack([x.T @ x / len(x) for x in centred]))[1][:, :, ::-1]
     # both frames right-handed (eigh returns either hand), so a proper map between them is a
     # proper rotation: the spread set would otherwise be 60 mirror images wherever the two hands
     # differ (31 of the 72 bench pairs), and none of them the tetrahedral axis maps it repeats
-    frames = np.stack([principal_axes(a)[0], principal_axes(b)[0]])
-    frames[:, :, 2] *= np.sign(_det3(frames))[:, None]
+    frames[:, :, 2] *= np.sign(np.linalg.det(frames))[:, None]
     axes_a, axes_b = frames
     maps = _AXIS_MAPS[(_AXIS_DETS > 0) & (orders | _AXIS_SIGNS_ONLY)]
     if spread:
         maps = np.concatenate([maps, _SPREAD])
-    starts = list(axes_b @ maps @ axes_a.T)
+    rotations = axes_b @ maps @ axes_a.T
     if extra:
         from scipy.spatial.transform import Rotation
 
         # the generator goes in positionally: scipy's `rng` (`random_state` before scipy 1.15)
-        starts.extend(Rotation.random(extra, np.random.default_rng(seed)).as_matrix())
-    return starts
+        rotations = np.concatenate([rotations, Rotation.random(extra, np.random.default_rng(seed)).as_matrix()])
+    return rotations
+
+
+def axis_starts(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0, orders: bool = False,
+                spread: bool = False) -> list[np.ndarray]:
+    """`start_rotations` as a list."""
+    return list(start_rotations(a, b, extra, seed, orders, spread))
 
 
 def start_poses(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The search's starting poses (rotation, translation): every rotation of `axis_starts` (axis
-    orders and the spread set, plus `extra` random ones), centroid onto centroid."""
-    rotations = np.array(axis_starts(a, b, extra, seed, orders=True, spread=True))
+    """The search's starting poses (rotation, translation): every rotation of `start_rotations`
+    (axis orders and the spread set, plus `extra` random ones), centroid onto centroid."""
+    rotations = start_rotations(a, b, extra, seed, orders=True, spread=True)
     return list(zip(rotations, b.mean(0) - rotations @ a.mean(0)))
 
 
@@ -517,7 +526,8 @@ def _assign_batch(moved: np.ndarray, blocks: list) -> np.ndarray:
     return mappings
 
 
-def _refine_starts(a, za, b, zb, poses, deadline, progress, max_iter: int = 50) -> tuple[AlignResult, np.ndarray, bool]:
+def _refine_starts(a, za, b, zb, rotations, translations, deadline, progress,
+                   max_iter: int = 50) -> tuple[AlignResult, np.ndarray, bool]:
     """`refine` from every start, all at once: the same answer start for start, in less time.
 
     The starts advance together (one batched pose-and-cost step and one batched Kabsch per
@@ -530,7 +540,7 @@ def _refine_starts(a, za, b, zb, poses, deadline, progress, max_iter: int = 50) 
     import time
     from itertools import pairwise
 
-    n, m = len(a), len(poses)
+    n, m = len(a), len(rotations)
     # stable: within an element the atoms keep their order, so each element's cost matrix (and
     # the Hungarian's choice between equal costs) is the one `assign` builds
     order_a, order_b = np.argsort(za, kind="stable"), np.argsort(zb, kind="stable")
@@ -540,14 +550,15 @@ def _refine_starts(a, za, b, zb, poses, deadline, progress, max_iter: int = 50) 
     edges = [0, *(np.flatnonzero(np.diff(za[order_a])) + 1).tolist(), n]
     blocks = [(lo, hi, -2.0 * bc[lo:hi].T, (bc[lo:hi] ** 2).sum(-1)) for lo, hi in pairwise(edges)
               if hi - lo > 1]
-    rotations = np.array([r for r, _ in poses], dtype=float)
-    translations = np.array([t for _, t in poses], dtype=float)
+    rotations, translations = np.asarray(rotations, dtype=float), np.asarray(translations, dtype=float)
     transposed = np.swapaxes(rotations, 1, 2).copy()  # R^T of every start, updated by each Kabsch
     offsets = rotations @ a_mean + translations - b_mean  # where a pose puts A's centroid, from B's
     mappings = np.zeros((m, n), dtype=np.int64)  # in sorted order
     ssd = np.full(m, np.inf)
     converged = np.zeros(m, dtype=bool)
-    seen: dict[bytes, int] = {}
+    seen: dict[bytes, int] = {}  # every mapping reached, and the start that reached it first
+    last: list[bytes | None] = [None] * m  # each start's latest mapping
+    row_bytes = np.dtype((np.void, 8 * n))  # a mapping (int64 row) as one bytes key
     # the same pose twice (the spread set holds the 12 axis maps of the tetrahedral group):
     # refined once (+ 0.0 turns -0.0 into 0.0, so equal poses give equal bytes)
     owner = np.arange(m)
@@ -561,17 +572,16 @@ def _refine_starts(a, za, b, zb, poses, deadline, progress, max_iter: int = 50) 
         if step == 0:
             moved += offsets[active][:, None, :]
         new = _assign_batch(moved, blocks)
-        keep = ~(new == mappings[active]).all(1) if step else np.ones(s, dtype=bool)
-        converged[active[~keep]] = True
-        for j, start in enumerate(active.tolist()):
-            if not keep[j]:
-                continue
-            key = new[j].tobytes()
-            if key in seen:  # on another start's path (or a cycle of equal fits on its own)
+        keep = np.ones(s, dtype=bool)
+        for j, (start, key) in enumerate(zip(active.tolist(), new.view(row_bytes).ravel().tolist())):
+            if key == last[start]:  # the mapping stopped changing
+                keep[j], converged[start] = False, True
+            elif key in seen:  # on another start's path (or a cycle of equal fits on its own)
                 owner[start], keep[j] = seen[key], False
                 converged[start] = seen[key] != start
-                continue
-            seen[key] = start
+            else:
+                seen[key] = start
+                last[start] = key
         active, new = active[keep], new[keep]
         if len(active):
             s = len(active)
@@ -634,15 +644,20 @@ def align(a_positions: np.ndarray, a_numbers: np.ndarray, b_positions: np.ndarra
         rotation, translation = guess
         mapping = assign(a @ rotation.T + translation, b, za, zb)
         return AlignResult(fit_rmsd(a, b[mapping], rotation, translation), rotation, translation, mapping, starts=1)
-    poses = ([guess] if guess is not None else []) + start_poses(a, b, extra_starts, seed)
+    rotations = start_rotations(a, b, extra_starts, seed, orders=True, spread=True)
+    translations = b.mean(0) - rotations @ a.mean(0)
+    if guess is not None:
+        rotations = np.concatenate([np.asarray(guess[0], dtype=float)[None], rotations])
+        translations = np.concatenate([np.asarray(guess[1], dtype=float)[None], translations])
     details = {"time_limit_reached": False}
     if len(a) >= LARGE:
-        result, details = _align_large(a, za, b, zb, poses, deadline, progress, seed)
+        result, details = _align_large(a, za, b, zb, list(zip(rotations, translations)), deadline, progress, seed)
     else:
-        result, rmsds, details["time_limit_reached"] = _refine_starts(a, za, b, zb, poses, deadline, progress)
+        result, rmsds, details["time_limit_reached"] = _refine_starts(a, za, b, zb, rotations, translations,
+                                                                      deadline, progress)
         if guess is not None:
             result.details["guess_was_optimal"] = bool(rmsds[0] <= result.rmsd + 1e-6)
-    result.starts = len(poses)
+    result.starts = len(rotations)
     bound = radial_bound(a, za, b, zb)
     result.details.update(details, rmsd_lower_bound=bound,
                           proven_optimal=bool(result.rmsd <= bound + 1e-9 * max(1.0, bound) + 1e-12))

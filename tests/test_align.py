@@ -265,7 +265,8 @@ def test_starts_refined_together_give_each_start_its_own_refinement():
     structures, _ = split(read_structures(SAMPLE / "molecules.sdf"))
     a, b = [s for s in structures if s.name.startswith("NCI_355_conf")][:2]
     poses = module.start_poses(a.positions, b.positions, extra=16, seed=3)
-    _, rmsds, stopped = module._refine_starts(a.positions, a.numbers, b.positions, b.numbers, poses, np.inf, None)
+    _, rmsds, stopped = module._refine_starts(a.positions, a.numbers, b.positions, b.numbers, *zip(*poses), np.inf,
+                                              None)
     alone = [module.refine(a.positions, b.positions, a.numbers, b.numbers, r, t).rmsd for r, t in poses]
     assert not stopped
     np.testing.assert_allclose(rmsds, alone, atol=1e-9)
@@ -283,7 +284,7 @@ def test_starts_refined_together_match_refine_with_any_translation_and_a_large_e
     pa, za, pb, zb = a.positions[order], a.numbers[order], b.positions, b.numbers
     poses = module.start_poses(pa, pb)[::6]
     poses += [(r, t + rng.normal(scale=2.0, size=3)) for r, t in poses[:4]]
-    result, rmsds, stopped = module._refine_starts(pa, za, pb, zb, poses, np.inf, None)
+    result, rmsds, stopped = module._refine_starts(pa, za, pb, zb, *zip(*poses), np.inf, None)
     alone = [module.refine(pa, pb, za, zb, r, t).rmsd for r, t in poses]
     assert not stopped
     np.testing.assert_allclose(rmsds, alone, atol=1e-9)
