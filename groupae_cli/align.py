@@ -509,12 +509,13 @@ def _assign_batch(moved: np.ndarray, blocks: list) -> np.ndarray:
     for lo, hi, minus_2yt, y2 in blocks:
         k = hi - lo
         # squared distances less each moved atom's own |x|^2 (the same for every partner: no
-        # assignment changes), (pose, atom of A, atom of B)
+        # assignment changes), (pose, atom of A, atom of B); less each B atom's |y|^2 too for the
+        # Hungarian (every assignment takes every B atom once), not for the nearest partners
         cost = moved[:, lo:hi] @ minus_2yt
-        cost += y2
         if k > ENUMERATED:
             mappings[:, lo:hi] = [linear_sum_assignment(c)[1] for c in cost]
         else:
+            cost += y2
             cols = cost.argmin(2)  # (s, k); k distinct powers of two sum to 2^k - 1, with a repeat never
             left = np.flatnonzero(np.left_shift(1, cols).sum(1) != (1 << k) - 1)
             if len(left):
