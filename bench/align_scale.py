@@ -1,6 +1,6 @@
 """Element-mode alignment at 100 to 10,000 atoms (issue 11, "Scale").
 
-    python bench/align_scale.py [--sizes 100 1000 3000 10000] [--time-limit 120] [--old]
+    python bench/align_scale.py [--sizes 100 1000 3000 10000] [--time-limit 120] [--old] [--rev REV]
 
 Structures: a peptide with hydrogens (RDKit `MolFromSequence` + `AddHs`, two ETKDG conformers,
 seed 1) stands for a protein. Below ~250 atoms it is the peptide itself; larger structures are
@@ -13,7 +13,8 @@ conformer (several Å apart: a search the known correspondence does not bound we
 turned, shifted and renumbered at random. The reference answer is the known
 correspondence (copy k of A onto copy k of B, atom for atom) fitted by Kabsch: the search should
 reach it or go below it. `--old` also times the dense search of the 84 starts (before this work)
-where it finishes within the time limit.
+where it finishes within the time limit; `--rev REV` also runs groupae_cli/align.py as it was at git
+revision REV on the same structures, right after the current code (bench/align_speed.py loads it).
 """
 
 from __future__ import annotations
@@ -74,7 +75,13 @@ def main() -> None:
     parser.add_argument("--old", action="store_true", help="also time the dense search of every start")
     parser.add_argument("--kind", choices=["frames", "conformers"], default="frames",
                         help="B: A with 0.3 Å noise (two frames), or from the second conformer (larger changes)")
+    parser.add_argument("--rev", default=None, help="also run align.py at this git revision, on the same structures")
     args = parser.parse_args()
+    earlier = None
+    if args.rev:
+        from align_speed import load_revision
+
+        earlier = load_revision(args.rev)
     print("| atoms | time | RMSD | known correspondence | reached | proven optimal | starts refined / scored | "
           "time limit hit |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -90,6 +97,14 @@ def main() -> None:
               f"{'yes' if result.rmsd <= reference + 1e-6 else 'no'} | {d.get('proven_optimal')} | "
               f"{d.get('refined_starts', result.starts)} / {result.starts} | {d.get('time_limit_reached', False)} |",
               flush=True)
+        if earlier is not None:
+            start = time.perf_counter()
+            before = earlier.align(a, numbers, b, numbers_b, time_limit=args.time_limit)
+            seconds = time.perf_counter() - start
+            print(f"|   at {args.rev} | {seconds:.2f} s | {before.rmsd:.4f} | | "
+                  f"{'yes' if before.rmsd <= reference + 1e-6 else 'no'} | {before.details.get('proven_optimal')} | "
+                  f"{before.details.get('refined_starts', before.starts)} / {before.starts} | "
+                  f"{before.details.get('time_limit_reached', False)} |", flush=True)
         if args.old:
             from groupae_cli.align import refine, start_poses
 
