@@ -73,14 +73,6 @@ def kabsch_many(p: np.ndarray, qs: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return rotations, translations, ((moved - qs) ** 2).sum(axis=(1, 2))
 
 
-def _det3(x: np.ndarray) -> np.ndarray:
-    """Determinants of a stack of 3x3 matrices (m, 3, 3), written out: np.linalg.det's LU costs
-    more than the formula at this size."""
-    return (x[:, 0, 0] * (x[:, 1, 1] * x[:, 2, 2] - x[:, 1, 2] * x[:, 2, 1])
-            - x[:, 0, 1] * (x[:, 1, 0] * x[:, 2, 2] - x[:, 1, 2] * x[:, 2, 0])
-            + x[:, 0, 2] * (x[:, 1, 0] * x[:, 2, 1] - x[:, 1, 1] * x[:, 2, 0]))
-
-
 def best_fit_ssd(h: np.ndarray, norms: float, iterations: int = 60) -> np.ndarray:
     """The smallest summed squared residual over proper rotations, for correlation matrices h
     (m, 3, 3) = sum_i p_i q_i^T of centred point sets with sum |p|^2 + |q|^2 = `norms`.
