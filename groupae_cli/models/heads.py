@@ -34,7 +34,8 @@ class NodeInvariants(nn.Module):
         hidden = o3.Irreps(config.hidden_irreps)
         reduced = o3.Irreps(f"{products}x0e + {products}x0o + {products}x1o + {products}x1e")
         self.reduce = o3.Linear(hidden, reduced)
-        self.square = o3.FullyConnectedTensorProduct(reduced, reduced, f"{2 * products}x0e + {2 * products}x0o")
+        self.square = o3.FullyConnectedTensorProduct(reduced, reduced, f"{2 * products}x0e + {2 * products}x0o",
+                                                     _optimize_einsums=True)  # (kept by a quick build)
         self.scalar_dims = config.scalars + config.pseudoscalars  # 0e and 0o come first in the irreps
         self.dim = self.scalar_dims + 4 * products
 
