@@ -1,11 +1,18 @@
 """Embed throughput and peak memory against RDKit parsing the same file, in one run.
 
-    python bench/embed_throughput.py --model runs/sample/best.ckpt --records 1000 10000
+    python bench/embed_throughput.py --model default --records 10000 100000 --device cpu
 
-For each size N, an SDF of N drug-like records is built by repeating `sample_data/molecules.sdf`,
-then timed in fresh subprocesses (so peak memory is per run): RDKit alone reading it
-(ForwardSDMolSupplier, no sanitisation, hydrogens kept), and `groupae embed` (parse, batch, encode,
-write HDF5). Prints a Markdown table: records/s, seconds, peak RSS.
+For each size N an SDF of N drug-like records is built by repeating `sample_data/molecules.sdf`
+(8-77 atoms, median 28). Then, each in a fresh subprocess (so peak memory is per run):
+- RDKit alone reading it (ForwardSDMolSupplier, no sanitisation, hydrogens kept);
+- `groupae embed` end to end (process start to exit: start-up, parse, encode, write HDF5), once per
+  `--workers` value;
+- the model alone (`--model-only`): records parsed first, then only `encode_batch` is timed, at
+  the same batch size, on the same device: the rate the pipeline would reach if parsing and
+  writing were free.
+And the time to the first record: `groupae embed` of a one-record file, process start to the first
+HDF5 append, with `import torch` alone timed in its own process beside it.
+Prints Markdown tables (records/s, seconds, peak RSS).
 """
 
 from __future__ import annotations
@@ -27,34 +34,126 @@ n = sum(m is not None for m in Chem.ForwardSDMolSupplier(open(sys.argv[1], "rb")
 print(n)
 """
 
+MODEL_ONLY = """
+import json, sys, time
+import torch
+from groupae_cli._api import load_model
+from groupae_cli.embed import encode_batch, usable
+from groupae_cli.io import Structure, read_structures
+path, model, device, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+net = load_model(model, device)
+records = [s for s in read_structures(path) if isinstance(s, Structure) and usable(s, net) is None]
+dev = next(net.parameters()).device
+encode_batch(net, records[:batch], dev)  # warm-up
+if dev.type == "cuda":
+    torch.cuda.synchronize()
+t = time.perf_counter()
+for i in range(0, len(records), batch):
+    encode_batch(net, records[i:i + batch], dev)  # (copies its results to the host: synchronised)
+print(json.dumps([len(records), time.perf_counter() - t]))
+"""
+
+FIRST_RECORD = """
+import os, sys
+def since_start():
+    with open("/proc/self/stat") as f:
+        ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+import groupae_cli.io.hdf5 as hdf5
+append = hdf5.RecordWriter.append
+def first(self, *args, **kwargs):
+    if not getattr(hdf5, "_first", False):
+        hdf5._first = True
+        sys.stderr.write(f"FIRST {since_start():.3f}\\n")
+    return append(self, *args, **kwargs)
+hdf5.RecordWriter.append = first
+from groupae_cli.app import main
+sys.argv = ["groupae", *sys.argv[1:]]
+main()
+"""
+
+TORCH = """
+import os
+with open("/proc/self/stat") as f:
+    ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+import torch
+with open("/proc/uptime") as f:
+    print(float(f.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK"))
+"""
+
+WRAP = ("import json,subprocess,sys,time,resource;"
+        "t=time.perf_counter();r=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
+        "print(json.dumps([time.perf_counter()-t,resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024,"
+        "r.returncode,r.stdout,r.stderr[-2000:]]))")
+
+
+def timed(cmd: list[str]) -> tuple[float, float, str]:
+    """(seconds, peak RSS MB of the child, its stdout), in a wrapper process of its own (RUSAGE_CHILDREN
+    keeps the maximum over all children, so each measurement needs a fresh parent)."""
+    seconds, peak, code, out, err = json.loads(subprocess.run([sys.executable, "-c", WRAP, *cmd], capture_output=True,
+                                                              text=True, check=True).stdout)
+    if code != 0:
+        raise SystemExit(f"failed ({code}): {' '.join(cmd)}\n{err}")
+    return seconds, peak, out
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", default="default")
     ap.add_argument("--records", type=int, nargs="+", default=[1000, 10000])
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: embed's own default")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", nargs="+", default=["default"], help="values of embed --workers ('default': its own)")
+    ap.add_argument("--repeats", type=int, default=1, help="end-to-end runs per setting (the median is shown)")
+    ap.add_argument("--no-model-only", action="store_true")
     args = ap.parse_args()
     blocks = (ROOT / "sample_data" / "molecules.sdf").read_text().split("$$$$\n")[:-1]
-    rows = []
+    batch = [] if args.batch_size is None else ["--batch-size", str(args.batch_size)]
+    rows, model_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
+        one = Path(tmp) / "one.sdf"
+        one.write_text(blocks[0] + "$$$$\n")
+        firsts, torches = [], []
+        for _ in range(5):
+            run = subprocess.run([sys.executable, "-c", FIRST_RECORD, "embed", str(one), "-o", f"{tmp}/one.h5", "--quiet",
+                                  "--model", args.model, "--device", args.device], capture_output=True, text=True)
+            firsts.append(float(next(line for line in run.stderr.splitlines() if line.startswith("FIRST")).split()[1]))
+            torches.append(float(subprocess.run([sys.executable, "-c", TORCH], capture_output=True, text=True).stdout))
         for n in args.records:
             path = Path(tmp) / f"mols{n}.sdf"
-            path.write_text("".join(blocks[i % len(blocks)] + "$$$$\n" for i in range(n)))
-            # RUSAGE_CHILDREN keeps the maximum over all children: run each in its own interpreter
-            rd_cmd = [sys.executable, "-c", RDKIT, str(path)]
-            embed_cmd = [sys.executable, "-m", "groupae_cli", "embed", str(path), "-o", f"{tmp}/out{n}.h5",
-                         "--model", args.model, "--device", "cpu", "--quiet", "--batch-size", str(args.batch_size)]
-            wrap = [sys.executable, "-c", ("import json,subprocess,sys,time,resource;"
-                    "t=time.perf_counter();subprocess.run(sys.argv[1:],check=True,capture_output=True);"
-                    "print(json.dumps([time.perf_counter()-t,resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024]))")]
-            rd_s, rd_mb = json.loads(subprocess.run(wrap + rd_cmd, capture_output=True, text=True, check=True).stdout)
-            em_s, em_mb = json.loads(subprocess.run(wrap + embed_cmd, capture_output=True, text=True, check=True).stdout)
-            rows.append((n, rd_s, rd_mb, em_s, em_mb))
-    print(f"model: {args.model}, batch size {args.batch_size}")
-    print("| records | RDKit parse s | RDKit rec/s | RDKit peak MB | groupae embed s | embed rec/s | embed peak MB | embed / RDKit time |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for n, rd_s, rd_mb, em_s, em_mb in rows:
-        print(f"| {n} | {rd_s:.2f} | {n / rd_s:.0f} | {rd_mb:.0f} | {em_s:.2f} | {n / em_s:.0f} | {em_mb:.0f} | {em_s / rd_s:.1f}x |")
+            with path.open("w") as f:
+                for i in range(n):
+                    f.write(blocks[i % len(blocks)] + "$$$$\n")
+            rd_s, rd_mb, _ = timed([sys.executable, "-c", RDKIT, str(path)])
+            for workers in args.workers:
+                extra = [] if workers == "default" else ["--workers", workers]
+                runs = sorted(timed([sys.executable, "-m", "groupae_cli", "embed", str(path), "-o", f"{tmp}/out{n}.h5",
+                                     "--model", args.model, "--device", args.device, "--quiet", *batch, *extra])[:2]
+                              for _ in range(args.repeats))
+                em_s, em_mb = runs[len(runs) // 2]
+                rows.append((n, workers, rd_s, rd_mb, em_s, em_mb))
+            if not args.no_model_only and n == max(args.records):
+                size = args.batch_size or 64
+                _, _, out = timed([sys.executable, "-c", MODEL_ONLY, str(path), args.model, args.device, str(size)])
+                count, seconds = json.loads(out)
+                model_rows.append((count, size, seconds))
+    print(f"model: {args.model}, device {args.device}, batch size {args.batch_size or 'default'}")
+    print()
+    print(f"time to the first record (one-record file, process start to the first HDF5 append), median of 5: "
+          f"{sorted(firsts)[2]:.2f} s (range {min(firsts):.2f}-{max(firsts):.2f}); `import torch` alone: "
+          f"{sorted(torches)[2]:.2f} s")
+    print()
+    print("| records | workers | RDKit parse (s) | RDKit (rec/s) | RDKit peak (MB) | groupae embed (s) | embed (rec/s) "
+          "| embed peak (MB) | embed / RDKit time |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for n, workers, rd_s, rd_mb, em_s, em_mb in rows:
+        print(f"| {n:,} | {workers} | {rd_s:.2f} | {n / rd_s:,.0f} | {rd_mb:.0f} | {em_s:.2f} | {n / em_s:,.0f} | "
+              f"{em_mb:.0f} | {em_s / rd_s:.1f}x |")
+    for count, size, seconds in model_rows:
+        print()
+        print(f"model only ({args.device}, batch {size}): {count:,} records in {seconds:.2f} s = {count / seconds:,.0f} "
+              f"records/s")
 
 
 if __name__ == "__main__":

@@ -62,13 +62,22 @@ def usable_cpus() -> int:
 def default_workers(paths: list[str], device: str = "cpu", cpus: int | None = None) -> int:
     """Worker processes for a run: none for standard input (one reader only) or on one core. On a
     GPU they parse, the model runs in the main process: all cores but one, up to 8. On CPU they
-    parse and encode, one torch thread each: one per core, up to 8 (each holds a model). In a
-    process that has loaded torch already (a Python session, a test) workers would have to start
-    as fresh interpreters, which costs more than small inputs gain: none there unless asked for."""
+    parse and encode, one torch thread each: one per core, up to 8 (each holds a model), and no
+    more than one per MiB of input. In a process that has loaded torch already (a Python session,
+    a test) workers would have to start as fresh interpreters, which costs more than small inputs
+    gain: none there unless asked for."""
+    import os
+
     cpus = cpus or usable_cpus()
     if STDIN in paths or cpus < 2 or "torch" in sys.modules:
         return 0
-    return max(1, min(8, cpus - 1)) if gpu_wanted(device) else min(8, cpus)
+    if gpu_wanted(device):
+        return max(1, min(8, cpus - 1))
+    # each CPU worker pays the start-up (torch, the model) of about 2,000 small records' parsing and a
+    # few hundred records' encoding: one per MiB of input (about 300 drug-like SDF records), so a small
+    # input does not wait for workers that would have little to do
+    size = sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
+    return max(1, min(8, cpus, size >> 20))
 
 
 def keep_freed_memory() -> None:
