@@ -39,3 +39,13 @@ for b in 64 $B; do
   s=$(date +%s.%N); python3 -m groupae_cli embed /tmp/big.sdf -o /tmp/out$b.h5 --batch-size $b --device $DEV --quiet
   echo "embed end to end, $N records, batch $b, $DEV: rc=$? $(python3 -c "print(f'{$N/($(date +%s.%N)-$s):,.0f} records/s')")" | tee -a $OUT/embed_gpu.log
 done
+# issue 12: the pipeline (parse workers, pinned memory, batch 1024 by default on a GPU) against the
+# model alone, and CUDA against CPU on the same records
+python3 bench/embed_throughput.py --model default --device cuda --records 10000 100000 --workers default 0 \
+  | tee -a $OUT/embed_gpu.log
+head -c 3000000 /tmp/big.sdf | python3 -c "import sys; t = sys.stdin.read(); sys.stdout.write(t[:t.rfind('\$\$\$\$') + 5] + '\n')" > /tmp/small.sdf
+python3 -m groupae_cli embed /tmp/small.sdf -o /tmp/gpu.h5 --device cuda --quiet
+python3 -m groupae_cli embed /tmp/small.sdf -o /tmp/cpu.h5 --device cpu --quiet
+python3 -c "import h5py, numpy as np; a, b = h5py.File('/tmp/gpu.h5'), h5py.File('/tmp/cpu.h5'); \
+print('CUDA vs CPU, max |difference|:', {k: float(np.abs(a[k][()] - b[k][()]).max()) for k in ('embedding', 'rotation', 'translation')}, \
+'orders equal:', bool(np.array_equal(a['permutation'][()], b['permutation'][()])))" | tee -a $OUT/embed_gpu.log
