@@ -78,7 +78,7 @@ def encode_items(items: Iterable[tuple[K, Structure | Failure]], model, device: 
             if isinstance(item, Failure):
                 yield key, item
                 continue
-            row = Encoded(item, result["embedding"][k], result["rotation"][k], result["translation"][k],
+            row = Encoded(item.name, item.index, item.numbers, result["embedding"][k], result["rotation"][k], result["translation"][k],
                           bool(result["degenerate"][k]), result["permutation"][k])
             k += 1
             finite = np.isfinite(row.embedding).all() and np.isfinite(row.rotation).all() \

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from groupae_cli.errors import Failure
-from groupae_cli.io.records import Structure
 
 #: Rows written per HDF5 append.
 WRITE_CHUNK = 256
@@ -25,9 +24,12 @@ IDENTITY_MEANING = ("embedding[:, :embedding_identity] sees only frame-free feat
 
 @dataclass
 class Encoded:
-    """One record through the model: its embedding and group element (the input's frame)."""
+    """One record through the model: its embedding and group element (the input's frame), with what
+    the file keeps of the record (not its coordinates, bonds or SD tags: workers send these back)."""
 
-    structure: Structure
+    name: str
+    index: int
+    numbers: np.ndarray  # (n,) atomic numbers
     embedding: np.ndarray  # (d,)
     rotation: np.ndarray  # (3, 3)
     translation: np.ndarray  # (3,)
@@ -77,10 +79,10 @@ def write_embeddings(items: Iterable[tuple[int, Encoded | Failure]], out: str | 
             "embedding": np.stack([e.embedding for _, e in rows]), "rotation": np.stack([e.rotation for _, e in rows]),
             "translation": np.stack([e.translation for _, e in rows]),
             "degenerate": np.array([e.degenerate for _, e in rows], dtype=bool),
-            "n_atoms": [len(e.structure) for _, e in rows], "name": [e.structure.name for _, e in rows],
-            "source_file": [f for f, _ in rows], "source_index": [e.structure.index for _, e in rows],
+            "n_atoms": [len(e.numbers) for _, e in rows], "name": [e.name for _, e in rows],
+            "source_file": [f for f, _ in rows], "source_index": [e.index for _, e in rows],
         }
-        atoms = {"permutation": [e.permutation for _, e in rows], "atomic_numbers": [e.structure.numbers for _, e in rows]}
+        atoms = {"permutation": [e.permutation for _, e in rows], "atomic_numbers": [e.numbers for _, e in rows]}
         writer.append(records, atoms)
         written += len(rows)
         rows.clear()
