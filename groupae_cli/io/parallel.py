@@ -1,4 +1,4 @@
-"""Records parsed in worker processes and handed back in input order, so parsing overlaps the model.
+"""Records parsed (and, on CPU, encoded) in worker processes, handed back in input order.
 
 Items (records and failures, numbered in input order over every input file: see `read_items`)
 are dealt to W workers like cards: worker w parses the items whose number k has k % (N W) =
