@@ -117,9 +117,11 @@ def main() -> None:
         firsts, torches = [], []
         for _ in range(5):
             run = subprocess.run([sys.executable, "-c", FIRST_RECORD, "embed", str(one), "-o", f"{tmp}/one.h5", "--quiet",
-                                  "--model", args.model, "--device", args.device], capture_output=True, text=True)
+                                  "--model", args.model, "--device", args.device], capture_output=True, text=True,
+                                 check=True)
             firsts.append(float(next(line for line in run.stderr.splitlines() if line.startswith("FIRST")).split()[1]))
-            torches.append(float(subprocess.run([sys.executable, "-c", TORCH], capture_output=True, text=True).stdout))
+            torches.append(float(subprocess.run([sys.executable, "-c", TORCH], capture_output=True, text=True,
+                                                check=True).stdout))
         for n in args.records:
             path = Path(tmp) / f"mols{n}.sdf"
             with path.open("w") as f:
