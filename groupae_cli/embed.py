@@ -78,8 +78,8 @@ def encode_items(items: Iterable[tuple[K, Structure | Failure]], model, device: 
             if isinstance(item, Failure):
                 yield key, item
                 continue
-            row = Encoded(item.name, item.index, item.numbers, result["embedding"][k], result["rotation"][k], result["translation"][k],
-                          bool(result["degenerate"][k]), result["permutation"][k])
+            row = Encoded(item.name, item.index, item.numbers, result["embedding"][k], result["rotation"][k],
+                          result["translation"][k], bool(result["degenerate"][k]), result["permutation"][k])
             k += 1
             finite = np.isfinite(row.embedding).all() and np.isfinite(row.rotation).all() \
                 and np.isfinite(row.translation).all()
@@ -101,11 +101,6 @@ def encode_items(items: Iterable[tuple[K, Structure | Failure]], model, device: 
     yield from flush()
 
 
-def model_attrs(model, attrs: dict) -> Callable[[], tuple[int, int, dict]]:
-    """What `write_embeddings` asks of the model: embedding size, frame-free block, attributes."""
-    return lambda: (model.config.embedding_dim, model.config.embedding_identity, attrs)
-
-
 def embed_files(items: Iterable[tuple[int, Structure | Failure]], model, out: str | Path, attrs: dict,
                 device: torch.device, batch_size: int = 64,
                 on_failure: Callable[[Failure], None] | None = None, keep_empty: bool = False) -> int:
@@ -115,8 +110,9 @@ def embed_files(items: Iterable[tuple[int, Structure | Failure]], model, out: st
     order whatever the batch size. Returns the number of records embedded; when that is 0 no file
     is written, unless `keep_empty` (see `write_embeddings`).
     """
-    return write_embeddings(encode_items(items, model, device, batch_size), out, model_attrs(model, attrs),
-                            on_failure, keep_empty)
+    c = model.config
+    return write_embeddings(encode_items(items, model, device, batch_size), out,
+                            lambda: (c.embedding_dim, c.embedding_identity, attrs), on_failure, keep_empty)
 
 
-__all__ = ["embed_files", "encode_batch", "encode_items", "model_attrs", "parse_shard", "provenance", "usable"]
+__all__ = ["embed_files", "encode_batch", "encode_items", "parse_shard", "provenance", "usable"]

@@ -95,11 +95,10 @@ def embed(
     report = FailureReport(strict=strict)
     if batch_size is None:
         batch_size = GPU_BATCH if gpu_wanted(device) else CPU_BATCH
-    name = None if model is None else str(model)
+    model_path = model_path_for(model)
+    attrs = provenance(model_path, Path(model_path).stem if model is None else str(model), paths, part, "embed")
     if workers and device in ("cpu", "auto") and not gpu_wanted(device):
         # CPU: the workers parse and encode (one torch thread each); this process only writes
-        model_path = model_path_for(model)
-        attrs = provenance(model_path, name or Path(model_path).stem, paths, part, "embed")
         encoder = {"model": str(model_path), "batch_size": batch_size, "threads": max(1, usable_cpus() // workers)}
         with RecordStream(paths, fmt, workers, part, encoder=encoder) as stream:
             items = stream_progress(stream, quiet, desc="embedding")
@@ -111,8 +110,7 @@ def embed(
         with RecordStream(paths, fmt, workers, part) as stream:
             from groupae_cli.embed import embed_files
 
-            net, torch_device, model_path = load_for_command(model, device)
-            attrs = provenance(model_path, name or Path(model_path).stem, paths, part, "embed")
+            net, torch_device, _ = load_for_command(model, device)
             items = stream_progress(stream, quiet, desc="embedding")
             count = embed_files(items, net, out, attrs, torch_device, batch_size, on_failure=report.add,
                                 keep_empty=part[1] > 1)

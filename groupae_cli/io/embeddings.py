@@ -25,7 +25,8 @@ IDENTITY_MEANING = ("embedding[:, :embedding_identity] sees only frame-free feat
 @dataclass
 class Encoded:
     """One record through the model: its embedding and group element (the input's frame), with what
-    the file keeps of the record (not its coordinates, bonds or SD tags: workers send these back)."""
+    the file keeps of the record (not its coordinates, bonds or SD tags, which workers need not
+    send back)."""
 
     name: str
     index: int
@@ -71,6 +72,11 @@ def write_embeddings(items: Iterable[tuple[int, Encoded | Failure]], out: str | 
     written = 0
     rows: list[tuple[int, Encoded]] = []
 
+    def open_writer():
+        dim, identity, file_attrs = attrs()
+        return embedding_writer(out, dim, file_attrs | {"embedding_identity": identity,
+                                                        "embedding_identity_meaning": IDENTITY_MEANING})
+
     def flush() -> None:
         nonlocal written
         if not rows:
@@ -90,9 +96,7 @@ def write_embeddings(items: Iterable[tuple[int, Encoded | Failure]], out: str | 
     try:
         for file_number, item in items:
             if writer is None:
-                dim, identity, file_attrs = attrs()
-                writer = embedding_writer(out, dim, file_attrs | {"embedding_identity": identity,
-                                                                  "embedding_identity_meaning": IDENTITY_MEANING})
+                writer = open_writer()
             if isinstance(item, Failure):  # (the failed table is in input order, as the rows are)
                 writer.fail(file_number, item.index, item.name, item.reason)
                 if on_failure is not None:
@@ -102,9 +106,7 @@ def write_embeddings(items: Iterable[tuple[int, Encoded | Failure]], out: str | 
             if len(rows) >= WRITE_CHUNK:
                 flush()
         if writer is None and keep_empty:
-            dim, identity, file_attrs = attrs()
-            writer = embedding_writer(out, dim, file_attrs | {"embedding_identity": identity,
-                                                              "embedding_identity_meaning": IDENTITY_MEANING})
+            writer = open_writer()
         flush()
     except BaseException:
         if writer is not None:

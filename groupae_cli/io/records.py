@@ -19,7 +19,7 @@ MIN_DISTANCE = 1e-3
 
 
 class _Skipped:
-    """What a reader yields in place of a record it was told not to parse (see `Wanted`)."""
+    """What a reader yields in place of a record its `wanted` rejects (see `read_structures`)."""
 
     def __repr__(self) -> str:
         return "SKIPPED"
