@@ -5,7 +5,8 @@ It works in the canonical frame and order, so it need not be equivariant. Slot k
 n atoms gets a sinusoidal code of k and of n, plus a projection of z; a small transformer lets the
 slots agree on a geometry. With the composition (`decoder_composition`), the canonical order being
 element-major, each slot also knows its element, its rank among the atoms of that element and their
-count. Slot codes live only here: the encoder never sees an index.
+count, and decodes that element. The same slot codes can be given to the canonical embedding's atom
+tokens (`pool_slot_codes`), so that what the encoder writes about slot k the decoder's slot k reads.
 """
 
 from __future__ import annotations
@@ -18,12 +19,39 @@ from torch import nn
 from groupae_cli.models.config import ModelConfig
 
 
+#: the logit of an element a slot is known not to hold: exp() of it is 0 in float32 and float64
+_MASKED = -1e4
+
+
 def sinusoid(x: torch.Tensor, dim: int, period: float = 1000.0) -> torch.Tensor:
     """Sinusoidal code (..., dim) of positions x (...)."""
     half = dim // 2
     freq = torch.exp(-math.log(period) * torch.arange(half, device=x.device, dtype=torch.float64) / half)
     angle = x.to(torch.float64)[..., None] * freq
     return torch.cat([angle.sin(), angle.cos()], dim=-1)
+
+
+def slot_codes(n_atoms: torch.Tensor, n_max: int, dim: int, slot_types: torch.Tensor | None = None,
+               n_types: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(codes (B, N, dim) float64, mask (B, N), slot elements with padding as 0 (B, N) or None).
+
+    Slot k of a structure of n atoms: a sinusoidal code of k and of n; with the composition
+    (`slot_types` (B, N), element indices below `n_types`, element-major), also of k's rank among
+    the atoms of its element and of their count.
+    """
+    slots = torch.arange(n_max, device=n_atoms.device)
+    mask = slots[None, :] < n_atoms[:, None]
+    codes = sinusoid(slots, dim)[None] + sinusoid(n_atoms, dim)[:, None]
+    if slot_types is None:
+        return codes, mask, None
+    t = slot_types.masked_fill(~mask, 0)
+    new_block = torch.ones_like(mask)
+    new_block[:, 1:] = t[:, 1:] != t[:, :-1]
+    block_start = torch.cummax(torch.where(new_block, slots[None, :], 0), dim=1).values
+    one_hot = torch.nn.functional.one_hot(t, n_types) * mask[:, :, None]
+    count = one_hot.sum(1).gather(1, t)  # atoms of the slot's element
+    codes = codes + sinusoid(slots[None, :] - block_start, dim) + sinusoid(count, dim, period=100.0)
+    return codes, mask, t
 
 
 class Decoder(nn.Module):
@@ -47,6 +75,7 @@ class Decoder(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.coordinates = nn.Linear(d, 3)
         self.types = nn.Linear(d, len(config.elements))
+        self.elements = config.elements
         self.element = nn.Embedding(len(config.elements), d) if config.decoder_composition else None
 
     def forward(self, z: torch.Tensor, n_atoms: torch.Tensor, n_max: int,
@@ -55,19 +84,10 @@ class Decoder(nn.Module):
 
         `slot_types` (B, N): the element index of each canonical slot (needed with composition).
         """
-        slots = torch.arange(n_max, device=z.device)
-        mask = slots[None, :] < n_atoms[:, None]
-        codes = sinusoid(slots, self.dim)[None] + sinusoid(n_atoms, self.dim)[:, None]
-        if self.element is not None:
-            if slot_types is None:
-                raise ValueError("this decoder needs the composition (slot_types)")
-            t = slot_types.masked_fill(~mask, 0)
-            new_block = torch.ones_like(mask)
-            new_block[:, 1:] = t[:, 1:] != t[:, :-1]
-            block_start = torch.cummax(torch.where(new_block, slots[None, :], 0), dim=1).values
-            one_hot = torch.nn.functional.one_hot(t, self.element.num_embeddings) * mask[:, :, None]
-            count = one_hot.sum(1).gather(1, t)  # atoms of the slot's element
-            codes = codes + sinusoid(slots[None, :] - block_start, self.dim) + sinusoid(count, self.dim, period=100.0)
+        if self.element is not None and slot_types is None:
+            raise ValueError("this decoder needs the composition (slot_types)")
+        composition = slot_types if self.element is not None else None
+        codes, mask, t = slot_codes(n_atoms, n_max, self.dim, composition, len(self.elements))
         x = self.from_z(z)[:, None, :] + codes.to(z.dtype)
         if self.element is not None:
             x = x + self.element(t)
@@ -77,4 +97,10 @@ class Decoder(nn.Module):
         else:
             x = self.transformer(x, src_key_padding_mask=~mask)
         x = self.norm(x)
-        return self.coordinates(x), self.types(x)
+        logits = self.types(x)
+        if self.element is not None:
+            # told each slot's element, the decoder decodes that element: the other logits are
+            # masked (finite, so the type head stays in the graph, as DistributedDataParallel needs)
+            given = torch.nn.functional.one_hot(t, len(self.elements)).bool()
+            logits = logits.masked_fill(~given, _MASKED)
+        return self.coordinates(x), logits
