@@ -38,7 +38,9 @@ def chiral():
 CANONICAL = {"pooling": "canonical", "pool_tokens": 2, "pool_dim": 16, "pool_heads": 2, "pool_vectors": 4,
              "embedding_composition": True, "embedding_identity": 3, "decoder_memory": 2}
 ATTENTION = {**CANONICAL, "pooling": "attention", "pool_layers": 1, "embedding_identity": 0}
-DESIGNS = {"mean": {}, "canonical": CANONICAL, "attention": ATTENTION}
+#: the canonical head whose atom tokens carry their canonical slot's code: z depends on the order
+SLOTS = {**CANONICAL, "pool_slot_codes": True}
+DESIGNS = {"mean": {}, "canonical": CANONICAL, "attention": ATTENTION, "slots": SLOTS}
 
 
 def model(dtype, seed=0, name="tiny", **changes):
@@ -58,7 +60,8 @@ def assert_contract(errors, dtype, canonical=True):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("design,message_fraction", [("mean", 1.0), ("mean", 0.5), ("canonical", 0.5), ("attention", 0.5)])
+@pytest.mark.parametrize("design,message_fraction", [("mean", 1.0), ("mean", 0.5), ("canonical", 0.5), ("attention", 0.5),
+                                                     ("slots", 0.5)])
 def test_contract_holds_on_real_molecules(molecules, dtype, design, message_fraction):
     m = model(dtype, message_fraction=message_fraction, **DESIGNS[design])
     batch = collate(molecules, m.config.elements, dtype=dtype)
@@ -276,3 +279,40 @@ def test_identity_part_of_z_ignores_the_frame(molecules):
     k = CANONICAL["embedding_identity"]
     torch.testing.assert_close(z[:, :k], out["z"][:, :k], rtol=0, atol=1e-12)
     assert (z[:, k:] - out["z"][:, k:]).abs().max() > 1e-6
+
+
+def test_slot_codes_tie_each_token_to_its_canonical_slot(molecules):
+    """With pool_slot_codes, z reads which slot each atom holds: the same atoms in the same frame
+    but another order give another z (the slot codes do reach z), while the identity block, which
+    sees no tokens, stays."""
+    m = model(torch.float64, **SLOTS)
+    batch = collate(molecules, m.config.elements, dtype=torch.float64)
+    out = m.encode(batch)
+    layout = out["layout"]
+    edges = build_edges(batch["positions"], layout, m.config.graph, m.config.cutoff, m.config.knn)
+    h = m.encoder(batch["positions"], batch["types"], *edges)
+    inv = m.invariants(h)
+    flat = layout.to_flat(out["canonical"])
+    again = m.embedding(inv, h, flat, out["rotation"], batch["types"], layout, order=out["order"])
+    torch.testing.assert_close(again, out["z"], rtol=0, atol=1e-12)
+    # reverse the order within the real slots: every element block is reversed and moved, so the
+    # first slot of each structure holds another atom
+    n = layout.n_atoms
+    slots = torch.arange(layout.n_max)
+    reversed_slots = torch.where(slots[None] < n[:, None], n[:, None] - 1 - slots[None], slots[None])
+    other = m.embedding(inv, h, flat, out["rotation"], batch["types"], layout,
+                        order=out["order"].gather(1, reversed_slots))
+    k = SLOTS["embedding_identity"]
+    torch.testing.assert_close(other[:, :k], out["z"][:, :k], rtol=0, atol=1e-12)
+    assert ((other[:, k:] - out["z"][:, k:]).abs().amax(1) > 1e-6).all()
+
+
+def test_a_decoder_told_the_composition_decodes_those_elements(molecules):
+    """With decoder_composition each slot's element logits are masked to the element it is told,
+    so even an untrained model's decoded elements are the input's (an unmasked head guesses)."""
+    for composition in (True, False):
+        m = model(torch.float32, decoder_composition=composition)
+        batch = collate(molecules, m.config.elements, dtype=torch.float32)
+        with torch.no_grad():
+            got = m(batch)["reconstruction_logits"].argmax(-1)
+        assert (got == batch["types"]).all() == composition, (got == batch["types"]).float().mean()

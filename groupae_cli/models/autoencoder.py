@@ -59,12 +59,13 @@ class GroupAE(nn.Module):
         rotation, frame_degenerate, frame_conditioning = self.rotation(h, layout, x, translation)
         canonical = (layout.to_dense(x) - translation[:, None]) @ rotation  # (X - t) R, input order
         flat_canonical = layout.to_flat(canonical)
-        z = self.embedding(inv, h, flat_canonical, rotation, types, layout)
         scores = self.scores(inv, flat_canonical)
         if tie_noise:
             scores = scores + tie_noise * torch.randn_like(scores)
         order, ties = canonical_order(layout.to_dense(scores), layout.to_dense(types), canonical, layout.mask,
                                       tie_tol=c.tie_tol)
+        extra = {"order": order} if c.pool_slot_codes else {}
+        z = self.embedding(inv, h, flat_canonical, rotation, types, layout, **extra)
         return {"z": z, "rotation": rotation, "translation": translation, "scores": scores, "order": order,
                 "canonical": canonical, "frame_degenerate": frame_degenerate, "frame_conditioning": frame_conditioning,
                 "ties": ties, "layout": layout}

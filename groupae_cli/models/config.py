@@ -57,6 +57,10 @@ class ModelConfig:
     embedding_composition: bool = False
     # canonical head: this many entries of z come from frame-free features only (see embedding.py)
     embedding_identity: int = 0
+    # canonical head: each atom token also carries the code of its canonical slot (the decoder's
+    # slot codes: slot, size, rank within its element, element count), so encoder and decoder share
+    # an address for every atom; exactly invariant, since the canonical order is equivariant
+    pool_slot_codes: bool = False
     # permutation head
     score_hidden: int = 64
     # decoder
@@ -88,6 +92,8 @@ class ModelConfig:
             raise ValueError(f"pooling must be 'mean', 'canonical' or 'attention', not {self.pooling!r}")
         if not 0 <= self.embedding_identity < self.embedding_dim:
             raise ValueError("embedding_identity must be in [0, embedding_dim)")
+        if self.pool_slot_codes and self.pooling != "canonical":
+            raise ValueError("pool_slot_codes needs pooling: canonical")
         if self.pool_dim % self.pool_heads:
             raise ValueError("pool_dim must be a multiple of pool_heads")
         if self.graph not in ("radius", "knn"):

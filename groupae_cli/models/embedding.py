@@ -26,6 +26,7 @@ from e3nn.math import soft_one_hot_linspace
 from torch import nn
 
 from groupae_cli.models.config import ModelConfig
+from groupae_cli.models.decoder import slot_codes
 from groupae_cli.models.graph import Layout
 from groupae_cli.models.heads import mlp
 
@@ -82,6 +83,10 @@ class CanonicalEmbedding(nn.Module):
         self.vectors = o3.Linear(o3.Irreps(config.hidden_irreps), o3.Irreps(f"{config.pool_vectors}x1o"))
         self.register_buffer("freq", 2 * math.pi / torch.logspace(math.log10(20.0), 0.0, self.FREQUENCIES))
         self.element = nn.Embedding(self.n_types, d)
+        self.slot = nn.Linear(d, d) if config.pool_slot_codes else None
+        if self.slot is not None:  # zero at the start: the codes (entries up to 4) would drown the tokens
+            nn.init.zeros_(self.slot.weight)
+            nn.init.zeros_(self.slot.bias)
         token_in = inv_dim + 3 + 6 * self.FREQUENCIES + 3 * config.pool_vectors
         self.token = mlp([token_in, d, d])
         self.queries = nn.Parameter(torch.randn(config.pool_tokens, d) / math.sqrt(d))
@@ -96,18 +101,30 @@ class CanonicalEmbedding(nn.Module):
         self.identity_net = mlp([free, 2 * identity + 32, identity]) if identity else None
 
     def forward(self, inv: torch.Tensor, h: torch.Tensor, canonical: torch.Tensor, rotation: torch.Tensor,
-                types: torch.Tensor, layout: Layout) -> torch.Tensor:
+                types: torch.Tensor, layout: Layout, order: torch.Tensor | None = None) -> torch.Tensor:
         """inv (A, F) invariant features, h (A, irreps) node features, canonical (A, 3) = (x - t) R,
-        rotation (B, 3, 3), types (A,) -> z (B, embedding_dim)."""
+        rotation (B, 3, 3), types (A,), order (B, N) the canonical order (the input atom in each
+        slot; needed with slot codes) -> z (B, embedding_dim)."""
         frame_vectors = self.vectors(h).reshape(len(h), -1, 3) @ rotation[layout.batch]  # components along e1..e3
         angle = canonical[:, :, None] * self.freq  # (A, 3, F)
         tokens = torch.cat([inv, canonical, angle.sin().flatten(1), angle.cos().flatten(1), frame_vectors.flatten(1)], -1)
-        pooled = pool_by_queries(self, layout.to_dense(self.token(tokens) + self.element(types)), layout)
+        dense = layout.to_dense(self.token(tokens) + self.element(types))
+        if self.slot is not None:
+            dense = dense + self.slot(self.slot_codes(types, layout, order).to(dense.dtype))
+        pooled = pool_by_queries(self, dense, layout)
         free = frame_free(inv, types, layout, self.n_types, self.composition)
         z = self.net(torch.cat([pooled, free], -1))
         if self.identity_net is not None:
             z = torch.cat([self.identity_net(free), z], -1)
         return z
+
+
+    def slot_codes(self, types: torch.Tensor, layout: Layout, order: torch.Tensor) -> torch.Tensor:
+        """(B, N, pool_dim): each atom's canonical-slot code (the decoder's), in input order."""
+        slot_types = layout.to_dense(types).gather(1, order)
+        codes, _, _ = slot_codes(layout.n_atoms, layout.n_max, self.slot.in_features, slot_types, self.n_types)
+        slot_of = torch.empty_like(order).scatter_(1, order, torch.arange(layout.n_max, device=order.device).expand_as(order))
+        return codes.gather(1, slot_of[:, :, None].expand(-1, -1, codes.shape[-1]))
 
 
 class DistanceAttention(nn.Module):
