@@ -1,9 +1,15 @@
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # tests run in a worker per core: one thread each (and in the commands they start), or
+    # OpenMP threads of the workers spin against each other (set before anything imports torch)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture

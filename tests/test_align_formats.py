@@ -53,15 +53,15 @@ def mol2_block(mol, conf_id, name):
 
 @pytest.fixture(scope="module")
 def peptide(tmp_path_factory):
-    """Two conformers of the L-pentapeptide GAVLK with hydrogens (76 atoms) as one two-model PDB
-    file, its mirror image (the D-peptide) as another, and the RDKit molecule."""
+    """Two conformers of the L-tetrapeptide GAVL with hydrogens (55 atoms, four methyl groups) as one
+    two-model PDB file, its mirror image (the D-peptide) as another, and the RDKit molecule."""
     from rdkit import Chem
     from rdkit.Chem import AllChem
 
     folder = tmp_path_factory.mktemp("pdb")
-    mol = Chem.AddHs(Chem.MolFromSequence("GAVLK"), addCoords=True)
+    mol = Chem.AddHs(Chem.MolFromSequence("GAVL"), addCoords=True)
     ids = list(AllChem.EmbedMultipleConfs(mol, 2, randomSeed=5))
-    (folder / "gavlk.pdb").write_text(Chem.MolToPDBBlock(mol))
+    (folder / "gavl.pdb").write_text(Chem.MolToPDBBlock(mol))
     mirror = Chem.Mol(mol, confId=ids[0])
     mirror.RemoveAllConformers()
     conf = Chem.Conformer(mol.GetConformer(ids[0]))
@@ -75,21 +75,21 @@ def peptide(tmp_path_factory):
 
 def test_pdb_models_are_records_with_elements_positions_and_bonds(peptide):
     mol, ids, folder = peptide
-    records, failures = split(read_structures(folder / "gavlk.pdb"))
+    records, failures = split(read_structures(folder / "gavl.pdb"))
     assert not failures and len(records) == 2
     for record, conf_id in zip(records, ids):
         assert record.numbers.tolist() == [a.GetAtomicNum() for a in mol.GetAtoms()]
         np.testing.assert_allclose(record.positions, mol.GetConformer(conf_id).GetPositions(), atol=1e-3)
         got = {tuple(sorted(map(int, b))) for b in record.bonds}
         assert got == {tuple(sorted((b.GetBeginAtomIdx(), b.GetEndAtomIdx()))) for b in mol.GetBonds()}
-    assert sniff((folder / "gavlk.pdb").read_bytes()[:4096]) == "pdb"
+    assert sniff((folder / "gavl.pdb").read_bytes()[:4096]) == "pdb"
 
 
 def test_pdb_protein_aligns_in_graph_mode_and_never_onto_its_mirror_image(peptide):
     from rdkit.Chem import rdMolAlign
 
     mol, ids, folder = peptide
-    pdb = folder / "gavlk.pdb"
+    pdb = folder / "gavl.pdb"
     result = run(pdb, pdb, "--all-pairs", "--json")
     assert result.exit_code == 0, result.output
     by_pair = {(r["a_index"], r["b_index"]): r for r in rows(result.stdout)}
@@ -125,7 +125,7 @@ def test_mol2_ligands_read_with_their_names_and_align_as_rdkit_does(tmp_path):
 
 def test_a_bad_pdb_model_or_mol2_record_is_one_line_naming_file_and_record(peptide, tmp_path):
     _, _, folder = peptide
-    text = (folder / "gavlk.pdb").read_text()
+    text = (folder / "gavl.pdb").read_text()
     second = text.index("MODEL        2")
     broken = text[:second] + text[second:].replace("           C  \n", "           Qq \n", 1)
     bad_pdb = tmp_path / "broken.pdb"
