@@ -21,7 +21,7 @@ for spec in "canonical canonical 128 0.002" "wide canonical_identity_wide 128 0.
   timeout $((DL + 30 - $(date +%s))) python3 recipes/default_model/timed_train.py bench/designs/$2.yaml /tmp/runs/$1 --deadline $DL --inputs gpu/qm9.xyz.gz gpu/druglike.xyz.gz \
     --batch-size $3 --lr $4 ${DEVICE:+--device $DEVICE} > $OUT/$1.log 2>&1 &
 done
-( python3 -m pytest -q -p no:cacheprovider tests/test_device.py -rs >> $LOG 2>&1
+( python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/test_device.py -rs >> $LOG 2>&1  # no pytest-xdist there
   echo "== groupae train --device cuda (CLI)" >> $LOG
   python3 -m groupae_cli train sample_data/molecules.sdf -o /tmp/cli_run --preset tiny --epochs 2 \
     --device ${DEVICE:-cuda} >> $LOG 2>&1; echo "rc=$?" >> $LOG ) &
