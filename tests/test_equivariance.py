@@ -209,7 +209,7 @@ def test_batched_check_catches_pooling_across_structures(molecules, monkeypatch)
             assert_batched_equals_one_by_one(molecules, torch.float64, design)
 
 
-@pytest.mark.parametrize("design", DESIGNS)
+@pytest.mark.parametrize("design", [*DESIGNS, "hydrogens"])
 def test_symmetric_molecules_are_flagged_and_still_reach_one_canonical_form(design):
     """Symmetric molecules of ase's g2 set: an equivariant map cannot pick a frame for them. The
     frame is flagged degenerate, anchor atoms stand in, z stays exactly invariant, and every copy
@@ -221,7 +221,8 @@ def test_symmetric_molecules_are_flagged_and_still_reach_one_canonical_form(desi
     symmetric = ["C6H6", "CH4", "CF4", "C2H2", "CO2", "C2H6", "C2H4", "NH3", "H2O", "SiH4"]
     structures = [Structure(g2[n].numbers, g2[n].positions, n, "g2", 0) for n in symmetric + ["CH3CH2OH"]]
     torch.manual_seed(0)
-    m = GroupAE(preset("tiny", elements=(1, 6, 7, 8, 9, 14), **DESIGNS[design])).double().eval()
+    changes = {**CANONICAL, "hydrogen_order": "parent"} if design == "hydrogens" else DESIGNS[design]
+    m = GroupAE(preset("tiny", elements=(1, 6, 7, 8, 9, 14), **changes)).double().eval()
     batch = collate(structures, m.config.elements, dtype=torch.float64)
     assert m.encode(batch)["frame_degenerate"].tolist() == [True] * len(symmetric) + [False]
     for seed in range(5):
@@ -334,3 +335,46 @@ def test_a_decoder_told_the_composition_decodes_those_elements(molecules):
         with torch.no_grad():
             got = m(batch)["reconstruction_logits"].argmax(-1)
         assert (got == batch["types"]).all() == composition, (got == batch["types"]).float().mean()
+
+
+def test_hydrogens_can_follow_their_parents_in_the_canonical_order(molecules):
+    """hydrogen_order "parent": every hydrogen's slot comes after the slots of the hydrogens of
+    earlier parents (parents in their own canonical order), and the contract still holds."""
+    m = model(torch.float64, hydrogen_order="parent", **CANONICAL)
+    batch = collate(molecules, m.config.elements, dtype=torch.float64)
+    out = m.encode(batch)
+    layout, hydrogen = out["layout"], m.config.elements.index(1)
+    types, x = layout.to_dense(batch["types"]), layout.to_dense(batch["positions"])
+    checked = 0
+    for b in range(layout.n_structures):
+        order = out["order"][b, : layout.n_atoms[b]]
+        slot = {int(i): k for k, i in enumerate(order)}
+        heavy = [int(i) for i in order if types[b, i] != hydrogen]
+        hydrogens = [int(i) for i in order if types[b, i] == hydrogen]
+        if not heavy or not hydrogens:
+            continue
+        parents = [heavy[int(torch.cdist(x[b, i][None], x[b, heavy]).argmin())] for i in hydrogens]
+        assert [slot[p] for p in parents] == sorted(slot[p] for p in parents)
+        checked += 1
+    assert checked >= len(molecules) // 2
+    for seed in range(2):
+        errors = symmetry_errors(m, batch, GroupElement.random(batch, generator=torch.Generator().manual_seed(seed)))
+        assert_contract(errors, torch.float64)
+    assert (m.encode(batch)["order"] != model(torch.float64, **CANONICAL).encode(batch)["order"]).any()
+
+
+def test_a_bridging_hydrogen_gets_one_parent_whatever_the_numbering():
+    """Diborane's bridging hydrogens are equally near both borons: the parent is the boron in the
+    earlier slot, so every renumbered, moved copy reaches the same canonical form."""
+    from groupae_cli.io import Structure
+
+    b, h, t = 0.885, 0.99, (1.47, 1.04)
+    positions = np.array([[b, 0, 0], [-b, 0, 0], [0, h, 0], [0, -h, 0], [t[0], 0, t[1]], [t[0], 0, -t[1]],
+                          [-t[0], 0, t[1]], [-t[0], 0, -t[1]]])
+    diborane = Structure(np.array([5, 5, 1, 1, 1, 1, 1, 1]), positions, "B2H6", "", 0)
+    m = model(torch.float64, hydrogen_order="parent", **CANONICAL)
+    batch = collate([diborane], m.config.elements, dtype=torch.float64)
+    reference = m.canonical_form(batch)
+    for seed in range(8):
+        moved = GroupElement.random(batch, generator=torch.Generator().manual_seed(seed)).apply(batch)
+        assert (m.canonical_form(moved) - reference).abs().max() < 1e-6, seed

@@ -21,6 +21,7 @@ from groupae_cli.models.permutation import (
     ScoreHead,
     canonical_order,
     hard_permutation,
+    hydrogens_follow_parents,
     soft_permutation,
 )
 
@@ -62,6 +63,10 @@ class GroupAE(nn.Module):
         scores = self.scores(inv, flat_canonical)
         if tie_noise:
             scores = scores + tie_noise * torch.randn_like(scores)
+        if c.hydrogen_order == "parent" and 1 in c.elements:
+            dense = hydrogens_follow_parents(layout.to_dense(scores), layout.to_dense(types), canonical, layout.mask,
+                                             c.elements.index(1), c.tie_tol)
+            scores = layout.to_flat(dense)
         order, ties = canonical_order(layout.to_dense(scores), layout.to_dense(types), canonical, layout.mask,
                                       tie_tol=c.tie_tol)
         extra = {"order": order} if c.pool_slot_codes else {}

@@ -63,6 +63,9 @@ class ModelConfig:
     pool_slot_codes: bool = False
     # permutation head
     score_hidden: int = 64
+    # "score": atoms of one element in score order; "parent": hydrogens grouped by their parent
+    # (the nearest other atom), in the parents' canonical order, then by score
+    hydrogen_order: str = "score"
     # decoder
     decoder_dim: int = 128
     decoder_layers: int = 3
@@ -92,6 +95,8 @@ class ModelConfig:
             raise ValueError(f"pooling must be 'mean', 'canonical' or 'attention', not {self.pooling!r}")
         if not 0 <= self.embedding_identity < self.embedding_dim:
             raise ValueError("embedding_identity must be in [0, embedding_dim)")
+        if self.hydrogen_order not in ("score", "parent"):
+            raise ValueError(f"hydrogen_order must be 'score' or 'parent', not {self.hydrogen_order!r}")
         if self.pool_slot_codes and self.pooling != "canonical":
             raise ValueError("pool_slot_codes needs pooling: canonical")
         if self.pool_dim % self.pool_heads:

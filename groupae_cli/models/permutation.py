@@ -44,6 +44,30 @@ class ScoreHead(nn.Module):
         return canonical @ self.direction + self.net(torch.cat([invariants, canonical], dim=-1)).squeeze(-1)
 
 
+def hydrogens_follow_parents(scores: torch.Tensor, types: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                             hydrogen: int, tie_tol: float) -> torch.Tensor:
+    """Scores (B, N) under which each hydrogen sorts by its parent's canonical slot, then by its own score.
+
+    A hydrogen's parent is its nearest atom that is not a hydrogen, of equally near ones the one in
+    the earlier slot (an invariant choice, equivariant under renumbering). Its new score is the parent's slot plus 0.4 tanh(own score): the hydrogens of
+    one parent stay together, in their parents' canonical order, and compete among themselves as
+    before. Other atoms, and hydrogens of structures with no other atom, keep their scores.
+    """
+    is_h = (types == hydrogen) & mask
+    heavy = (types != hydrogen) & mask
+    if not (is_h.any() and heavy.any()):
+        return scores
+    order, _ = canonical_order(scores, types, positions, mask, tie_tol)  # heavy slots do not depend on H
+    slot_of = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    dist = torch.cdist(positions, positions).masked_fill(~heavy[:, None, :], float("inf"))
+    # parents tied in distance (a bridging hydrogen): the one in the earlier slot, whatever the numbering
+    nearest = dist <= dist.amin(-1, keepdim=True) * (1 + 1e-6) + 1e-9
+    parent_slot = slot_of[:, None, :].expand_as(dist).masked_fill(~nearest, order.shape[1]).amin(-1)  # (B, N)
+    has_parent = heavy.any(1, keepdim=True) & is_h
+    key = parent_slot.to(scores.dtype) + 0.4 * torch.tanh(scores)
+    return torch.where(has_parent, key, scores)
+
+
 def _stable_argsort(key: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """Re-sort `order` (B, N) stably by key[order]."""
     return order.gather(1, torch.sort(key.gather(1, order), dim=1, stable=True).indices)
