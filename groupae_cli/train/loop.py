@@ -153,7 +153,7 @@ class Trainer:
                 batch = GroupElement.random(batch).apply(batch)
             out = self.ddp(batch, tau=tau, straight_through=c.straight_through(epoch), tie_noise=c.tie_noise)
             loss, parts = objective(out, batch, c.type_weight, c.entropy_weight, match, c.distance_weight,
-                                    c.distance_cutoff, c.frame_weight, c.frame_floor)
+                                    c.distance_cutoff, c.frame_weight, c.frame_floor, c.recon_loss)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)

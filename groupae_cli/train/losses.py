@@ -54,15 +54,21 @@ def distance_error(out: dict, batch: dict, cutoff: float) -> torch.Tensor:
 
 def objective(out: dict, batch: dict, type_weight: float, entropy_weight: float,
               match_weight: float = 0.0, distance_weight: float = 0.0, distance_cutoff: float = 3.0,
-              frame_weight: float = 0.0, frame_floor: float = 0.1) -> tuple[torch.Tensor, dict[str, float]]:
-    """(loss, parts) for one batch. Squared errors are per atom, in Å^2."""
+              frame_weight: float = 0.0, frame_floor: float = 0.1,
+              recon_loss: str = "mse") -> tuple[torch.Tensor, dict[str, float]]:
+    """(loss, parts) for one batch. Squared errors are per atom, in Å^2; with `recon_loss` "rmsd" the
+    reconstruction term is the mean of the structures' RMSDs (Å) instead of the mean squared error."""
     layout = out["layout"]
     mask = layout.mask
     x, types = batch[POSITIONS], batch[TYPES]
-    sq = ((out["reconstruction"] - x) ** 2).sum(-1).mean()
+    per_atom = ((out["reconstruction"] - x) ** 2).sum(-1)
+    sq = per_atom.mean()
+    recon = sq
+    if recon_loss == "rmsd":
+        recon = (layout.pool(per_atom) / layout.n_atoms.to(per_atom.dtype) + _EPS).sqrt().mean()
     probs = torch.einsum("bki,bkc->bic", out["p"], torch.softmax(out["type_logits"], -1))  # per input atom
     type_nll = -(layout.to_flat(probs).gather(1, types[:, None]) + _EPS).log().mean()
-    loss = sq + type_weight * type_nll
+    loss = recon + type_weight * type_nll
     parts = {"recon_sq": sq.item(), "type_nll": type_nll.item()}
     if distance_weight:
         dist = distance_error(out, batch, distance_cutoff)
