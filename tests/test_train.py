@@ -227,9 +227,10 @@ def test_init_starts_a_new_run_from_a_trained_model(trained, subset, tmp_path):
     assert refused.exit_code == 2 and "--init takes the model from its checkpoint" in refused.output
 
 
-def test_the_rmsd_loss_is_the_mean_of_the_structures_rmsds(subset):
+def test_the_reconstruction_losses_are_what_they_say(subset):
     """recon_loss "rmsd": the reconstruction term is the mean over structures of each one's RMSD,
-    so a small molecule counts as much as a large one; "mse" is the mean squared error per atom."""
+    so a small molecule counts as much as a large one; "distance" the mean of the atoms' distances;
+    "mse" is the mean squared error per atom."""
     from groupae_cli.data import collate
     from groupae_cli.models import GroupAE
     from groupae_cli.train.losses import objective
@@ -245,6 +246,8 @@ def test_the_rmsd_loss_is_the_mean_of_the_structures_rmsds(subset):
     starts = np.cumsum([0, *batch["n_atoms"].tolist()])
     per_structure = [np.sqrt(err[a:b].mean()) for a, b in zip(starts[:-1], starts[1:])]
     assert rmsd.item() == pytest.approx(np.mean(per_structure), rel=1e-6)
+    distance, _ = objective(out, batch, 0.0, 0.0, recon_loss="distance")
+    assert distance.item() == pytest.approx(np.sqrt(err).mean(), rel=1e-6)
     assert mse.item() == pytest.approx(err.mean(), rel=1e-9) and mse_parts["recon_sq"] == pytest.approx(err.mean())
     with pytest.raises(ValueError, match="recon_loss"):
         TrainConfig(recon_loss="l1")

@@ -31,9 +31,10 @@ class TrainConfig:
     tie_noise: float = 1e-3
     entropy_weight: float = 0.025  # the paper's weight for point clouds
     type_weight: float = 0.1
-    # the reconstruction term: "mse", the mean squared error per atom (Å^2), or "rmsd", the mean over
+    # the reconstruction term: "mse", the mean squared error per atom (Å^2); "rmsd", the mean over
     # structures of each structure's RMSD (Å): every structure counts the same, and small errors
-    # keep a gradient that does not fade as they shrink
+    # keep a gradient that does not fade as they shrink; "distance", the mean over atoms of each
+    # atom's distance from its place (Å): the same, atom by atom
     recon_loss: str = "mse"
     # a loss on the decoded interatomic distances of pairs closer than `distance_cutoff` (Å) in the
     # input (bonds and angles): local geometry, whatever the frame and order (0: off)
@@ -58,8 +59,8 @@ class TrainConfig:
             raise ValueError("epoch_size and val_size must be >= 0")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
-        if self.recon_loss not in ("mse", "rmsd"):
-            raise ValueError(f"recon_loss must be 'mse' or 'rmsd', not {self.recon_loss!r}")
+        if self.recon_loss not in ("mse", "rmsd", "distance"):
+            raise ValueError(f"recon_loss must be 'mse', 'rmsd' or 'distance', not {self.recon_loss!r}")
         if not 0 < self.tau_end <= self.tau_start:
             raise ValueError("need 0 < tau_end <= tau_start")
 

@@ -57,7 +57,8 @@ def objective(out: dict, batch: dict, type_weight: float, entropy_weight: float,
               frame_weight: float = 0.0, frame_floor: float = 0.1,
               recon_loss: str = "mse") -> tuple[torch.Tensor, dict[str, float]]:
     """(loss, parts) for one batch. Squared errors are per atom, in Å^2; with `recon_loss` "rmsd" the
-    reconstruction term is the mean of the structures' RMSDs (Å) instead of the mean squared error."""
+    reconstruction term is the mean of the structures' RMSDs (Å), with "distance" the mean of the
+    atoms' distances from their places (Å), instead of the mean squared error."""
     layout = out["layout"]
     mask = layout.mask
     x, types = batch[POSITIONS], batch[TYPES]
@@ -66,6 +67,8 @@ def objective(out: dict, batch: dict, type_weight: float, entropy_weight: float,
     recon = sq
     if recon_loss == "rmsd":
         recon = (layout.pool(per_atom) / layout.n_atoms.to(per_atom.dtype) + _EPS).sqrt().mean()
+    elif recon_loss == "distance":
+        recon = (per_atom + _EPS).sqrt().mean()
     probs = torch.einsum("bki,bkc->bic", out["p"], torch.softmax(out["type_logits"], -1))  # per input atom
     type_nll = -(layout.to_flat(probs).gather(1, types[:, None]) + _EPS).log().mean()
     loss = recon + type_weight * type_nll
