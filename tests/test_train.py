@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -244,7 +245,7 @@ def test_the_reconstruction_losses_are_what_they_say(subset):
     rmsd, _ = objective(out, batch, 0.0, 0.0, recon_loss="rmsd")
     err = ((out["reconstruction"] - batch["positions"]) ** 2).sum(-1).detach().numpy()
     starts = np.cumsum([0, *batch["n_atoms"].tolist()])
-    per_structure = [np.sqrt(err[a:b].mean()) for a, b in zip(starts[:-1], starts[1:])]
+    per_structure = [np.sqrt(err[a:b].mean()) for a, b in pairwise(starts)]
     assert rmsd.item() == pytest.approx(np.mean(per_structure), rel=1e-6)
     distance, _ = objective(out, batch, 0.0, 0.0, recon_loss="distance")
     assert distance.item() == pytest.approx(np.sqrt(err).mean(), rel=1e-6)

@@ -18,7 +18,6 @@ from torch import nn
 
 from groupae_cli.models.config import ModelConfig
 
-
 #: the logit of an element a slot is known not to hold: exp() of it is 0 in float32 and float64
 _MASKED = -1e4
 
