@@ -282,16 +282,22 @@ def test_tetris_anchor_frames_hold_under_noise(tie, stable):
     assert not off.any() if stable else off.any(), {p.name: int(o.sum()) for p, o in zip(pieces, off.view(len(pieces), -1))}
 
 
+def embedding_inputs(m, molecules):
+    """(batch, encode's output, node features, invariants) of the molecules in float64: what the
+    embedding head is called with, to call it again with other frames or orders."""
+    batch = collate(molecules, m.config.elements, dtype=torch.float64)
+    out = m.encode(batch)
+    edges = build_edges(batch["positions"], out["layout"], m.config.graph, m.config.cutoff, m.config.knn)
+    h = m.encoder(batch["positions"], batch["types"], *edges)
+    return batch, out, h, m.invariants(h)
+
+
 def test_identity_part_of_z_ignores_the_frame(molecules):
     """With embedding_identity k, the first k entries of z see only frame-free features: another
     frame (and so other canonical coordinates) changes the rest of z, never them."""
     m = model(torch.float64, **CANONICAL)
-    batch = collate(molecules, m.config.elements, dtype=torch.float64)
-    out = m.encode(batch)
+    batch, out, h, inv = embedding_inputs(m, molecules)
     layout = out["layout"]
-    edges = build_edges(batch["positions"], layout, m.config.graph, m.config.cutoff, m.config.knn)
-    h = m.encoder(batch["positions"], batch["types"], *edges)
-    inv = m.invariants(h)
     other = GroupElement.random(batch, generator=torch.Generator().manual_seed(4)).rotation  # a wrong frame
     canonical = torch.einsum("ai,aij->aj", batch["positions"] - out["translation"][batch["batch"]], other[batch["batch"]])
     z = m.embedding(inv, h, canonical, other, batch["types"], layout)
@@ -305,12 +311,8 @@ def test_slot_codes_tie_each_token_to_its_canonical_slot(molecules):
     but another order give another z (the slot codes do reach z), while the identity block, which
     sees no tokens, stays."""
     m = slot_model()
-    batch = collate(molecules, m.config.elements, dtype=torch.float64)
-    out = m.encode(batch)
+    batch, out, h, inv = embedding_inputs(m, molecules)
     layout = out["layout"]
-    edges = build_edges(batch["positions"], layout, m.config.graph, m.config.cutoff, m.config.knn)
-    h = m.encoder(batch["positions"], batch["types"], *edges)
-    inv = m.invariants(h)
     flat = layout.to_flat(out["canonical"])
     again = m.embedding(inv, h, flat, out["rotation"], batch["types"], layout, order=out["order"])
     torch.testing.assert_close(again, out["z"], rtol=0, atol=1e-12)
