@@ -118,7 +118,6 @@ class CanonicalEmbedding(nn.Module):
             z = torch.cat([self.identity_net(free), z], -1)
         return z
 
-
     def slot_codes(self, types: torch.Tensor, layout: Layout, order: torch.Tensor) -> torch.Tensor:
         """(B, N, pool_dim): each atom's canonical-slot code (the decoder's), in input order."""
         slot_types = layout.to_dense(types).gather(1, order)

@@ -49,9 +49,10 @@ def hydrogens_follow_parents(scores: torch.Tensor, types: torch.Tensor, position
     """Scores (B, N) under which each hydrogen sorts by its parent's canonical slot, then by its own score.
 
     A hydrogen's parent is its nearest atom that is not a hydrogen, of equally near ones the one in
-    the earlier slot (an invariant choice, equivariant under renumbering). Its new score is the parent's slot plus 0.4 tanh(own score): the hydrogens of
-    one parent stay together, in their parents' canonical order, and compete among themselves as
-    before. Other atoms, and hydrogens of structures with no other atom, keep their scores.
+    the earlier slot (an invariant choice, equivariant under renumbering). Its new score is the
+    parent's slot plus 0.4 tanh(own score): the hydrogens of one parent stay together, in their
+    parents' canonical order, and compete among themselves as before. Other atoms, and hydrogens of
+    structures with no other atom, keep their scores.
     """
     is_h = (types == hydrogen) & mask
     heavy = (types != hydrogen) & mask
