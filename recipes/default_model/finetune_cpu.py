@@ -1,0 +1,61 @@
+"""Fine-tune the shipped default model on the RMSD loss, on CPU, from a run directory's parsed data.
+
+    python recipes/default_model/finetune_cpu.py RUN_DIR [--data runs/default] [--epochs 3]
+
+`--data` holds `cache.npz` and `split.json` as `groupae train` writes them for the recipe's files
+(qm9.sdf.gz, then druglike.sdf.gz, split 0.1 with seed 0: the split the shipped model was trained
+on, so its held-out molecules stay held out). The same as `groupae train <the recipe's files> -o
+RUN_DIR --init default` with the settings below, without parsing the 140,960 records again.
+The first candidate (bench/RESULTS.md, "Where the error sits") ran with the defaults, one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from groupae_cli.io.checkpoint import read_checkpoint
+from groupae_cli.models.config import ModelConfig
+from groupae_cli.train import TrainConfig
+from groupae_cli.train.dataset import (
+    Batches,
+    StructureSet,
+    epoch_batches,
+    fixed_batches,
+)
+from groupae_cli.train.loop import Trainer
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--data", type=Path, default=Path("runs/default"), help="folder with cache.npz and split.json")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epoch-size", type=int, default=64_000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    args = p.parse_args()
+    data = StructureSet.load(args.data / "cache.npz")
+    split = json.loads((args.data / "split.json").read_text())
+    train_idx, val_idx = np.array(split["train"]), np.array(split["validation"])
+    model_config = ModelConfig.from_dict(read_checkpoint("default")["config"])
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, epoch_size=args.epoch_size,
+                         val_size=1000, seed=0, recon_loss="rmsd")
+    val = np.sort(np.random.default_rng([config.seed, 2]).choice(val_idx, config.val_size, replace=False))
+
+    def train_batches(epoch):
+        return Batches(data, epoch_batches(train_idx, data.sizes, config.batch_size, config.seed, epoch,
+                                           epoch_size=config.epoch_size), model_config.elements)
+
+    def val_batches():
+        return Batches(data, list(fixed_batches(val, 64)), model_config.elements)
+
+    Trainer(model_config, config, args.run_dir, train_batches, val_batches, device="cpu",
+            extra_state={"init": "default", "recipe": "recipes/default_model/finetune_cpu.py"}, init="default").fit()
+
+
+if __name__ == "__main__":
+    main()
