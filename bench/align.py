@@ -34,9 +34,9 @@ from groupae_cli.align import (
     align_graph,
     align_structures,
     assign,
-    axis_starts,
     fit_rmsd,
     kabsch,
+    start_rotations,
 )
 from groupae_cli.embed import usable
 from groupae_cli.io import Failure, read_structures
@@ -89,7 +89,7 @@ def symmetric_pairs():
 def baseline(a: Structure, b: Structure) -> float:
     """Principal axes + one Hungarian assignment + Kabsch, best over the 4 proper sign choices."""
     best = np.inf
-    for rotation in axis_starts(a.positions, b.positions):
+    for rotation in start_rotations(a.positions, b.positions):
         translation = b.positions.mean(0) - a.positions.mean(0) @ rotation.T
         mapping = assign(a.positions @ rotation.T + translation, b.positions, a.numbers, b.numbers)
         best = min(best, fit_rmsd(a.positions, b.positions[mapping], *kabsch(a.positions, b.positions[mapping])))

@@ -273,12 +273,6 @@ def start_rotations(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0,
     return rotations
 
 
-def axis_starts(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0, orders: bool = False,
-                spread: bool = False) -> list[np.ndarray]:
-    """`start_rotations` as a list."""
-    return list(start_rotations(a, b, extra, seed, orders, spread))
-
-
 def start_poses(a: np.ndarray, b: np.ndarray, extra: int = 0, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """The search's starting poses (rotation, translation): every rotation of `start_rotations`
     (axis orders and the spread set, plus `extra` random ones), centroid onto centroid."""

@@ -297,14 +297,14 @@ def test_every_start_is_a_proper_rotation_and_the_spread_set_repeats_the_tetrahe
     """numpy's eigh returns principal frames of either hand; the starts between them are made
     proper all the same (a mirror-image start wasted a refinement), so the 12 tetrahedral
     rotations of the spread set coincide with 12 of the 24 axis maps, whatever the hands."""
-    from groupae_cli.align import axis_starts, principal_axes
+    from groupae_cli.align import principal_axes, start_rotations
 
     hands = set()
     for seed in range(8):
         points = np.random.default_rng(seed).normal(size=(2, 12, 3)) * [3.0, 2.0, 1.0]
         hands.add((np.sign(np.linalg.det(principal_axes(points[0])[0])),
                    np.sign(np.linalg.det(principal_axes(points[1])[0]))))
-        starts = np.array(axis_starts(points[0], points[1], orders=True, spread=True))
+        starts = start_rotations(points[0], points[1], orders=True, spread=True)
         assert len(starts) == 84
         np.testing.assert_allclose(np.linalg.det(starts), 1.0, atol=1e-9)
         same = np.abs(starts[:24, None] - starts[None, 24:]).max(axis=(2, 3)) < 1e-9
