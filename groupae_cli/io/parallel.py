@@ -15,6 +15,7 @@ a C library on a malformed record) is one line naming the file it was reading, n
 from __future__ import annotations
 
 import contextlib
+import os
 import queue as queue_module
 import signal
 import sys
@@ -48,14 +49,10 @@ def parse_shard(text: str) -> tuple[int, int]:
 def gpu_wanted(device: str) -> bool:
     """Whether --device asks for a GPU: cuda[:i], or auto where an NVIDIA driver is loaded (asked
     without importing torch)."""
-    import os
-
     return device.startswith("cuda") or (device == "auto" and os.path.exists("/proc/driver/nvidia/version"))
 
 
 def usable_cpus() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -66,8 +63,6 @@ def default_workers(paths: list[str], device: str = "cpu", cpus: int | None = No
     more than one per MiB of input. In a process that has loaded torch already (a Python session,
     a test) workers would have to start as fresh interpreters, which costs more than small inputs
     gain: none there unless asked for."""
-    import os
-
     cpus = cpus or usable_cpus()
     if STDIN in paths or cpus < 2 or "torch" in sys.modules:
         return 0
