@@ -29,6 +29,7 @@ from groupae_cli.models.config import ModelConfig
 from groupae_cli.models.decoder import slot_codes
 from groupae_cli.models.graph import Layout
 from groupae_cli.models.heads import mlp
+from groupae_cli.models.permutation import slot_of_atoms
 
 
 def mean_over_atoms(x: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -122,8 +123,7 @@ class CanonicalEmbedding(nn.Module):
         """(B, N, pool_dim): each atom's canonical-slot code (the decoder's), in input order."""
         slot_types = layout.to_dense(types).gather(1, order)
         codes, _, _ = slot_codes(layout.n_atoms, layout.n_max, self.slot.in_features, slot_types, self.n_types)
-        slot_of = torch.empty_like(order).scatter_(1, order, torch.arange(layout.n_max, device=order.device).expand_as(order))
-        return codes.gather(1, slot_of[:, :, None].expand(-1, -1, codes.shape[-1]))
+        return codes.gather(1, slot_of_atoms(order)[:, :, None].expand(-1, -1, codes.shape[-1]))
 
 
 class DistanceAttention(nn.Module):

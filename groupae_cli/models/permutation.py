@@ -44,6 +44,12 @@ class ScoreHead(nn.Module):
         return canonical @ self.direction + self.net(torch.cat([invariants, canonical], dim=-1)).squeeze(-1)
 
 
+def slot_of_atoms(order: torch.Tensor) -> torch.Tensor:
+    """The inverse of a canonical order (B, N): the slot each input atom holds."""
+    slots = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, slots)
+
+
 def hydrogens_follow_parents(scores: torch.Tensor, types: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                              hydrogen: int, tie_tol: float) -> torch.Tensor:
     """Scores (B, N) under which each hydrogen sorts by its parent's canonical slot, then by its own score.
@@ -59,7 +65,7 @@ def hydrogens_follow_parents(scores: torch.Tensor, types: torch.Tensor, position
     if not (is_h.any() and heavy.any()):
         return scores
     order, _ = canonical_order(scores, types, positions, mask, tie_tol)  # heavy slots do not depend on H
-    slot_of = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    slot_of = slot_of_atoms(order)
     dist = torch.cdist(positions, positions).masked_fill(~heavy[:, None, :], float("inf"))
     # parents tied in distance (a bridging hydrogen): the one in the earlier slot, whatever the numbering
     nearest = dist <= dist.amin(-1, keepdim=True) * (1 + 1e-6) + 1e-9

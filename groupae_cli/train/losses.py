@@ -39,6 +39,12 @@ def hungarian_slots(out: dict, batch: dict) -> torch.Tensor:
     return torch.as_tensor(slots, device=layout.mask.device)
 
 
+def structure_rmsd(per_atom_sq: torch.Tensor, layout, eps: float = 0.0) -> torch.Tensor:
+    """Each structure's RMSD (B,) from the atoms' squared errors (A,); `eps` under the root keeps
+    its gradient finite at zero."""
+    return (layout.pool(per_atom_sq) / layout.n_atoms.to(per_atom_sq.dtype) + eps).sqrt()
+
+
 def distance_error(out: dict, batch: dict, cutoff: float) -> torch.Tensor:
     """Mean squared error (Å^2) of the decoded distances between atoms closer than `cutoff` in the
     input; both in the input's atom order, so frame and order play no part."""
@@ -66,7 +72,7 @@ def objective(out: dict, batch: dict, type_weight: float, entropy_weight: float,
     sq = per_atom.mean()
     recon = sq
     if recon_loss == "rmsd":
-        recon = (layout.pool(per_atom) / layout.n_atoms.to(per_atom.dtype) + _EPS).sqrt().mean()
+        recon = structure_rmsd(per_atom, layout, _EPS).mean()
     elif recon_loss == "distance":
         recon = (per_atom + _EPS).sqrt().mean()
     probs = torch.einsum("bki,bkc->bic", out["p"], torch.softmax(out["type_logits"], -1))  # per input atom

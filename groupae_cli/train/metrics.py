@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from groupae_cli.data import POSITIONS, TYPES
+from groupae_cli.models.permutation import slot_of_atoms
 from groupae_cli.models.symmetry import GroupElement, symmetry_errors
-from groupae_cli.train.losses import hungarian_slots
+from groupae_cli.train.losses import hungarian_slots, structure_rmsd
 
 SIZE_BINS = (0, 10, 20, 30, 45, 60, 100, 10**9)
 
@@ -22,14 +23,12 @@ def per_structure(model, batch: dict) -> dict[str, np.ndarray]:
     layout = out["layout"]
     sq = ((out["reconstruction"] - batch[POSITIONS]) ** 2).sum(-1)
     n = layout.n_atoms.to(sq.dtype)
-    rmsd = (layout.pool(sq) / n).sqrt()
-    baseline = (layout.pool(((batch[POSITIONS] - out["translation"][batch["batch"]]) ** 2).sum(-1)) / n).sqrt()
+    rmsd = structure_rmsd(sq, layout)
+    baseline = structure_rmsd(((batch[POSITIONS] - out["translation"][batch["batch"]]) ** 2).sum(-1), layout)
     predicted = out["reconstruction_logits"].argmax(-1)
     elements = layout.pool((predicted == batch[TYPES]).to(sq.dtype)) / n
     # the slot the model sends each atom to, against the Hungarian-optimal slot for its own decoding
-    order = out["order"]
-    slots = torch.arange(order.shape[1], device=order.device).expand_as(order).contiguous()
-    rank = torch.empty_like(order).scatter_(1, order, slots)
+    rank = slot_of_atoms(out["order"])
     best = hungarian_slots(out, batch)
     agree = ((rank == best) & layout.mask).sum(1).to(sq.dtype) / n
     return {"rmsd": rmsd.cpu().numpy(), "baseline_rmsd": baseline.cpu().numpy(), "element_acc": elements.cpu().numpy(),
