@@ -74,7 +74,6 @@ class Decoder(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.coordinates = nn.Linear(d, 3)
         self.types = nn.Linear(d, len(config.elements))
-        self.elements = config.elements
         self.element = nn.Embedding(len(config.elements), d) if config.decoder_composition else None
 
     def forward(self, z: torch.Tensor, n_atoms: torch.Tensor, n_max: int,
@@ -86,7 +85,7 @@ class Decoder(nn.Module):
         if self.element is not None and slot_types is None:
             raise ValueError("this decoder needs the composition (slot_types)")
         composition = slot_types if self.element is not None else None
-        codes, mask, t = slot_codes(n_atoms, n_max, self.dim, composition, len(self.elements))
+        codes, mask, t = slot_codes(n_atoms, n_max, self.dim, composition, self.types.out_features)
         x = self.from_z(z)[:, None, :] + codes.to(z.dtype)
         if self.element is not None:
             x = x + self.element(t)
@@ -100,6 +99,6 @@ class Decoder(nn.Module):
         if self.element is not None:
             # told each slot's element, the decoder decodes that element: the other logits are
             # masked (finite, so the type head stays in the graph, as DistributedDataParallel needs)
-            given = torch.nn.functional.one_hot(t, len(self.elements)).bool()
+            given = torch.nn.functional.one_hot(t, self.types.out_features).bool()
             logits = logits.masked_fill(~given, _MASKED)
         return self.coordinates(x), logits
