@@ -24,6 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from groupae_cli.cli.embed import CPU_BATCH, GPU_BATCH
+from groupae_cli.io.parallel import gpu_wanted
+
 ROOT = Path(__file__).resolve().parent.parent
 
 RDKIT = """
@@ -53,13 +56,17 @@ for i in range(0, len(records), batch):
 print(json.dumps([len(records), time.perf_counter() - t]))
 """
 
-FIRST_RECORD = """
+#: seconds since this process started (its start time in /proc, against the uptime)
+SINCE_START = """
 import os, sys
 def since_start():
     with open("/proc/self/stat") as f:
         ticks = int(f.read().rsplit(")", 1)[1].split()[19])
     with open("/proc/uptime") as f:
         return float(f.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+"""
+
+FIRST_RECORD = SINCE_START + """
 import groupae_cli.io.hdf5 as hdf5
 append = hdf5.RecordWriter.append
 def first(self, *args, **kwargs):
@@ -73,13 +80,9 @@ sys.argv = ["groupae", *sys.argv[1:]]
 main()
 """
 
-TORCH = """
-import os
-with open("/proc/self/stat") as f:
-    ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+TORCH = SINCE_START + """
 import torch
-with open("/proc/uptime") as f:
-    print(float(f.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK"))
+print(since_start())
 """
 
 WRAP = ("import json,subprocess,sys,time,resource;"
@@ -136,7 +139,7 @@ def main() -> None:
                 em_s, em_mb = runs[len(runs) // 2]
                 rows.append((n, workers, rd_s, rd_mb, em_s, em_mb))
             if not args.no_model_only and n == max(args.records):
-                size = args.batch_size or 64
+                size = args.batch_size or (GPU_BATCH if gpu_wanted(args.device) else CPU_BATCH)  # embed's default
                 _, _, out = timed([sys.executable, "-c", MODEL_ONLY, str(path), args.model, args.device, str(size)])
                 count, seconds = json.loads(out)
                 model_rows.append((count, size, seconds))
