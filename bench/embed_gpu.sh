@@ -1,6 +1,6 @@
 #!/bin/bash
 # GPU figures for the shipped default model: model-only encode rate (float64 as shipped, float32) and
-# `groupae embed` end to end on N drug-like SDF records (the sample's, repeated), at batch 64 and B.
+# `groupae embed` end to end through bench/embed_throughput.py (10,000 and 100,000 records), CUDA against CPU.
 # On the GPU machine, with gpu/whl holding cp312 wheels of rdkit, ase, e3nn 0.6.0 and plyfile (as
 # recipes/default_model/gpu_lease.sh says) and $OUT a folder for the log:
 #   N=10000 B=1024 bash bench/embed_gpu.sh
@@ -35,16 +35,14 @@ blocks = open("sample_data/molecules.sdf").read().split("$$$$\n")[:-1]
 n = int(sys.argv[1])
 open("/tmp/big.sdf", "w").write("".join(blocks[i % len(blocks)] + "$$$$\n" for i in range(n)))
 PY
-for b in 64 $B; do
-  s=$(date +%s.%N); python3 -m groupae_cli embed /tmp/big.sdf -o /tmp/out$b.h5 --batch-size $b --device $DEV --quiet
-  echo "embed end to end, $N records, batch $b, $DEV: rc=$? $(python3 -c "print(f'{$N/($(date +%s.%N)-$s):,.0f} records/s')")" | tee -a $OUT/embed_gpu.log
-done
 # issue 12: the pipeline (parse workers, pinned memory, batch 1024 by default on a GPU) against the
 # model alone, and CUDA against CPU on the same records
-python3 bench/embed_throughput.py --model default --device cuda --records 10000 100000 --workers default 0 \
+timeout 150 python3 bench/embed_throughput.py --model default --device $DEV --records 10000 --workers default 0 \
+  | tee -a $OUT/embed_gpu.log
+timeout 120 python3 bench/embed_throughput.py --model default --device $DEV --records 100000 --workers default --no-model-only \
   | tee -a $OUT/embed_gpu.log
 head -c 3000000 /tmp/big.sdf | python3 -c "import sys; t = sys.stdin.read(); sys.stdout.write(t[:t.rfind('\$\$\$\$') + 5] + '\n')" > /tmp/small.sdf
-python3 -m groupae_cli embed /tmp/small.sdf -o /tmp/gpu.h5 --device cuda --quiet
+python3 -m groupae_cli embed /tmp/small.sdf -o /tmp/gpu.h5 --device $DEV --quiet
 python3 -m groupae_cli embed /tmp/small.sdf -o /tmp/cpu.h5 --device cpu --quiet
 python3 -c "import h5py, numpy as np; a, b = h5py.File('/tmp/gpu.h5'), h5py.File('/tmp/cpu.h5'); \
 print('CUDA vs CPU, max |difference|:', {k: float(np.abs(a[k][()] - b[k][()]).max()) for k in ('embedding', 'rotation', 'translation')}, \

@@ -71,6 +71,30 @@ def test_split_keeps_conformers_of_a_molecule_together(trained):
     assert (np.bincount(groups) == 3).sum() == 5  # the conformer families were grouped
 
 
+def test_a_split_by_name_keeps_each_molecule_on_its_side_as_the_data_set_grows():
+    from conftest import SAMPLE
+
+    records, _ = split(read_structures(SAMPLE / "molecules.sdf"))
+    full = StructureSet.from_structures(records)
+    names = np.array(full.molecule_names())
+    kept = sorted(set(names))[::2]  # a data set of half the molecules, then the whole one
+    part = StructureSet.from_structures([r for r, n in zip(records, names) if n in kept])
+
+    def held_out(data, seed=0):
+        _, val = data.split(0.3, seed, by="name")
+        return {data.molecule_names()[i] for i in val}
+
+    whole, half = held_out(full), held_out(part)
+    assert half == whole & set(kept)  # no molecule changed sides
+    groups = full.groups()
+    train, val = full.split(0.3, 0, by="name")
+    assert not set(groups[train]) & set(groups[val])  # conformers stay together
+    assert 0.15 < len(whole) / len(set(names)) < 0.45
+    assert held_out(full, seed=1) != whole
+    with pytest.raises(ValueError, match="split"):
+        TrainConfig(split="hash")
+
+
 def test_checkpoint_is_self_describing_and_loads_without_pickle(trained, subset):
     run, _ = trained
     payload = torch.load(run / "best.ckpt", weights_only=True)

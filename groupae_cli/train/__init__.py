@@ -159,7 +159,7 @@ def train_from_files(inputs: Sequence[str], run_dir: str | Path, model_config: M
             model_config, init_note = _initial_model(init, data)
         else:
             model_config, init_note = model_config.replace(elements=model_elements(data)), None
-        train_idx, val_idx = data.split(config.val_fraction, config.seed)
+        train_idx, val_idx = data.split(config.val_fraction, config.seed, config.split)
         _write_text(run_dir / SPLIT, json.dumps({"train": train_idx.tolist(), "validation": val_idx.tolist()}))
         write_run_config(run_dir / CONFIG, model_config, config, inputs)
         log(f"{len(data)} structures ({len(train_idx)} train, {len(val_idx)} validation), "

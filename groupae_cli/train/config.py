@@ -17,6 +17,10 @@ class TrainConfig:
     warmup_epochs: int = 1
     grad_clip: float = 1.0
     val_fraction: float = 0.1
+    # how molecules go to validation: "random", a seeded draw over the molecules of these inputs;
+    # "name", a seeded hash of each molecule's name, so a molecule keeps its side when others are
+    # added to or removed from the inputs (a data set that grows keeps its held-out molecules held out)
+    split: str = "random"
     # large sets: an epoch is this many training structures (0: all), taken in turn from a shuffled
     # pass, so every structure is seen once before any is seen twice; validation each epoch uses a
     # fixed random subset of this size (0: all held-out structures)
@@ -59,6 +63,8 @@ class TrainConfig:
             raise ValueError("epoch_size and val_size must be >= 0")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
+        if self.split not in ("random", "name"):
+            raise ValueError(f"split must be 'random' or 'name', not {self.split!r}")
         if self.recon_loss not in ("mse", "rmsd", "distance"):
             raise ValueError(f"recon_loss must be 'mse', 'rmsd' or 'distance', not {self.recon_loss!r}")
         if not 0 < self.tau_end <= self.tau_start:

@@ -7,6 +7,7 @@ are grouped by name with a `_conf<k>` suffix removed, and whole groups go to val
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -59,16 +60,35 @@ class StructureSet:
     def elements(self) -> list[int]:
         return sorted(int(z) for z in np.unique(self.numbers))
 
+    def molecule_names(self) -> list[str]:
+        """Each record's molecule: its name without a `_conf<k>` suffix."""
+        return [_CONFORMER.sub("", str(n)) for n in self.names]
+
     def groups(self) -> np.ndarray:
         """A molecule id per record: conformers of one molecule share it."""
-        keys = [_CONFORMER.sub("", str(n)) for n in self.names]
-        _, ids = np.unique(keys, return_inverse=True)
+        _, ids = np.unique(self.molecule_names(), return_inverse=True)
         return ids
 
-    def split(self, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """(train, validation) record indices; whole molecules go to one side."""
+    def split(self, val_fraction: float, seed: int, by: str = "random") -> tuple[np.ndarray, np.ndarray]:
+        """(train, validation) record indices; whole molecules go to one side.
+
+        `by="random"`: round(val_fraction x molecules) drawn with `seed`. `by="name"`: a molecule is
+        held out when the hash of (seed, its name) falls below val_fraction, whatever else the inputs
+        hold, so its side never changes as the data set grows (about val_fraction of the molecules).
+        """
         groups = self.groups()
         unique = np.unique(groups)
+        if by == "name":
+            names = np.unique(self.molecule_names())  # in the order of the group ids
+            fractions = np.array([_hashed_fraction(seed, n) for n in names])
+            is_val_group = fractions < val_fraction
+            if val_fraction > 0 and len(unique) > 1:  # as "random": one molecule at least on each side
+                is_val_group[np.argmin(fractions)] = True
+                is_val_group[np.argmax(fractions)] = False
+            is_val = is_val_group[groups]
+            return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+        if by != "random":
+            raise ValueError(f"split by 'random' or 'name', not {by!r}")
         rng = np.random.default_rng(seed)
         n_val = round(val_fraction * len(unique))
         if val_fraction > 0:  # one molecule alone is trained on, not held out
@@ -81,6 +101,12 @@ class StructureSet:
         """Collate records into a batch dict (see groupae_cli.data)."""
         spans = [slice(self.offsets[i], self.offsets[i + 1]) for i in indices]
         return batch_from_arrays([self.numbers[s] for s in spans], [self.positions[s] for s in spans], elements, dtype)
+
+
+def _hashed_fraction(seed: int, name: str) -> float:
+    """A uniform number in [0, 1) fixed by (seed, name): BLAKE2b, the same on every machine and run."""
+    digest = hashlib.blake2b(f"{seed}\x00{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
 
 
 def epoch_batches(indices: np.ndarray, sizes: np.ndarray, batch_size: int, seed: int, epoch: int,

@@ -164,7 +164,7 @@ def make_qm9(out_dir, limit):
 
 
 # --------------------------------------------------------------------------- drug-like
-def nci_candidates():
+def nci_candidates(elements=ELEMENTS):
     """(nci_id, mol) of the NCI SMILES that pass the filters, in file order; and skip reasons."""
     seen, picked, skipped = set(), [], collections.Counter()
     for line in NCI_SMI.read_text().splitlines():
@@ -175,8 +175,8 @@ def nci_candidates():
             continue
         mol = max(Chem.GetMolFrags(mol, asMols=True), key=lambda m: m.GetNumHeavyAtoms())
         canonical = Chem.MolToSmiles(mol)
-        if any(a.GetSymbol() not in ELEMENTS for a in mol.GetAtoms()):
-            skipped["element outside H B C N O F P S Cl Br I"] += 1
+        if any(a.GetSymbol() not in elements for a in mol.GetAtoms()):
+            skipped[f"element outside {' '.join(sorted(elements, key=Chem.GetPeriodicTable().GetAtomicNumber))}"] += 1
         elif not HEAVY_MIN <= mol.GetNumHeavyAtoms() <= HEAVY_MAX:
             skipped[f"heavy atoms outside {HEAVY_MIN}-{HEAVY_MAX}"] += 1
         elif canonical in seen:
@@ -188,20 +188,26 @@ def nci_candidates():
 
 
 def conformers(job):
-    """(nci_id, mol with Hs, conformer ids lowest MMFF energy first) or (nci_id, None, why)."""
-    (nci_id, mol), n_confs, seed = job
+    """(nci_id, mol with Hs, conformer ids lowest force-field energy first) or (nci_id, None, why).
+
+    MMFF94; with `uff` in the job, UFF for molecules MMFF94 has no parameters for (selenium)."""
+    (nci_id, mol), n_confs, seed, *uff = job
     mol = Chem.AddHs(mol)
-    if not AllChem.MMFFHasAllMoleculeParams(mol):
-        return nci_id, None, "no MMFF94 parameters"
+    if AllChem.MMFFHasAllMoleculeParams(mol):
+        optimise = AllChem.MMFFOptimizeMoleculeConfs
+    elif uff and uff[0] and AllChem.UFFHasAllMoleculeParams(mol):
+        optimise = AllChem.UFFOptimizeMoleculeConfs
+    else:
+        return nci_id, None, "no MMFF94 parameters" + (" nor UFF ones" if uff and uff[0] else "")
     params = rdDistGeom.ETKDGv3()
     params.randomSeed, params.pruneRmsThresh, params.numThreads = seed, PRUNE_RMS, 1
     ids = list(rdDistGeom.EmbedMultipleConfs(mol, numConfs=n_confs, params=params))
     if not ids:
         return nci_id, None, "ETKDG embedding failed"
-    energies = [e for _, e in AllChem.MMFFOptimizeMoleculeConfs(mol, numThreads=1, maxIters=2000)]
+    energies = [e for _, e in optimise(mol, numThreads=1, maxIters=2000)]
     heavy, kept = Chem.RemoveHs(mol), []
     for cid in sorted(ids, key=lambda c: energies[ids.index(c)]):
-        # MMFF may bring two conformers to one minimum: keep the lower-energy one
+        # the optimisation may bring two conformers to one minimum: keep the lower-energy one
         if all(rdMolAlign.GetBestRMS(heavy, heavy, cid, k, maxMatches=10000) >= PRUNE_RMS for k in kept):
             kept.append(cid)
     return nci_id, mol, kept
@@ -233,6 +239,72 @@ def make_druglike(out_dir, n_confs, seed, workers):
     out.close(time.time() - start)
 
 
+# --------------------------------------------------------------------------- silicon and selenium
+# The NCI file holds 7 organosilicon and 4 organoselenium molecules: too few to learn the two elements
+# from. Real files have them mostly as trimethylsilyl groups (TMS ethers from GC-MS derivatisation,
+# TMS-protected alkynes and amines) and as selenides and selenophenes; so the drug-like molecules are
+# also rewritten that way, each rewrite a new molecule with its own conformers:
+#   tms_ether  an alcohol or phenol OH silylated:           [OH]-C   ->  O-Si(CH3)3
+#   silyl      a tert-butyl's central carbon made silicon:  C(CH3)3  ->  Si(CH3)3
+#   selenide   every divalent sulfur between carbons, thiophenes included, made selenium.
+REWRITES = {
+    "tms_ether": "[OX2H1:1]-[#6:2]>>[#6:2]-[O:1]-[Si](-[CH3])(-[CH3])-[CH3]",
+    "silyl": "[CX4H0:1](-[CH3:2])(-[CH3:3])(-[CH3:4])-[!#1:5]>>[Si:1](-[CH3:2])(-[CH3:3])(-[CH3:4])-[*:5]",
+    "selenide": "[#16X2:1](~[#6:2])~[#6:3]>>[#34:1](~[#6:2])~[#6:3]",
+}
+SISE_PER_REWRITE = 600  # molecules per rewrite at most: every k-th of the candidates, in file order
+
+
+def rewritten(picked):
+    """(name, mol) of the rewrites of the picked NCI molecules, every site of a molecule at once."""
+    from rdkit.Chem import rdChemReactions
+
+    out, notes = [], collections.Counter()
+    for tag, smarts in REWRITES.items():
+        rxn = rdChemReactions.ReactionFromSmarts(smarts)
+        pattern = rxn.GetReactantTemplate(0)
+        hits = [(nci_id, mol) for nci_id, mol in picked if mol.HasSubstructMatch(pattern)]
+        step = max(1, -(-len(hits) // SISE_PER_REWRITE))
+        for nci_id, mol in hits[::step]:
+            new = mol
+            for _ in range(len(mol.GetSubstructMatches(pattern))):  # one site per pass, until none is left
+                products = rxn.RunReactants((new,))
+                if not products:
+                    break
+                new = products[0][0]
+            try:
+                Chem.SanitizeMol(new)
+                new = Chem.MolFromSmiles(Chem.MolToSmiles(new))
+            except Exception:  # noqa: BLE001 - a rewrite RDKit cannot sanitise is skipped and counted
+                new = None
+            if new is None or new.HasSubstructMatch(pattern):
+                notes[f"{tag}: rewrite not sanitised"] += 1
+                continue
+            out.append((f"NCI_{nci_id}_{tag}", new))
+            notes[f"{tag}: molecules"] += 1
+    return out, notes
+
+
+def make_sise(out_dir, n_confs, seed, workers):
+    start, out = time.time(), Output(out_dir / "sise.sdf.gz")
+    native, _ = nci_candidates(ELEMENTS | {"Si", "Se"})
+    native = [(f"NCI_{i}", m) for i, m in native if any(a.GetSymbol() in ("Si", "Se") for a in m.GetAtoms())]
+    out.notes["NCI molecules with Si or Se"] = len(native)
+    picked, _ = nci_candidates()
+    derived, notes = rewritten(picked)
+    out.notes.update(notes)
+    jobs = [(item, n_confs, seed, True) for item in native + derived]
+    with multiprocessing.Pool(workers, initializer=RDLogger.DisableLog, initargs=("rdApp.*",)) as pool:
+        for name, mol, kept in pool.imap(conformers, jobs, chunksize=4):
+            if mol is None:
+                out.skipped[kept] += 1
+                continue
+            for k, cid in enumerate(kept):
+                mol.SetProp("_Name", f"{name}_conf{k}")
+                out.write(mol, cid)
+    out.close(time.time() - start)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("data/default_model"), help="output folder (generated)")
@@ -240,7 +312,7 @@ def main():
     parser.add_argument("--conformers", type=int, default=3, help="ETKDG conformers per NCI molecule")
     parser.add_argument("--seed", type=int, default=20240607, help="ETKDG random seed")
     parser.add_argument("--workers", type=int, default=2, help="processes for the ETKDG part")
-    parser.add_argument("--only", choices=("qm9", "druglike"), help="build one file only")
+    parser.add_argument("--only", choices=("qm9", "druglike", "sise"), help="build one file only")
     args = parser.parse_args()
     RDLogger.DisableLog("rdApp.*")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -249,6 +321,8 @@ def main():
         make_druglike(args.out, args.conformers, args.seed, args.workers)
     if args.only in (None, "qm9"):
         make_qm9(args.out, args.qm9_limit)
+    if args.only in (None, "sise"):
+        make_sise(args.out, 2, args.seed, args.workers)
 
 
 if __name__ == "__main__":

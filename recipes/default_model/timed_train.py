@@ -7,7 +7,7 @@ by --batch-size / --lr / --epochs. The run directory gets `timed.json` (the prob
 card, the settings) beside what `groupae train` writes.
 
     python recipes/default_model/timed_train.py DESIGN.yaml RUN_DIR --deadline UNIX_TIME \
-        --batch-size 256 --lr 0.003 [--epochs 8] [--device cuda] [--init default]
+        --batch-size 256 --lr 0.003 [--epochs 8] [--device cuda] [--init default] [--split name]
 
 The inputs are the recipe's files as XYZ (`to_xyz.py`): the machine it ran on had no RDKit.
 """
@@ -37,6 +37,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--device", default="cuda")
     p.add_argument("--inputs", nargs="+", default=INPUTS, help="structure files (default: the recipe's, as XYZ)")
+    p.add_argument("--split", choices=("random", "name"), default=None, help="how molecules are held out (TrainConfig."
+                   "split; default: the recipe's). 'name' keeps a molecule's side when files are added")
     p.add_argument("--init", default=None, help="start from this checkpoint's weights and model (groupae train "
                    "--init): e.g. 'default', to add a lease's steps to the shipped model")
     args = p.parse_args()
@@ -47,7 +49,7 @@ def main() -> None:
     from groupae_cli.io import read_structures
     from groupae_cli.models import preset
     from groupae_cli.models.config import ORGANIC
-    from groupae_cli.train import TrainConfig, Trainer, train_from_files
+    from groupae_cli.train import TrainConfig, Trainer, model_elements, train_from_files
     from groupae_cli.train.dataset import (
         Batches,
         StructureSet,
@@ -60,7 +62,7 @@ def main() -> None:
     recipe = yaml.safe_load(RECIPE.read_text())
     model_dict = {**recipe["model"], **(design.get("model") or {})}
     train_dict = {**recipe["train"], **(design.get("train") or {}), "batch_size": args.batch_size, "lr": args.lr,
-                  "epochs": args.epochs}
+                  "epochs": args.epochs} | ({"split": args.split} if args.split else {})
     model_config = preset(design.get("preset", "small"), **{"elements": ORGANIC, **model_dict})
     if args.init:
         from groupae_cli.io.checkpoint import read_checkpoint
@@ -73,7 +75,9 @@ def main() -> None:
     start = time.perf_counter()
     full = StructureSet.from_structures([s for path in args.inputs for s in read_structures(path)])
     parse_s = time.perf_counter() - start
-    data, idx = full, np.sort(np.random.default_rng(0).choice(len(full), 4000, replace=False))
+    if not args.init:  # the elements the inputs hold, as train_from_files will set them (Si, Se: sise.xyz.gz)
+        model_config = model_config.replace(elements=model_elements(full))
+    data, idx = full, np.sort(np.random.default_rng(0).choice(len(full), min(4000, len(full)), replace=False))
     probe_dir = Path(f"/tmp/probe_{args.run_dir.name}")
 
     def run(steps: int) -> float:

@@ -1,7 +1,7 @@
 """The recipe's SDF files as plain XYZ (name on the comment line, 4 decimals: all the SDF holds), for
 machines without RDKit (the GPU lease that trained the shipped model).
 
-    python recipes/default_model/to_xyz.py          # data/default_model/{qm9,druglike}.xyz.gz
+    python recipes/default_model/to_xyz.py          # data/default_model/{qm9,druglike,sise}.xyz.gz
 
 Checked on every record: the XYZ parses back to the same elements, positions (bit for bit) and
 names, so `groupae train` gets the same cache and the same split from either form.
@@ -30,8 +30,9 @@ def frame(s) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("data/default_model"))
+    parser.add_argument("names", nargs="*", default=["qm9", "druglike", "sise"], help="which files (default: all three)")
     args = parser.parse_args(argv)
-    for name in ("qm9", "druglike"):
+    for name in args.names:
         source, target = args.data / f"{name}.sdf.gz", args.data / f"{name}.xyz.gz"
         records = [r for r in read_structures(source) if not isinstance(r, Failure)]
         for r in records:
