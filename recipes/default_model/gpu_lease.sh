@@ -4,7 +4,8 @@
 # BUDGET seconds after the start, and then, with the GPU free again, issue 12's embed figures
 # (bench/embed_gpu.sh). Run from the repository root, on the GPU machine, with $OUT a folder for the
 # results and gpu/ holding what that machine lacks (it has torch, no RDKit, no network):
-#   gpu/{qm9,druglike,sise}.xyz.gz       python recipes/default_model/to_xyz.py, then copied there
+#   gpu/{qm9,druglike,sise}.xyz.gz       python recipes/default_model/to_xyz.py, then copied there, or as
+#   gpu/xz/*.xyz.xz                      (zcat | xz -9) to fit the lease's 64 MiB with the wheels: made .gz here
 #   gpu/whl/*.whl                        cp312 manylinux wheels of rdkit, ase, e3nn 0.6.0, plyfile (pip download)
 #   BUDGET=400 bash recipes/default_model/gpu_lease.sh
 # The shipped default model is the wide256 run of this script as it stood at commit 9db2aa7
@@ -17,6 +18,9 @@ set -u
 T0=$(date +%s)
 [ -n "${SKIP_PIP:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site gpu/whl/*.whl || exit 3
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
+for n in qm9 druglike sise; do
+  [ -f gpu/$n.xyz.gz ] || python3 -c "import gzip, lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), gzip.open(sys.argv[2], 'wb', compresslevel=1))" gpu/xz/$n.xyz.xz gpu/$n.xyz.gz
+done
 LOG=$OUT/cuda_tests.log
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > $LOG 2>&1
 python3 -c "import sys,torch,e3nn,rdkit;print(sys.version.split()[0], torch.__version__, e3nn.__version__, rdkit.__version__, torch.cuda.get_device_name())" >> $LOG 2>&1
