@@ -5,7 +5,7 @@
 # recipes/default_model/gpu_lease.sh says) and $OUT a folder for the log:
 #   N=10000 B=1024 bash bench/embed_gpu.sh
 set -u
-[ -n "${SKIP_PIP:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site gpu/whl/*.whl || exit 3
+[ -n "${SKIP_PIP:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site ${WHL:-gpu/whl}/*.whl || exit 3
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 DEV=${DEVICE:-cuda}; N=${N:-10000}; B=${B:-1024}
 python3 - $DEV $B <<'PY' 2>&1 | tee $OUT/embed_gpu.log

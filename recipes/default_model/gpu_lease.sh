@@ -6,7 +6,8 @@
 # results and gpu/ holding what that machine lacks (it has torch, no RDKit, no network):
 #   gpu/{qm9,druglike,sise}.xyz.gz       python recipes/default_model/to_xyz.py, then copied there, or as
 #   gpu/xz/*.xyz.xz                      (zcat | xz -9) to fit the lease's 64 MiB with the wheels: made .gz here
-#   gpu/whl/*.whl                        cp312 manylinux wheels of rdkit, ase, e3nn 0.6.0, plyfile (pip download)
+#   gpu/whl/*.whl (or $WHL/*.whl)        cp312 manylinux wheels of rdkit, ase, e3nn 0.6.0, plyfile (pip download;
+#                                        rdkit without its rdkit/Contrib folder, unused there, to fit 64 MiB)
 #   BUDGET=400 bash recipes/default_model/gpu_lease.sh
 # The shipped default model is the wide256 run of this script as it stood at commit 9db2aa7
 # (recipes/default_model/README.md). The runs now, all on the mean of the structures' RMSDs
@@ -16,7 +17,7 @@
 #   sise256    the shipped design from scratch with Si and Se (sise.xyz.gz added), held out by name (--split name)
 set -u
 T0=$(date +%s)
-[ -n "${SKIP_PIP:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site gpu/whl/*.whl || exit 3
+[ -n "${SKIP_PIP:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site ${WHL:-gpu/whl}/*.whl || exit 3
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 for n in qm9 druglike sise; do
   [ -f gpu/$n.xyz.gz ] || python3 -c "import gzip, lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), gzip.open(sys.argv[2], 'wb', compresslevel=1))" gpu/xz/$n.xyz.xz gpu/$n.xyz.gz
