@@ -60,10 +60,12 @@ def centred_batch(structures: Sequence, elements: Sequence[int],
     at the origin. The model is translation-equivariant: add the centroids back to what it reports
     in the input's frame (the translation, the reconstruction).
     """
-    positions = [np.asarray(s.positions, dtype=np.float64) for s in structures]
-    origins = np.stack([p.mean(axis=0) for p in positions]) if positions else np.zeros((0, 3))
-    batch = batch_from_arrays([s.numbers for s in structures], [p - o for p, o in zip(positions, origins)],
-                              elements, dtype)
+    sizes = np.array([len(s.numbers) for s in structures])
+    positions = np.concatenate([np.asarray(s.positions, dtype=np.float64) for s in structures])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    origins = np.add.reduceat(positions, starts, axis=0) / sizes[:, None]  # one pass over the batch
+    centred = positions - np.repeat(origins, sizes, axis=0)
+    batch = batch_from_arrays([s.numbers for s in structures], np.split(centred, starts[1:]), elements, dtype)
     return batch, origins
 
 

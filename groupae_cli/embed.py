@@ -48,13 +48,15 @@ def encode_batch(model, structures: Sequence[Structure], device: torch.device) -
         batch = to_device(batch, device)
     out = model.encode(batch)
     order = out["order"].cpu().numpy()
-    z = out["z"].cpu().numpy()
+    z, rotation = out["z"].cpu().numpy(), out["rotation"].cpu().numpy()
+    translation = (out["translation"].double().cpu().numpy() + origins).astype(z.dtype)  # the input's frame
     return {
         "embedding": z,
-        "rotation": out["rotation"].cpu().numpy(),
-        "translation": (out["translation"].double().cpu().numpy() + origins).astype(z.dtype),  # the input's frame
+        "rotation": rotation,
+        "translation": translation,
         "degenerate": out["frame_degenerate"].cpu().numpy(),
         "permutation": [order[b, : len(s)] for b, s in enumerate(structures)],
+        "finite": np.isfinite(z).all(1) & np.isfinite(rotation).all((1, 2)) & np.isfinite(translation).all(1),
     }
 
 
@@ -80,10 +82,8 @@ def encode_items(items: Iterable[tuple[K, Structure | Failure]], model, device: 
                 continue
             row = Encoded(item.name, item.index, item.numbers, result["embedding"][k], result["rotation"][k],
                           result["translation"][k], bool(result["degenerate"][k]), result["permutation"][k])
+            yield key, row if result["finite"][k] else Failure(item.source, item.index, NON_FINITE, item.name)
             k += 1
-            finite = np.isfinite(row.embedding).all() and np.isfinite(row.rotation).all() \
-                and np.isfinite(row.translation).all()
-            yield key, row if finite else Failure(item.source, item.index, NON_FINITE, item.name)
         pending.clear()
         waiting = 0
 

@@ -16,8 +16,9 @@ import numpy as np
 
 from groupae_cli.errors import Failure
 
-#: Rows written per HDF5 append.
-WRITE_CHUNK = 256
+#: Rows written per HDF5 append: one compressed chunk of the record datasets (io/hdf5.py), so each
+#: chunk is compressed and written once, not rewritten as it fills
+WRITE_CHUNK = 1024
 IDENTITY_MEANING = ("embedding[:, :embedding_identity] sees only frame-free features (the atoms' environments, "
                     "element counts): the molecule whatever its conformation; the rest also sees the canonical pose")
 
