@@ -48,15 +48,13 @@ def encode_batch(model, structures: Sequence[Structure], device: torch.device) -
         batch = to_device(batch, device)
     out = model.encode(batch)
     order = out["order"].cpu().numpy()
-    z, rotation = out["z"].cpu().numpy(), out["rotation"].cpu().numpy()
-    translation = (out["translation"].double().cpu().numpy() + origins).astype(z.dtype)  # the input's frame
+    z = out["z"].cpu().numpy()
     return {
         "embedding": z,
-        "rotation": rotation,
-        "translation": translation,
+        "rotation": out["rotation"].cpu().numpy(),
+        "translation": (out["translation"].double().cpu().numpy() + origins).astype(z.dtype),  # the input's frame
         "degenerate": out["frame_degenerate"].cpu().numpy(),
         "permutation": [order[b, : len(s)] for b, s in enumerate(structures)],
-        "finite": np.isfinite(z).all(1) & np.isfinite(rotation).all((1, 2)) & np.isfinite(translation).all(1),
     }
 
 
@@ -75,6 +73,9 @@ def encode_items(items: Iterable[tuple[K, Structure | Failure]], model, device: 
         nonlocal waiting
         batch = [s for _, s in pending if isinstance(s, Structure)]
         result = encode_batch(model, batch, device) if batch else {}
+        if batch:  # one check for the batch, not three numpy calls per row
+            finite = (np.isfinite(result["embedding"]).all(1) & np.isfinite(result["rotation"]).all((1, 2))
+                      & np.isfinite(result["translation"]).all(1))
         k = 0
         for key, item in pending:
             if isinstance(item, Failure):
@@ -82,7 +83,7 @@ def encode_items(items: Iterable[tuple[K, Structure | Failure]], model, device: 
                 continue
             row = Encoded(item.name, item.index, item.numbers, result["embedding"][k], result["rotation"][k],
                           result["translation"][k], bool(result["degenerate"][k]), result["permutation"][k])
-            yield key, row if result["finite"][k] else Failure(item.source, item.index, NON_FINITE, item.name)
+            yield key, row if finite[k] else Failure(item.source, item.index, NON_FINITE, item.name)
             k += 1
         pending.clear()
         waiting = 0
