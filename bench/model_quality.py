@@ -8,7 +8,8 @@ the usefulness of z as a descriptor, side by side with classical invariants.
 Data (fixed, so that rows compare): the default model's files (QM9 + drug-like conformers), split
 exactly as the default-model recipe splits them (`StructureSet.split(0.1, seed 0)` over both files
 in the recipe's order), so no held-out molecule was ever trained on by the bench's runs or by the
-shipped model. Training: 20,000 QM9 + 2,000 drug-like structures from the training side, a fixed
+shipped model. `--split name` takes the split by molecule name (TrainConfig.split) instead, for a
+model trained under it (the default model with Si and Se); rows compare only within one split. Training: 20,000 QM9 + 2,000 drug-like structures from the training side, a fixed
 budget of optimizer steps (`--steps`, batch 32). Held out: 2,000 QM9 and every drug-like structure
 of the validation side for reconstruction; 5,000 QM9 for the property probe; the drug-like
 conformers for retrieval.
@@ -76,9 +77,11 @@ def load_data(cache_dir: Path) -> dict:
     return {"set": data, "bonds": arrays["bonds"], "bond_offsets": arrays["bond_offsets"]}
 
 
-def subsets(data) -> dict[str, np.ndarray]:
-    """The fixed index sets: training (QM9 + drug-like) and the held-out evaluation sets."""
-    train, held = data.split(0.1, 0)  # the default-model recipe's split
+def subsets(data, split: str = "random") -> dict[str, np.ndarray]:
+    """The fixed index sets: training (QM9 + drug-like) and the held-out evaluation sets, under the
+    default-model recipe's split: "random" (every design row, and the default models up to the one
+    trained on it) or "name" (TrainConfig.split: the default model trained with Si and Se)."""
+    train, held = data.split(0.1, 0, by=split)
     is_qm9 = np.char.startswith(data.names.astype(str), "qm9_")
     rng = np.random.default_rng(20261126)
 
@@ -227,9 +230,9 @@ def usefulness(features_of, sets, inputs: dict) -> dict:
             "probe_mae": ridge_probe(features_of(sets["probe_qm9"]), inputs["targets"], inputs["counts"], seed=0)}
 
 
-def peers(data, sets, inputs: dict, cache_dir: Path) -> dict:
-    """The classical descriptors' usefulness figures (model-independent, cached)."""
-    cache = cache_dir / "peers.json"
+def peers(data, sets, inputs: dict, cache_dir: Path, split: str = "random") -> dict:
+    """The classical descriptors' usefulness figures (model-independent, cached per split)."""
+    cache = cache_dir / ("peers.json" if split == "random" else f"peers_{split}.json")
     if cache.exists():
         return json.loads(cache.read_text())
     from descriptors import averaged_soap, coulomb_eigenspectrum, mean_baseline
@@ -275,6 +278,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=6, help="validation points over the budget")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-peers", action="store_true", help="skip the classical descriptors")
+    parser.add_argument("--split", choices=("random", "name"), default="random",
+                        help="which molecules are held out: the split the model was trained under (TrainConfig.split); "
+                             "rows compare only within one split")
     args = parser.parse_args(argv)
 
     from groupae_cli.io.checkpoint import load_model
@@ -282,14 +288,16 @@ def main(argv=None) -> int:
     cache_dir = ROOT / "runs" / "model_quality"
     loaded = load_data(cache_dir)
     data = loaded["set"]
-    sets = subsets(data)
+    sets = subsets(data, args.split)
     started = time.perf_counter()
     if args.design:
         name = args.design.stem
-        out = args.out or cache_dir / name
+        out = args.out or cache_dir / (name if args.split == "random" else f"{name}_{args.split}")
         checkpoint = train_design(data, sets, args.design, out, args.steps, args.batch_size, args.epochs, args.device)
     else:
-        name, checkpoint, out = args.model, args.model, args.out or cache_dir / Path(args.model).stem
+        stem = Path(args.model).stem
+        name, checkpoint = args.model, args.model
+        out = args.out or cache_dir / (stem if args.split == "random" else f"{stem}_{args.split}")
     train_seconds = time.perf_counter() - started
     model = load_model(checkpoint, args.device).eval()
     result = {"design": name, "checkpoint": str(checkpoint), "train_seconds": train_seconds,
@@ -312,7 +320,7 @@ def main(argv=None) -> int:
         print(row(f"{name}: z[:, :{identity}] alone (the frame-free block)",
                   {**result, "usefulness": result["usefulness_identity"]}))
     if not args.no_peers:
-        known = peers(data, sets, inputs, cache_dir)
+        known = peers(data, sets, inputs, cache_dir, args.split)
         print(f"probe MAE of predicting the training mean: {known['mean_baseline']['probe_mae']}")
         for peer, figures in known.items():
             if peer == "mean_baseline":

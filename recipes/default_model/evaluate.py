@@ -1,4 +1,4 @@
-"""Validation figures of a trained default model on its held-out molecules, QM9 and drug-like apart.
+"""Validation figures of a trained default model on its held-out molecules, QM9, drug-like and Si/Se apart.
 
 Reads the run directory that `groupae train` wrote (cache.npz, split.json) and a checkpoint, and
 evaluates every held-out structure (molecules the model never saw: the split is by molecule) in
@@ -35,8 +35,13 @@ from groupae_cli.models.symmetry import GroupElement, symmetry_errors
 from groupae_cli.train.dataset import StructureSet, fixed_batches
 from groupae_cli.train.metrics import all_structures, size_table
 
+SETS = ("QM9", "drug-like", "Si/Se")
 
-def source_of(name: str) -> str:
+
+def source_of(name: str, numbers: np.ndarray) -> str:
+    """QM9, drug-like, or Si/Se (a record with silicon or selenium: sise.sdf.gz)."""
+    if np.isin(numbers, (14, 34)).any():
+        return "Si/Se"
     return "QM9" if name.startswith("qm9_") else "drug-like"
 
 
@@ -85,10 +90,11 @@ def main(argv=None) -> int:
     model = load_model(model_path, "cpu").eval()
     data = StructureSet.load(args.run / "cache.npz")
     held_out = np.array(json.loads((args.run / "split.json").read_text())["validation"], dtype=np.int64)
-    sources = np.array([source_of(str(data.names[i])) for i in held_out])
+    sources = np.array([source_of(str(data.names[i]), data.numbers[data.offsets[i]:data.offsets[i + 1]])
+                        for i in held_out])
     started = time.perf_counter()
     result = {"model": str(model_path), "model_sha256": sha256(model_path), "sets": {}}
-    for name in ("QM9", "drug-like"):
+    for name in SETS:
         chosen = held_out[sources == name]
         if args.limit:
             chosen = np.sort(np.random.default_rng(args.seed).permutation(chosen)[: args.limit])
@@ -101,7 +107,7 @@ def main(argv=None) -> int:
 
         args.write_heldout.parent.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(args.seed + 1)
-        picked = [i for name in ("QM9", "drug-like") for i in
+        picked = [i for name in SETS for i in
                   np.sort(rng.permutation(held_out[sources == name])[: args.heldout_count])]
         write_structures([Structure(data.numbers[data.offsets[i]:data.offsets[i + 1]].astype(np.int64),
                                     data.positions[data.offsets[i]:data.offsets[i + 1]], str(data.names[i]), "", k)

@@ -1,6 +1,6 @@
 """Fine-tune the shipped default model on the RMSD loss, on CPU, from a run directory's parsed data.
 
-    python recipes/default_model/finetune_cpu.py RUN_DIR [--data runs/default] [--epochs 3]
+    python recipes/default_model/finetune_cpu.py RUN_DIR [--data runs/default] [--epochs 3] [--init CKPT]
 
 `--data` holds `cache.npz` and `split.json` as `groupae train` writes them for the recipe's files
 (qm9.sdf.gz, then druglike.sdf.gz, split 0.1 with seed 0: the split the shipped model was trained
@@ -37,13 +37,18 @@ def main() -> None:
     p.add_argument("--epoch-size", type=int, default=64_000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup-epochs", type=int, default=1, help="0: start at --lr and anneal (a run's continuation)")
+    p.add_argument("--tau", type=float, default=None, help="hold the relaxed permutation's tau here (default: "
+                   "anneal 0.1 to 0.02; a run's continuation keeps its final 0.02)")
+    p.add_argument("--init", default="default", help="the checkpoint to start from (default: the shipped model)")
     args = p.parse_args()
     data = StructureSet.load(args.data / "cache.npz")
     split = json.loads((args.data / "split.json").read_text())
     train_idx, val_idx = np.array(split["train"]), np.array(split["validation"])
-    model_config = ModelConfig.from_dict(read_checkpoint("default")["config"])
+    model_config = ModelConfig.from_dict(read_checkpoint(args.init)["config"])
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, epoch_size=args.epoch_size,
-                         val_size=1000, seed=0, recon_loss="rmsd")
+                         val_size=1000, seed=0, recon_loss="rmsd", warmup_epochs=args.warmup_epochs,
+                         **({"tau_start": args.tau, "tau_end": args.tau} if args.tau else {}))
     val = np.sort(np.random.default_rng([config.seed, 2]).choice(val_idx, config.val_size, replace=False))
 
     def train_batches(epoch):
@@ -54,7 +59,7 @@ def main() -> None:
         return Batches(data, list(fixed_batches(val, 64)), model_config.elements)
 
     Trainer(model_config, config, args.run_dir, train_batches, val_batches, device="cpu",
-            extra_state={"init": "default", "recipe": "recipes/default_model/finetune_cpu.py"}, init="default").fit()
+            extra_state={"init": str(args.init), "recipe": "recipes/default_model/finetune_cpu.py"}, init=args.init).fit()
 
 
 if __name__ == "__main__":
