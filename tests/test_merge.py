@@ -27,7 +27,7 @@ def run(tmp_path_factory):
     (root / "a.sdf").write_text("$$$$\n".join(blocks[:12]) + "$$$$\n")
     (root / "b.sdf").write_text("$$$$\n".join(blocks[12:22]) + "$$$$\n")
     (root / "mixed.xyz").write_text("3\nwater\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n"
-                                    "3\nsilane\nSi 0 0 0\nH 1.5 0 0\nH 0 1.5 0\n"  # an element the model never saw
+                                    "3\nstannane\nSn 0 0 0\nH 1.7 0 0\nH 0 1.7 0\n"  # an element the model never saw
                                     "2\nbroken\nC 0 0 0\n"  # a frame cut short
                                     "2\nco\nC 0 0 0\nO 1.13 0 0\n")
     (root / "empty.xyz").write_text("")  # a failure of the whole file (source_index -1)
