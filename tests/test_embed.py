@@ -218,6 +218,17 @@ def test_parser_workers_hand_back_the_records_in_input_order():
         with RecordStream(inputs, workers=workers, shard=shard) as stream:
             got = [(n, type(item).__name__, item.index, item.name) for n, item in stream]
         assert got == want[shard[0]::shard[1]]
+    # what the GPU path asks for: each record reduced to what embedding reads, the same geometry
+    full = list(read_inputs(inputs))
+    with RecordStream(inputs, workers=2, geometry_only=True) as stream:
+        reduced = list(stream)
+    assert [(n, type(item).__name__, item.index, item.name) for n, item in reduced] == want
+    sdf = [(a, b) for (_, a), (_, b) in zip(full, reduced, strict=True) if isinstance(a, Structure) and a.has_bonds]
+    assert len(sdf) > 100
+    for a, b in sdf:
+        assert b.source == a.source and b.bonds is None and b.charges is None and not b.properties
+        np.testing.assert_array_equal(b.numbers, a.numbers)
+        np.testing.assert_array_equal(b.positions, a.positions)
 
 
 def test_a_shard_parses_only_its_own_records(monkeypatch):

@@ -107,7 +107,7 @@ def embed(
                                      on_failure=report.add, keep_empty=part[1] > 1)
     else:
         # the parsers start before torch is imported and the model built: the first records are ready when it is
-        with RecordStream(paths, fmt, workers, part) as stream:
+        with RecordStream(paths, fmt, workers, part, geometry_only=True) as stream:
             from groupae_cli.embed import embed_files
 
             net, torch_device, _ = load_for_command(model, device)
