@@ -188,3 +188,41 @@ def test_mol_blocks_concatenated_without_separators_are_each_a_record(sample, tm
     for s, mol in zip(structures, mols):
         np.testing.assert_allclose(s.positions, mol.GetConformer().GetPositions())
         assert s.numbers.tolist() == [a.GetAtomicNum() for a in mol.GetAtoms()]
+
+
+@pytest.mark.parametrize("chunk", [7, 300, 1 << 20])
+def test_sdf_records_cut_in_blocks_equal_the_line_by_line_cut(sample, monkeypatch, chunk):
+    """The fast cut at `$$$$` (in blocks of `chunk` bytes) gives what the line-by-line reading gives,
+    whatever falls on a block's edge: CRLF, an empty record, binary bytes, invalid UTF-8, MOL blocks
+    concatenated without `$$$$`, a last record without `$$$$` or newline, a record over the limit,
+    and a stretch without `$$$$` long enough to switch to line by line."""
+    import io
+
+    from groupae_cli.io import sdf
+    from groupae_cli.io.formats import MAX_RECORD_BYTES, bounded_lines
+
+    blocks = (sample / "molecules.sdf").read_bytes().split(b"$$$$\n")
+    mol = blocks[0]  # one MOL block with its SD data
+    bare = mol[: mol.index(b"M  END") + 7]  # the MOL block alone, up to its M  END line
+    cases = {
+        "sample": b"$$$$\n".join(blocks[:40]),
+        "crlf": b"$$$$\n".join(blocks[:5]).replace(b"\n", b"\r\n"),
+        "empty records and spaces": b"$$$$\n$$$$\n" + mol + b"$$$$\n  \n$$$$ \n" + mol + b"$$$$\n",
+        "binary": mol + b"$$$$\n" + b"\x00\x01junk\n" * 5 + b"$$$$\n" + mol + b"$$$$\n",
+        "invalid utf-8": mol + b"$$$$\n" + mol.replace(b"M  END", b"M  END \xff\xfe", 1) + b"$$$$\n" + mol,
+        "concatenated MOL files": bare + bare + b"$$$$\n" + bare + bare + bare,
+        "last record without newline": mol + b"$$$$\n" + mol.rstrip(b"\n"),
+        "ends with $$$$ and no newline": mol + b"$$$$",
+        "nothing": b"",
+    }
+
+    def line_by_line(data, limit=MAX_RECORD_BYTES):
+        return list(sdf._line_blocks(bounded_lines(io.BytesIO(data)), limit))
+
+    monkeypatch.setattr(sdf, "_CHUNK_BYTES", chunk)
+    for name, data in cases.items():
+        assert list(sdf._blocks(io.BytesIO(data))) == line_by_line(data), name
+        assert list(sdf._blocks(io.BytesIO(data), limit=900)) == line_by_line(data, 900), name  # records over it
+    monkeypatch.setattr(sdf, "_PENDING_BYTES", 2000)  # no `$$$$` for that long: that record goes line by line
+    data = cases["concatenated MOL files"] * 3 + b"$$$$\n" + cases["sample"]
+    assert list(sdf._blocks(io.BytesIO(data))) == line_by_line(data)

@@ -8,9 +8,11 @@ needs, and a valence RDKit dislikes is no reason to drop a structure.
 from __future__ import annotations
 
 import contextlib
+import io
+import itertools
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -18,6 +20,7 @@ import numpy as np
 
 from groupae_cli.errors import Failure
 from groupae_cli.io.formats import (
+    MAX_LINE_BYTES,
     MAX_RECORD_BYTES,
     bounded_lines,
     text_output,
@@ -61,6 +64,16 @@ _COUNTS_LINE = re.compile(r"^\s*\d+\s+\d+\s.*V[23]000\s*$")
 _BINARY = "binary data, not an SDF record"
 
 
+#: A record's end: a line that is `$$$$` (a `\r` before its newline allowed).
+_TERMINATOR = re.compile(rb"^\$\$\$\$\r*$", re.MULTILINE)
+#: Bytes asked of the stream at a time (`read1`: what a pipe has, up to this; the first record
+#: comes out as soon as it is in).
+_CHUNK_BYTES = 1 << 16
+#: Text read without a `$$$$` beyond which the record goes line by line (bounded memory; a record
+#: this large is rare, and line by line reads it as before).
+_PENDING_BYTES = 1 << 20
+
+
 def _blocks(stream: BinaryIO, limit: int | None = None) -> Iterator[tuple[int, str | int | None, str]]:
     """(first line number, text or why there is none, first line) for each record: the text is
     None for binary data and an int (the bytes read) for a record over `limit` bytes (default
@@ -69,8 +82,63 @@ def _blocks(stream: BinaryIO, limit: int | None = None) -> Iterator[tuple[int, s
     Records end at `$$$$`, and also where a new MOL block begins after a block's `M  END` (MOL
     files concatenated without `$$$$`: RDKit would read the first and drop the rest): after `M  END`
     only SD data items may come, so a counts line there is the 4th line of the next molecule.
+
+    The text is cut at `$$$$` in large blocks; a record that is not plain (binary bytes, invalid
+    UTF-8, more than one `M  END`, over a line's or `limit`'s size) and the text after the last
+    `$$$$` go through `_line_blocks`, which gives what a line-by-line reading gives.
     """
     limit = MAX_RECORD_BYTES if limit is None else limit
+    pending, line = b"", 1  # text not yet cut into records; the line number of its first line
+    read = getattr(stream, "read1", stream.read)
+
+    def by_lines(data: bytes, first_line: int):
+        for start, text, title in _line_blocks(bounded_lines(io.BytesIO(data)), limit):
+            yield start + first_line - 1, text, title
+
+    while chunk := read(_CHUNK_BYTES):
+        scanned = pending.rfind(b"\n") + 1  # the lines before it hold no `$$$$`: not searched again
+        data = pending + chunk if pending else chunk
+        cut = 0
+        for match in _TERMINATOR.finditer(data, scanned):
+            end = match.end()
+            if end == len(data) or data[end : end + 1] != b"\n":
+                break  # the terminator's line may go on in the next chunk
+            record = data[cut : match.start()]
+            plain = (len(record) <= min(limit, MAX_LINE_BYTES) and b"\x00" not in record
+                     and record.count(b"M  END") <= 1)
+            text = record.decode("utf-8", errors="replace") if plain else ""
+            if plain and "\ufffd" not in text:
+                newline = text.find("\n")
+                yield line, text, text[: newline + 1] if newline >= 0 else text
+            else:
+                yield from by_lines(data[cut : end + 1], line)
+            line += record.count(b"\n") + 1
+            cut = end + 1
+        pending = data[cut:]
+        if len(pending) > _PENDING_BYTES:  # a long record: line by line (bounded) to its `$$$$`, then blocks again
+            lines = itertools.chain(bounded_lines(io.BytesIO(pending + stream.readline(MAX_LINE_BYTES))),
+                                    bounded_lines(stream))
+            counted = [0]  # lines read, the record's `$$$$` included
+            for start, text, title in _line_blocks(_through_terminator(lines, counted), limit):
+                yield start + line - 1, text, title
+            line += counted[0]
+            pending = b""
+    if pending:
+        yield from by_lines(pending, line)
+
+
+def _through_terminator(lines: Iterator[bytes], counted: list[int]) -> Iterator[bytes]:
+    """The lines up to and including the next `$$$$` line, counted in `counted[0]`."""
+    for raw in lines:
+        counted[0] += 1
+        yield raw
+        if raw.rstrip(b"\r\n") == b"$$$$":
+            return
+
+
+def _line_blocks(raw_lines: Iterable[bytes], limit: int) -> Iterator[tuple[int, str | int | None, str]]:
+    """`_blocks` line by line, every case handled: binary data, records over `limit`, MOL blocks
+    concatenated without `$$$$`, the last record without one."""
     lines: list[str] = []
     start = 1
     binary = False
@@ -80,7 +148,7 @@ def _blocks(stream: BinaryIO, limit: int | None = None) -> Iterator[tuple[int, s
     def text(kept: list[str]):
         return None if binary else size if size > limit else "".join(kept)
 
-    for lineno, raw in enumerate(bounded_lines(stream), 1):
+    for lineno, raw in enumerate(raw_lines, 1):
         line = raw.decode("utf-8", errors="replace")
         bare = line.rstrip("\r\n")
         if bare == "$$$$":
