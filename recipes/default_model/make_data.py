@@ -1,6 +1,6 @@
 """Build the training data of groupae's default molecule model (DESIGN.md section 5).
 
-Two gzip'ed SDF files, all hydrogens explicit, 3D coordinates in Å, byte-identical on every run:
+Three gzip'ed SDF files, all hydrogens explicit, 3D coordinates in Å, byte-identical on every run:
 
 * ``qm9.sdf.gz``       all 130,831 QM9 molecules (B3LYP/6-31G(2df,p) geometries), read straight from
                        the CSVs of the PyPI package ``qm9pack`` (never imported: its ``__init__`` needs
@@ -10,10 +10,13 @@ Two gzip'ed SDF files, all hydrogens explicit, 3D coordinates in Å, byte-identi
                        Br I, 5-45 heavy atoms, first of each canonical SMILES; ETKDGv3 conformers (fixed
                        seed, pruned at 0.5 Å), MMFF94-optimised, lowest energy first, titles
                        ``NCI_<id>_conf<k>``; then rdkit's ``Contrib/PBF/testData/egfr.sdf`` (``egfr_<k>``).
+* ``sise.sdf.gz``      silicon and selenium: the NCI molecules with them, and the drug-like ones rewritten
+                       as TMS ethers, trimethylsilyl groups and selenides (REWRITES below); 2 conformers,
+                       MMFF94 or UFF where MMFF94 lacks selenium. Titles ``NCI_<id>[_<rewrite>]_conf<k>``.
 
 Usage (from the repository root):
     python recipes/default_model/make_data.py [--out data/default_model] [--qm9-limit N]
-        [--conformers 3] [--seed 20240607] [--workers 2] [--only qm9|druglike]
+        [--conformers 3] [--seed 20240607] [--workers 2] [--only qm9|druglike|sise]
 """
 
 import argparse
