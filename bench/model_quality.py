@@ -290,14 +290,13 @@ def main(argv=None) -> int:
     data = loaded["set"]
     sets = subsets(data, args.split)
     started = time.perf_counter()
+    stem = args.design.stem if args.design else Path(args.model).stem
+    out = args.out or cache_dir / (stem if args.split == "random" else f"{stem}_{args.split}")
     if args.design:
-        name = args.design.stem
-        out = args.out or cache_dir / (name if args.split == "random" else f"{name}_{args.split}")
+        name = stem
         checkpoint = train_design(data, sets, args.design, out, args.steps, args.batch_size, args.epochs, args.device)
     else:
-        stem = Path(args.model).stem
         name, checkpoint = args.model, args.model
-        out = args.out or cache_dir / (stem if args.split == "random" else f"{stem}_{args.split}")
     train_seconds = time.perf_counter() - started
     model = load_model(checkpoint, args.device).eval()
     result = {"design": name, "checkpoint": str(checkpoint), "train_seconds": train_seconds,

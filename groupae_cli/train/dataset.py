@@ -76,10 +76,9 @@ class StructureSet:
         held out when the hash of (seed, its name) falls below val_fraction, whatever else the inputs
         hold, so its side never changes as the data set grows (about val_fraction of the molecules).
         """
-        groups = self.groups()
+        names, groups = np.unique(self.molecule_names(), return_inverse=True)  # as groups(), the names beside
         unique = np.unique(groups)
         if by == "name":
-            names = np.unique(self.molecule_names())  # in the order of the group ids
             fractions = np.array([_hashed_fraction(seed, n) for n in names])
             is_val_group = fractions < val_fraction
             if val_fraction > 0 and len(unique) > 1:  # as "random": one molecule at least on each side
