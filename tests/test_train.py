@@ -276,3 +276,45 @@ def test_the_reconstruction_losses_are_what_they_say(subset):
     assert mse.item() == pytest.approx(err.mean(), rel=1e-9) and mse_parts["recon_sq"] == pytest.approx(err.mean())
     with pytest.raises(ValueError, match="recon_loss"):
         TrainConfig(recon_loss="l1")
+
+
+def test_ema_averages_the_weights_and_resumes_both_sets(subset, tmp_path):
+    """ema: the update is the warmed-up exponential average; the checkpoint holds the average (what
+    validation scored), the training state the optimizer's weights and the number of updates, and
+    --resume puts each back where it was."""
+    from groupae_cli.train.loop import Trainer, ema_update
+
+    averaged, current = [torch.zeros(3)], [torch.ones(3)]
+    expected = 0.0
+    for n in range(1, 30):  # AveragedModel copies at n = 0, then calls the update with n >= 1
+        decay = min(0.9, (1 + n) / (10 + n))
+        ema_update(0.9)(averaged, current, torch.tensor(n))
+        expected = decay * expected + (1 - decay) * 1.0
+    torch.testing.assert_close(averaged[0], torch.full((3,), expected))
+
+    config = TrainConfig(epochs=2, batch_size=8, seed=4, ema=0.9)
+    history = train_from_files([str(subset)], tmp_path, preset("tiny"), config, device="cpu", quiet=True)
+    payload = read_checkpoint(tmp_path / "last.ckpt")
+    state, average = payload["state"], payload["state_dict"]
+    steps = state["scheduler"]["last_epoch"]
+    assert state["ema_updates"] == steps > 0
+    moved = [name for name, w in state["train_weights"].items()
+             if w.is_floating_point() and not torch.equal(w, average[name])]
+    assert len(moved) > 10  # the average is not the last step's weights
+    model = load_model(tmp_path / "last.ckpt")
+    for name, w in model.state_dict().items():
+        torch.testing.assert_close(w, average[name].to(w.dtype), rtol=0, atol=0)
+    assert len(history) == 2
+
+    def batches(epoch):  # resume reads weights and counts only
+        return [None] * (steps // 2)
+
+    trainer = Trainer(model.config, config, tmp_path / "again", batches, list, device="cpu", quiet=True)
+    trainer.resume(tmp_path / "last.ckpt")
+    assert int(trainer.ema.n_averaged) == steps
+    for name, w in trainer.model.state_dict().items():
+        assert torch.equal(w, state["train_weights"][name]), name
+    for name, w in trainer.ema.module.state_dict().items():
+        assert torch.equal(w, average[name]), name
+    with pytest.raises(ValueError, match="ema"):
+        TrainConfig(ema=1.0)

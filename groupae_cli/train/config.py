@@ -16,6 +16,10 @@ class TrainConfig:
     weight_decay: float = 1e-5
     warmup_epochs: int = 1
     grad_clip: float = 1.0
+    # an exponential moving average of the weights with this decay (0: off), with the usual warm-up
+    # (decay min(ema, (1 + n) / (10 + n)) at update n): it is what validation scores and what the
+    # checkpoints hold as the model; the raw weights travel in the training state for --resume
+    ema: float = 0.0
     val_fraction: float = 0.1
     # how molecules go to validation: "random", a seeded draw over the molecules of these inputs;
     # "name", a seeded hash of each molecule's name, so a molecule keeps its side when others are
@@ -63,6 +67,8 @@ class TrainConfig:
             raise ValueError("epoch_size and val_size must be >= 0")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError("ema must be in [0, 1)")
         if self.split not in ("random", "name"):
             raise ValueError(f"split must be 'random' or 'name', not {self.split!r}")
         if self.recon_loss not in ("mse", "rmsd", "distance"):

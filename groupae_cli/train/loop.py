@@ -62,6 +62,21 @@ class Distributed:
             torch.distributed.destroy_process_group()
 
 
+def ema_update(decay: float):
+    """AveragedModel's multi_avg_fn for an exponential moving average with the usual warm-up: the
+    decay at update n is min(decay, (1 + n) / (10 + n)), so early averages are not stuck at the
+    first weights."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged) -> None:
+        n = int(n_averaged)
+        weight = 1.0 - min(decay, (1 + n) / (10 + n))
+        for a, c in zip(averaged, current, strict=True):
+            a.lerp_(c, weight)
+
+    return update
+
+
 def lr_factor(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -95,6 +110,11 @@ class Trainer:
             self._load_weights(read_checkpoint(init))
         self.model = self.model.to(self.device)
         self.ddp = self.dist.wrap(self.model, self.device)
+        self.ema = None
+        if config.ema:
+            from torch.optim.swa_utils import AveragedModel
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=ema_update(config.ema))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.steps_per_epoch = max(1, len(self.dist.shard(train_batches(0))))
         total = config.epochs * self.steps_per_epoch
@@ -106,13 +126,22 @@ class Trainer:
 
     # --- checkpoints ---------------------------------------------------------------------------
 
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The model that validation scores and checkpoints hold: the weights' moving average, if kept."""
+        return self.model if self.ema is None else self.ema.module
+
     def _state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "epoch": self.epoch, "best": self.best, "torch_rng": torch.get_rng_state()}
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "epoch": self.epoch, "best": self.best, "torch_rng": torch.get_rng_state()}
+        if self.ema is not None:  # the checkpoint's weights are the average; these are the optimizer's
+            state["train_weights"] = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+            state["ema_updates"] = int(self.ema.n_averaged)
+        return state
 
     def save(self, name: str, metrics: dict) -> None:
         training = {"epoch": self.epoch, "metrics": metrics, "train_config": self.config.to_dict(), **self.extra_state}
-        save_checkpoint(self.run_dir / name, self.model, training=training, state=self._state())
+        save_checkpoint(self.run_dir / name, self.scored, training=training, state=self._state())
 
     def _load_weights(self, payload: dict) -> None:
         """A read checkpoint's weights into the model, checked against it first (one line, not a
@@ -124,8 +153,13 @@ class Trainer:
         payload = read_checkpoint(path)
         if not isinstance(payload.get("state"), dict):
             raise UsageError(f"{path}: holds no training state to resume from (optimizer, scheduler)")
-        self._load_weights(payload)
         state = payload["state"]
+        self._load_weights(payload)
+        if self.ema is not None:
+            self.ema.module.load_state_dict(self.model.state_dict())
+            self.ema.n_averaged.fill_(int(state.get("ema_updates", 0)))
+            if "train_weights" in state:  # else a run without the average: it starts from these weights
+                self._load_weights(payload | {"state_dict": state["train_weights"]})
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.best = state["epoch"], state["best"]
@@ -159,6 +193,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             for key, value in parts.items():
                 totals[key] = totals.get(key, 0.0) + value
             bar.set_postfix(loss=f"{parts['loss']:.4f}")
@@ -177,7 +213,7 @@ class Trainer:
                 row = {"epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0], **self.train_epoch(self.epoch)}
                 self.epoch += 1
                 if self.dist.main:
-                    row.update(evaluate(self.model, val, seed=self.config.seed))
+                    row.update(evaluate(self.scored, val, seed=self.config.seed))
                     row["seconds"] = time.perf_counter() - start
                     self.history.append(row)
                     self._write_metrics()
