@@ -13,7 +13,7 @@ from torch import nn
 from groupae_cli.data import BATCH, N_ATOMS, POSITIONS, TYPES
 from groupae_cli.models.config import ModelConfig
 from groupae_cli.models.decoder import Decoder
-from groupae_cli.models.embedding import embedding_head
+from groupae_cli.models.embedding import Refiner, embedding_head
 from groupae_cli.models.encoder import Encoder
 from groupae_cli.models.graph import Layout, build_edges
 from groupae_cli.models.heads import NodeInvariants, RotationHead, centroid
@@ -36,6 +36,7 @@ class GroupAE(nn.Module):
         self.rotation = RotationHead(config)
         self.scores = ScoreHead(self.invariants.dim, config.score_hidden)
         self.decoder = Decoder(config)
+        self.refiners = nn.ModuleList(Refiner(config) for _ in range(config.refine_steps))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -71,9 +72,23 @@ class GroupAE(nn.Module):
                                       tie_tol=c.tie_tol)
         extra = {"order": order} if c.pool_slot_codes else {}
         z = self.embedding(inv, h, flat_canonical, rotation, types, layout, **extra)
+        if len(self.refiners):
+            z = self.refine(z, canonical, types, order, layout)
         return {"z": z, "rotation": rotation, "translation": translation, "scores": scores, "order": order,
                 "canonical": canonical, "frame_degenerate": frame_degenerate, "frame_conditioning": frame_conditioning,
                 "ties": ties, "layout": layout}
+
+    def refine(self, z: torch.Tensor, canonical: torch.Tensor, types: torch.Tensor, order: torch.Tensor,
+               layout: Layout) -> torch.Tensor:
+        """z after `refine_steps` learned corrections of its canonical-frame part, each from what the
+        decoder draws of the current z beside the structure in its canonical pose and order."""
+        slot_types = layout.to_dense(types).gather(1, order)
+        target = canonical.gather(1, order[:, :, None].expand(-1, -1, 3)) * layout.mask[:, :, None]
+        identity = self.config.embedding_identity
+        for refiner in self.refiners:
+            y, _, hidden = self.decoder.slots(z, layout.n_atoms, layout.n_max, slot_types)
+            z = torch.cat([z[:, :identity], z[:, identity:] + refiner(hidden, target, y, layout)], -1)
+        return z
 
     def decode(self, z: torch.Tensor, n_atoms: torch.Tensor,
                slot_types: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

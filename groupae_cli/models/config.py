@@ -61,6 +61,13 @@ class ModelConfig:
     # slot codes: slot, size, rank within its element, element count), so encoder and decoder share
     # an address for every atom; exactly invariant, since the canonical order is equivariant
     pool_slot_codes: bool = False
+    # canonical head: blocks of self-attention among the atom tokens before they are pooled (a Set
+    # Transformer encoder), so each token can say where its atom sits relative to the others
+    token_layers: int = 0
+    # canonical head: this many learned refinements of z's canonical-frame part, each from the
+    # decoder's slots and what they miss of the structure in its canonical pose and order
+    # (GroupAE.encode); the frame-free part of z is left as it is
+    refine_steps: int = 0
     # permutation head
     score_hidden: int = 64
     # "score": atoms of one element in score order; "parent": hydrogens grouped by their parent
@@ -97,6 +104,14 @@ class ModelConfig:
             raise ValueError("embedding_identity must be in [0, embedding_dim)")
         if self.hydrogen_order not in ("score", "parent"):
             raise ValueError(f"hydrogen_order must be 'score' or 'parent', not {self.hydrogen_order!r}")
+        if self.refine_steps < 0:
+            raise ValueError("refine_steps must be >= 0")
+        if self.refine_steps and self.pooling != "canonical":
+            raise ValueError("refine_steps needs pooling: canonical")
+        if self.token_layers < 0:
+            raise ValueError("token_layers must be >= 0")
+        if self.token_layers and self.pooling != "canonical":
+            raise ValueError("token_layers needs pooling: canonical")
         if self.pool_slot_codes and self.pooling != "canonical":
             raise ValueError("pool_slot_codes needs pooling: canonical")
         if self.pool_dim % self.pool_heads:

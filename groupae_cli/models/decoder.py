@@ -82,6 +82,12 @@ class Decoder(nn.Module):
 
         `slot_types` (B, N): the element index of each canonical slot (needed with composition).
         """
+        y, logits, _ = self.slots(z, n_atoms, n_max, slot_types)
+        return y, logits
+
+    def slots(self, z: torch.Tensor, n_atoms: torch.Tensor, n_max: int,
+              slot_types: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """forward's (Y, type logits) and the slots' last hidden states (B, N, decoder_dim)."""
         if self.element is not None and slot_types is None:
             raise ValueError("this decoder needs the composition (slot_types)")
         composition = slot_types if self.element is not None else None
@@ -101,4 +107,4 @@ class Decoder(nn.Module):
             # masked (finite, so the type head stays in the graph, as DistributedDataParallel needs)
             given = torch.nn.functional.one_hot(t, self.types.out_features).bool()
             logits = logits.masked_fill(~given, _MASKED)
-        return self.coordinates(x), logits
+        return self.coordinates(x), logits, x

@@ -48,14 +48,18 @@ def frame_free(inv: torch.Tensor, types: torch.Tensor, layout: Layout, n_types: 
     return torch.cat([mean, torch.log1p(counts)], -1)
 
 
+def padding_mask(layout: Layout, heads: int, queries: int) -> torch.Tensor:
+    """(B heads, queries, N) True where the key is padding: the padding as an attention mask per
+    head, not key_padding_mask (the same arithmetic, and torch's check of a key_padding_mask imports
+    sympy, about half a second of start-up)."""
+    return (~layout.mask)[:, None, None, :].expand(-1, heads, queries, -1).reshape(-1, queries, layout.n_max)
+
+
 def pool_by_queries(pool, dense: torch.Tensor, layout: Layout) -> torch.Tensor:
     """(B, N, d) atom tokens -> (B, K d): `pool`'s K learned queries attend to each structure's
     tokens (a permutation-invariant set pooling, the Set Transformer's PMA), layer-normed, flattened."""
     queries = pool.queries.expand(layout.n_structures, -1, -1)
-    # the padding as an attention mask per head, not key_padding_mask: the same arithmetic, and
-    # torch's check of a key_padding_mask imports sympy (about half a second of start-up)
-    heads, k = pool.attention.num_heads, queries.shape[1]
-    padding = (~layout.mask)[:, None, None, :].expand(-1, heads, k, -1).reshape(-1, k, layout.n_max)
+    padding = padding_mask(layout, pool.attention.num_heads, queries.shape[1])
     pooled, _ = pool.attention(queries, dense, dense, attn_mask=padding, need_weights=False)
     return pool.norm(pooled).flatten(1)
 
@@ -90,6 +94,11 @@ class CanonicalEmbedding(nn.Module):
             nn.init.zeros_(self.slot.bias)
         token_in = inv_dim + 3 + 6 * self.FREQUENCIES + 3 * config.pool_vectors
         self.token = mlp([token_in, d, d])
+        self.mixer = None
+        if config.token_layers:  # tokens attend to each other before pooling (padding masked as keys)
+            layer = nn.TransformerEncoderLayer(d, config.pool_heads, 2 * d, dropout=0.0, activation="gelu",
+                                               batch_first=True, norm_first=True)
+            self.mixer = nn.TransformerEncoder(layer, config.token_layers, enable_nested_tensor=False)
         self.queries = nn.Parameter(torch.randn(config.pool_tokens, d) / math.sqrt(d))
         self.attention = nn.MultiheadAttention(d, config.pool_heads, batch_first=True)
         self.norm = nn.LayerNorm(d)
@@ -112,6 +121,8 @@ class CanonicalEmbedding(nn.Module):
         dense = layout.to_dense(self.token(tokens) + self.element(types))
         if self.slot is not None:
             dense = dense + self.slot(self.slot_codes(types, layout, order).to(dense.dtype))
+        if self.mixer is not None:
+            dense = self.mixer(dense, mask=padding_mask(layout, self.attention.num_heads, layout.n_max))
         pooled = pool_by_queries(self, dense, layout)
         free = frame_free(inv, types, layout, self.n_types, self.composition)
         z = self.net(torch.cat([pooled, free], -1))
@@ -124,6 +135,34 @@ class CanonicalEmbedding(nn.Module):
         slot_types = layout.to_dense(types).gather(1, order)
         codes, _, _ = slot_codes(layout.n_atoms, layout.n_max, self.slot.in_features, slot_types, self.n_types)
         return codes.gather(1, slot_of_atoms(order)[:, :, None].expand(-1, -1, codes.shape[-1]))
+
+
+class Refiner(nn.Module):
+    """One learned correction of z's canonical-frame part (`refine_steps`): every decoded slot
+    becomes a token of the decoder's hidden state there, its target (the structure in its canonical
+    pose and order, with Fourier features) and what the slot misses of it (target - decoded); learned
+    queries pool the tokens and an MLP, zero at the start, gives the correction. Every input is
+    invariant (the canonical form is), so z stays exactly invariant."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d = config.pool_dim
+        frequencies = CanonicalEmbedding.FREQUENCIES
+        self.register_buffer("freq", 2 * math.pi / torch.logspace(math.log10(20.0), 0.0, frequencies))
+        self.token = mlp([config.decoder_dim + 6 + 6 * frequencies, d, d])
+        self.queries = nn.Parameter(torch.randn(config.pool_tokens, d) / math.sqrt(d))
+        self.attention = nn.MultiheadAttention(d, config.pool_heads, batch_first=True)
+        self.norm = nn.LayerNorm(d)
+        geometry = config.embedding_dim - config.embedding_identity
+        self.net = mlp([config.pool_tokens * d, 2 * geometry, geometry])
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, hidden: torch.Tensor, target: torch.Tensor, decoded: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """hidden (B, N, decoder_dim), target and decoded (B, N, 3) in slot order -> (B, geometry part of z)."""
+        angle = target[..., None] * self.freq  # (B, N, 3, F)
+        tokens = torch.cat([hidden, target, target - decoded, angle.sin().flatten(2), angle.cos().flatten(2)], -1)
+        return self.net(pool_by_queries(self, self.token(tokens), layout))
 
 
 class DistanceAttention(nn.Module):
