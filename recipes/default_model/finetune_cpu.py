@@ -41,11 +41,17 @@ def main() -> None:
     p.add_argument("--tau", type=float, default=None, help="hold the relaxed permutation's tau here (default: "
                    "anneal 0.1 to 0.02; a run's continuation keeps its final 0.02)")
     p.add_argument("--init", default="default", help="the checkpoint to start from (default: the shipped model)")
+    p.add_argument("--refine-steps", type=int, default=None,
+                   help="add this many learned refinements of z (ModelConfig.refine_steps) to the model; "
+                        "they start at zero, so training starts from the checkpoint's own reconstructions")
     args = p.parse_args()
     data = StructureSet.load(args.data / "cache.npz")
     split = json.loads((args.data / "split.json").read_text())
     train_idx, val_idx = np.array(split["train"]), np.array(split["validation"])
-    model_config = ModelConfig.from_dict(read_checkpoint(args.init)["config"])
+    start = read_checkpoint(args.init)
+    model_config = ModelConfig.from_dict(start["config"])
+    if args.refine_steps is not None:
+        model_config = model_config.replace(refine_steps=args.refine_steps)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, epoch_size=args.epoch_size,
                          val_size=1000, seed=0, recon_loss="rmsd", warmup_epochs=args.warmup_epochs,
                          **({"tau_start": args.tau, "tau_end": args.tau} if args.tau else {}))
@@ -58,8 +64,17 @@ def main() -> None:
     def val_batches():
         return Batches(data, list(fixed_batches(val, 64)), model_config.elements)
 
-    Trainer(model_config, config, args.run_dir, train_batches, val_batches, device="cpu",
-            extra_state={"init": str(args.init), "recipe": "recipes/default_model/finetune_cpu.py"}, init=args.init).fit()
+    grown = args.refine_steps is not None
+    trainer = Trainer(model_config, config, args.run_dir, train_batches, val_batches, device="cpu",
+                      extra_state={"init": str(args.init), "recipe": "recipes/default_model/finetune_cpu.py"},
+                      init=None if grown else args.init)
+    if grown:  # the checkpoint's weights; only the new refiners (zero at the start) are not in it
+        missing, unexpected = trainer.model.load_state_dict(start["state_dict"], strict=False)
+        if unexpected or any(not name.startswith("refiners.") for name in missing):
+            raise SystemExit(f"{args.init}: not the model grown by --refine-steps ({unexpected or missing})")
+    if (args.run_dir / "last.ckpt").exists():
+        trainer.resume(args.run_dir / "last.ckpt")
+    trainer.fit()
 
 
 if __name__ == "__main__":
