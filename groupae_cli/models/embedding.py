@@ -48,6 +48,17 @@ def frame_free(inv: torch.Tensor, types: torch.Tensor, layout: Layout, n_types: 
     return torch.cat([mean, torch.log1p(counts)], -1)
 
 
+def fourier_frequencies(count: int) -> torch.Tensor:
+    """Angular frequencies of `count` Fourier features, periods from 20 Å down to 1 Å."""
+    return 2 * math.pi / torch.logspace(math.log10(20.0), 0.0, count)
+
+
+def fourier(coordinates: torch.Tensor, freq: torch.Tensor) -> torch.Tensor:
+    """(..., 3) coordinates -> (..., 6 F): the sines, then the cosines, of each coordinate at each frequency."""
+    angle = coordinates[..., None] * freq  # (..., 3, F)
+    return torch.cat([angle.sin().flatten(-2), angle.cos().flatten(-2)], -1)
+
+
 def padding_mask(layout: Layout, heads: int, queries: int) -> torch.Tensor:
     """(B heads, queries, N) True where the key is padding: the padding as an attention mask per
     head, not key_padding_mask (the same arithmetic, and torch's check of a key_padding_mask imports
@@ -86,7 +97,7 @@ class CanonicalEmbedding(nn.Module):
         self.composition = config.embedding_composition
         d = config.pool_dim
         self.vectors = o3.Linear(o3.Irreps(config.hidden_irreps), o3.Irreps(f"{config.pool_vectors}x1o"))
-        self.register_buffer("freq", 2 * math.pi / torch.logspace(math.log10(20.0), 0.0, self.FREQUENCIES))
+        self.register_buffer("freq", fourier_frequencies(self.FREQUENCIES))
         self.element = nn.Embedding(self.n_types, d)
         self.slot = nn.Linear(d, d) if config.pool_slot_codes else None
         if self.slot is not None:  # zero at the start: the codes (entries up to 4) would drown the tokens
@@ -116,8 +127,7 @@ class CanonicalEmbedding(nn.Module):
         rotation (B, 3, 3), types (A,), order (B, N) the canonical order (the input atom in each
         slot; needed with slot codes) -> z (B, embedding_dim)."""
         frame_vectors = self.vectors(h).reshape(len(h), -1, 3) @ rotation[layout.batch]  # components along e1..e3
-        angle = canonical[:, :, None] * self.freq  # (A, 3, F)
-        tokens = torch.cat([inv, canonical, angle.sin().flatten(1), angle.cos().flatten(1), frame_vectors.flatten(1)], -1)
+        tokens = torch.cat([inv, canonical, fourier(canonical, self.freq), frame_vectors.flatten(1)], -1)
         dense = layout.to_dense(self.token(tokens) + self.element(types))
         if self.slot is not None:
             dense = dense + self.slot(self.slot_codes(types, layout, order).to(dense.dtype))
@@ -148,7 +158,7 @@ class Refiner(nn.Module):
         super().__init__()
         d = config.pool_dim
         frequencies = CanonicalEmbedding.FREQUENCIES
-        self.register_buffer("freq", 2 * math.pi / torch.logspace(math.log10(20.0), 0.0, frequencies))
+        self.register_buffer("freq", fourier_frequencies(frequencies))
         self.token = mlp([config.decoder_dim + 6 + 6 * frequencies, d, d])
         self.queries = nn.Parameter(torch.randn(config.pool_tokens, d) / math.sqrt(d))
         self.attention = nn.MultiheadAttention(d, config.pool_heads, batch_first=True)
@@ -160,8 +170,7 @@ class Refiner(nn.Module):
 
     def forward(self, hidden: torch.Tensor, target: torch.Tensor, decoded: torch.Tensor, layout: Layout) -> torch.Tensor:
         """hidden (B, N, decoder_dim), target and decoded (B, N, 3) in slot order -> (B, geometry part of z)."""
-        angle = target[..., None] * self.freq  # (B, N, 3, F)
-        tokens = torch.cat([hidden, target, target - decoded, angle.sin().flatten(2), angle.cos().flatten(2)], -1)
+        tokens = torch.cat([hidden, target, target - decoded, fourier(target, self.freq)], -1)
         return self.net(pool_by_queries(self, self.token(tokens), layout))
 
 
