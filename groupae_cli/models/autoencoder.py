@@ -3,6 +3,7 @@
 encode(X, a) -> z (invariant), R (SO(3)), t (R^3), canonical order (S_n)
 decode(z, n) -> canonical coordinates Y and element logits
 reconstruction: X_hat = P^T (Y R^T) + t, in the input's frame and order.
+model.fit_steps = k: z then fitted to the structure by k gradient steps through the decoder.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from groupae_cli.models.permutation import (
     soft_permutation,
 )
 
+#: Adam's first step size and epsilon when z is fitted to its structure (`fit_steps`); the step
+#: size falls linearly to 0. A constant step makes the fit chaotic: two copies of a structure,
+#: 1e-13 apart, end 1e-2 apart after 100 steps (bench/RESULTS.md, "Fitting z")
+FIT_LR, FIT_EPS = 0.1, 1e-3
+
 
 class GroupAE(nn.Module):
     def __init__(self, config: ModelConfig):
@@ -37,6 +43,9 @@ class GroupAE(nn.Module):
         self.scores = ScoreHead(self.invariants.dim, config.score_hidden)
         self.decoder = Decoder(config)
         self.refiners = nn.ModuleList(Refiner(config) for _ in range(config.refine_steps))
+        #: an inference setting, not part of the checkpoint: encode fits z to each structure by this
+        #: many steps (`fit`); training leaves it at 0
+        self.fit_steps = 0
 
     @property
     def dtype(self) -> torch.dtype:
@@ -49,7 +58,8 @@ class GroupAE(nn.Module):
         Returns z (B, d), rotation (B, 3, 3), translation (B, 3), scores (A,), order (B, N) (the
         input atom in each canonical slot; padding last), canonical (B, N, 3) ((X - t) R in input
         order), frame_degenerate (B,), frame_conditioning (B,) (see RotationHead), ties (B,), and
-        the layout. `tie_noise` (training only) jitters the scores to break ties at random.
+        the layout. `tie_noise` (training only) jitters the scores to break ties at random. With
+        `self.fit_steps`, z is then fitted to the structure (`fit`).
         """
         c = self.config
         x, types = batch[POSITIONS], batch[TYPES]
@@ -74,6 +84,8 @@ class GroupAE(nn.Module):
         z = self.embedding(inv, h, flat_canonical, rotation, types, layout, **extra)
         if len(self.refiners):
             z = self.refine(z, canonical, types, order, layout)
+        if self.fit_steps:
+            z = self.fit(z, canonical, types, order, layout, self.fit_steps)
         return {"z": z, "rotation": rotation, "translation": translation, "scores": scores, "order": order,
                 "canonical": canonical, "frame_degenerate": frame_degenerate, "frame_conditioning": frame_conditioning,
                 "ties": ties, "layout": layout}
@@ -82,13 +94,38 @@ class GroupAE(nn.Module):
                layout: Layout) -> torch.Tensor:
         """z after `refine_steps` learned corrections of its canonical-frame part, each from what the
         decoder draws of the current z beside the structure in its canonical pose and order."""
-        slot_types = layout.to_dense(types).gather(1, order)
-        target = canonical.gather(1, order[:, :, None].expand(-1, -1, 3)) * layout.mask[:, :, None]
+        slot_types, target = _in_slots(canonical, types, order, layout)
         identity = self.config.embedding_identity
         for refiner in self.refiners:
             y, _, hidden = self.decoder.slots(z, layout.n_atoms, layout.n_max, slot_types)
             z = torch.cat([z[:, :identity], z[:, identity:] + refiner(hidden, target, y, layout)], -1)
         return z
+
+    def fit(self, z: torch.Tensor, canonical: torch.Tensor, types: torch.Tensor, order: torch.Tensor,
+            layout: Layout, steps: int, lr: float = FIT_LR) -> torch.Tensor:
+        """z after `steps` Adam steps (step size falling linearly from `lr` to 0) on each
+        structure's RMSD between what the decoder draws of z and the structure in its canonical
+        pose and order: the code the decoder needs, found from the encoder's guess (which the
+        weights alone cannot make exact: bench/decoder_reach.py).
+
+        Each structure's gradient is its own (the loss is a sum, Adam works per entry), so a batch
+        fits as its records one by one; the target is invariant, so the fitted z is too. Runs with
+        gradients even under no_grad or inference_mode; the weights are not changed.
+        """
+        slot_types, target = _in_slots(canonical, types, order, layout)
+        with torch.inference_mode(False), torch.enable_grad():
+            # copies: tensors made under inference mode cannot be saved for the backward pass
+            z = z.detach().clone().requires_grad_(True)
+            slot_types, target, n_atoms, mask = (v.clone() for v in (slot_types, target, layout.n_atoms, layout.mask))
+            optimizer = torch.optim.Adam([z], lr=lr, eps=FIT_EPS)
+            schedule = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, 0.0, total_iters=steps)
+            for _ in range(steps):
+                y, _, _ = self.decoder.slots(z, n_atoms, layout.n_max, slot_types)
+                mse = (((y - target) ** 2).sum(-1) * mask).sum(1) / n_atoms
+                (z.grad,) = torch.autograd.grad(mse.clamp_min(1e-20).sqrt().sum(), z)
+                optimizer.step()
+                schedule.step()
+        return z.detach()
 
     def decode(self, z: torch.Tensor, n_atoms: torch.Tensor,
                slot_types: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,5 +164,12 @@ class GroupAE(nn.Module):
     def canonical_form(self, batch: dict[str, torch.Tensor], encoded: dict | None = None) -> torch.Tensor:
         """C(X) = P (X - t) R, (B, N, 3): the same for every rotated, translated, renumbered copy."""
         out = encoded or self.encode(batch)
-        ordered = out["canonical"].gather(1, out["order"][:, :, None].expand(-1, -1, 3))
-        return ordered * out["layout"].mask[:, :, None]
+        return _in_slots(out["canonical"], batch[TYPES], out["order"], out["layout"])[1]
+
+
+def _in_slots(canonical: torch.Tensor, types: torch.Tensor, order: torch.Tensor,
+              layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each canonical slot's element (B, N), the structure in its canonical pose and order
+    (B, N, 3), padding 0)."""
+    slot_types = layout.to_dense(types).gather(1, order)
+    return slot_types, canonical.gather(1, order[:, :, None].expand(-1, -1, 3)) * layout.mask[:, :, None]
