@@ -243,7 +243,8 @@ def embed(model, structures, batch_size: int = 64, out: str | Path | None = None
     Returns an `Embeddings` of numpy arrays, one row per structure in the order given; with `out`,
     writes them to that HDF5 file instead (the layout of `groupae embed`, read back with
     `read_embeddings`) and returns its path. ValueError names a structure the model cannot take
-    (an element it was not trained on, too many atoms).
+    (an element it was not trained on, too many atoms). With `model.fit_steps = k`, each z is first
+    fitted to its structure by k steps through the decoder (recorded in the file as `fit_steps`).
     """
     from groupae_cli.embed import embed_files, encode_batch, provenance
 
@@ -253,7 +254,8 @@ def embed(model, structures, batch_size: int = 64, out: str | Path | None = None
     if out is not None:
         files = {s: k for k, s in enumerate(dict.fromkeys(s.source for s in items))}
         checkpoint = getattr(model, "checkpoint", {}).get("path")
-        attrs = provenance(checkpoint, Path(checkpoint).stem if checkpoint else None, list(files), (0, 1), "Python API")
+        attrs = provenance(checkpoint, Path(checkpoint).stem if checkpoint else None, list(files), (0, 1), "Python API",
+                           getattr(model, "fit_steps", 0))
         embed_files(((files[s.source], s) for s in items), model, out, attrs, device, batch_size)
         return Path(out)
     parts = [encode_batch(model, batch, device) for batch in _batches(items, batch_size)]
@@ -305,7 +307,9 @@ def reconstruct(model, structures, batch_size: int = 64):
     `.element_accuracy` against the input). One structure in, one out; a list in, a list out.
 
     `structures` may also be the path of an embed HDF5 file: its records are decoded from the
-    stored embeddings and group elements (no input to compare with: rmsd is None).
+    stored embeddings and group elements (no input to compare with: rmsd is None). With
+    `model.fit_steps = k`, each z is first fitted to its structure by k steps through the decoder:
+    sharper, at about k decoder passes more per structure.
 
     Like `embed`, it never returns a partial answer: ValueError names a structure the model cannot
     take, a record of the embed file that cannot be decoded (its embedding NaN or Inf), or one the

@@ -9,6 +9,7 @@ import typer
 
 from groupae_cli.cli.common import (
     Device,
+    FitSteps,
     Format,
     Model,
     Quiet,
@@ -60,6 +61,7 @@ def embed(
                                                      "all cores but one on a GPU (at most 8), 0 for stdin.",
                                                 min=0)] = None,
     device: Device = "auto",
+    fit_steps: FitSteps = 0,
     fmt: Format = None,
     strict: Strict = False,
     quiet: Quiet = False,
@@ -96,10 +98,12 @@ def embed(
     if batch_size is None:
         batch_size = GPU_BATCH if gpu_wanted(device) else CPU_BATCH
     model_path = model_path_for(model)
-    attrs = provenance(model_path, Path(model_path).stem if model is None else str(model), paths, part, "embed")
+    attrs = provenance(model_path, Path(model_path).stem if model is None else str(model), paths, part, "embed",
+                       fit_steps)
     if workers and device in ("cpu", "auto") and not gpu_wanted(device):
         # CPU: the workers parse and encode (one torch thread each); this process only writes
-        encoder = {"model": str(model_path), "batch_size": batch_size, "threads": max(1, usable_cpus() // workers)}
+        encoder = {"model": str(model_path), "batch_size": batch_size, "threads": max(1, usable_cpus() // workers),
+                   "fit_steps": fit_steps}
         with RecordStream(paths, fmt, workers, part, encoder=encoder) as stream:
             items = stream_progress(stream, quiet, desc="embedding")
             count = write_embeddings(items, out, lambda: (stream.model_info["embedding_dim"],
@@ -111,6 +115,7 @@ def embed(
             from groupae_cli.embed import embed_files
 
             net, torch_device, _ = load_for_command(model, device)
+            net.fit_steps = fit_steps
             items = stream_progress(stream, quiet, desc="embedding")
             count = embed_files(items, net, out, attrs, torch_device, batch_size, on_failure=report.add,
                                 keep_empty=part[1] > 1)

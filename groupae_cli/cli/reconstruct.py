@@ -9,6 +9,7 @@ import typer
 
 from groupae_cli.cli.common import (
     Device,
+    FitSteps,
     Format,
     Json,
     Model,
@@ -31,6 +32,7 @@ def reconstruct(
     model: Model = None,
     batch_size: Annotated[int, typer.Option(help="Structures per batch.", min=1)] = 64,
     device: Device = "auto",
+    fit_steps: FitSteps = 0,
     json: Json = False,
     fmt: Format = None,
     strict: Strict = False,
@@ -41,6 +43,7 @@ def reconstruct(
     With `-o -` the structures go to stdout and the table to stderr (--quiet: none); --json needs
     `-o FILE`. From an embed HDF5 file the structures are decoded from the stored embeddings and group
     elements (with the model that wrote them); there is no input to compare with, so no error.
+    --fit-steps fits each z to its record first (from an embed file: the z stored, as embed made it).
     """
     import itertools
 
@@ -67,6 +70,7 @@ def reconstruct(
     if out != "-":
         check_output(out, [source])
     net, torch_device, _ = load_for_command(model, device)
+    net.fit_steps = fit_steps
     report = FailureReport(strict=strict)
     if from_h5:
         results = progress(decode_embeddings(net, source, torch_device, batch_size), quiet, desc="decoding",

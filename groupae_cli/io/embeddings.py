@@ -40,9 +40,9 @@ class Encoded:
 
 
 def provenance(model_path, model_name: str | None, input_files: list[str], shard: tuple[int, int],
-               command: str) -> dict:
-    """The attributes an embed file carries: the model (name, sha256), the inputs, the shard, what
-    its datasets mean and what wrote it."""
+               command: str, fit_steps: int = 0) -> dict:
+    """The attributes an embed file carries: the model (name, sha256), the inputs, the shard, the
+    steps z was fitted by, what its datasets mean and what wrote it."""
     from groupae_cli import __version__
     from groupae_cli.io.checkpoint import sha256
 
@@ -50,6 +50,7 @@ def provenance(model_path, model_name: str | None, input_files: list[str], shard
     return attrs | {
         "input_files": input_files,
         "shard": f"{shard[0]}/{shard[1]}",
+        "fit_steps": int(fit_steps),
         "permutation_convention": "permutation[offsets[i] + k] is the input atom of record i in canonical slot k",
         "degenerate_meaning": "the input's symmetry cancels the learned frame vectors; anchor atoms define it",
         "command": f"groupae {__version__} {command}",

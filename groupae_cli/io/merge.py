@@ -41,6 +41,7 @@ SHARED = (
     ("input_files", "inputs"),
     ("embedding_dim", "embedding sizes"),
     ("embedding_identity", "embedding_identity"),
+    ("fit_steps", "fit steps"),
     ("groupae_version", "groupae versions"),
 )
 #: attributes of one writing of the file, not of its contents: the merged file gets its own

@@ -94,7 +94,8 @@ def keep_freed_memory() -> None:
 
 
 def _encoded(items, encoder: dict, out):
-    """The worker's items through the model (`encoder`: model path, batch size, torch threads)."""
+    """The worker's items through the model (`encoder`: model path, batch size, torch threads,
+    fit steps)."""
     import torch
 
     from groupae_cli.embed import encode_items
@@ -103,6 +104,7 @@ def _encoded(items, encoder: dict, out):
     torch.set_num_threads(encoder["threads"])
     keep_freed_memory()
     model = load_model(encoder["model"], "cpu")
+    model.fit_steps = encoder.get("fit_steps", 0)
     out.put(("ready", {"embedding_dim": model.config.embedding_dim,
                        "embedding_identity": model.config.embedding_identity}, None))
     pairs = (((k, number), item) for k, number, item in items)

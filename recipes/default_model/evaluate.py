@@ -13,6 +13,9 @@ the model's inference precision (float32, or float64 where its config says so), 
 - invariance error: max |z(gX) - z(X)| / max |z(X)| over the same copies;
 - the share of frames flagged degenerate, and median RMSD per molecule size.
 
+With `--fit-steps K` every figure is taken with z fitted to each structure by K steps through the
+decoder (`groupae reconstruct --fit-steps K`).
+
     python recipes/default_model/evaluate.py --run runs/default --model runs/default/best.ckpt \
         --json recipes/default_model/validation.json
 
@@ -45,14 +48,18 @@ def source_of(name: str, numbers: np.ndarray) -> str:
     return "QM9" if name.startswith("qm9_") else "drug-like"
 
 
-def evaluate_set(model, data: StructureSet, indices: np.ndarray, batch_size: int, seed: int) -> dict:
+def evaluate_set(model, data: StructureSet, indices: np.ndarray, batch_size: int, seed: int,
+                 invariance_batches: int = 0) -> dict:
+    """The figures of one held-out set; the order and invariance on random copies of the first
+    `invariance_batches` batches (0: of all)."""
     elements = model.config.elements
     batches = [data.batch(chunk, elements, model.dtype) for chunk in fixed_batches(indices, batch_size)]
     cat = all_structures(model, batches)
     generator = torch.Generator().manual_seed(seed)
     sym = []
+    checked = batches[:invariance_batches] if invariance_batches else batches
     with torch.no_grad():
-        for batch in batches:
+        for batch in checked:
             sym.append(symmetry_errors(model, batch, GroupElement.random(batch, generator=generator)))
     atoms = cat["n_atoms"]
     rmsd = cat["rmsd"]
@@ -66,7 +73,8 @@ def evaluate_set(model, data: StructureSet, indices: np.ndarray, batch_size: int
         "baseline_rmsd_mean": float(cat["baseline_rmsd"].mean()),
         "element_acc": float((cat["element_acc"] * atoms).sum() / atoms.sum()),
         "order_agreement": float(np.average([s["order_agreement"] for s in sym],
-                                            weights=[len(b["n_atoms"]) for b in batches])),
+                                            weights=[len(b["n_atoms"]) for b in checked])),
+        "invariance_structures": sum(len(b["n_atoms"]) for b in checked),
         "invariance_max": float(max(s["z_relative"] for s in sym)),
         "degenerate_frames": int(sum(s["degenerate_frames"] for s in sym)),
         "by_size": size_table(cat),
@@ -84,22 +92,28 @@ def main(argv=None) -> int:
     parser.add_argument("--write-heldout", type=Path, default=None,
                         help="also write --heldout-count held-out structures per set here (XYZ), for the tests")
     parser.add_argument("--heldout-count", type=int, default=16)
+    parser.add_argument("--fit-steps", type=int, default=0, help="fit z to each structure by this many steps")
+    parser.add_argument("--invariance-batches", type=int, default=0,
+                        help="check order and invariance on the first N batches of each set (0: all)")
+    parser.add_argument("--sets", nargs="+", choices=SETS, default=SETS, help="the held-out sets to evaluate")
     args = parser.parse_args(argv)
 
     model_path = args.model or args.run / "best.ckpt"
     model = load_model(model_path, "cpu").eval()
+    model.fit_steps = args.fit_steps
     data = StructureSet.load(args.run / "cache.npz")
     held_out = np.array(json.loads((args.run / "split.json").read_text())["validation"], dtype=np.int64)
     sources = np.array([source_of(str(data.names[i]), data.numbers[data.offsets[i]:data.offsets[i + 1]])
                         for i in held_out])
     started = time.perf_counter()
-    result = {"model": str(model_path), "model_sha256": sha256(model_path), "sets": {}}
-    for name in SETS:
+    result = {"model": str(model_path), "model_sha256": sha256(model_path), "fit_steps": args.fit_steps, "sets": {}}
+    for name in args.sets:
         chosen = held_out[sources == name]
         if args.limit:
             chosen = np.sort(np.random.default_rng(args.seed).permutation(chosen)[: args.limit])
         if len(chosen):
-            result["sets"][name] = evaluate_set(model, data, chosen, args.batch_size, args.seed)
+            result["sets"][name] = evaluate_set(model, data, chosen, args.batch_size, args.seed,
+                                                args.invariance_batches)
             print(f"{name}: {len(chosen)} structures evaluated", file=sys.stderr)
     result["seconds"] = time.perf_counter() - started
     if args.write_heldout:
