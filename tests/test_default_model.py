@@ -148,3 +148,7 @@ def test_fitting_z_sharpens_held_out_reconstructions(tmp_path):
     assert decoded.exit_code == 0, decoded.output
     for a, b in zip(read_structures(tmp_path / "fit10.xyz"), read_structures(tmp_path / "from_h5.xyz"), strict=True):
         np.testing.assert_allclose(a.positions, b.positions, atol=1e-4)  # the file holds float32
+    refused = runner.invoke(app, ["reconstruct", str(tmp_path / "fit.h5"), "-o", str(tmp_path / "again.xyz"),
+                                  "--fit-steps", "10"])
+    assert refused.exit_code == 2 and "--fit-steps needs the structures" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1 and not (tmp_path / "again.xyz").exists()

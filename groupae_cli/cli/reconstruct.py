@@ -43,7 +43,7 @@ def reconstruct(
     With `-o -` the structures go to stdout and the table to stderr (--quiet: none); --json needs
     `-o FILE`. From an embed HDF5 file the structures are decoded from the stored embeddings and group
     elements (with the model that wrote them); there is no input to compare with, so no error.
-    --fit-steps fits each z to its record first (from an embed file: the z stored, as embed made it).
+    --fit-steps fits each z to its record first (not for an embed file: fit when embedding).
     """
     import itertools
 
@@ -61,6 +61,9 @@ def reconstruct(
     from_h5 = source != "-" and Path(source).suffix.lower() in (".h5", ".hdf5")
     if from_h5 and not Path(source).is_file():
         raise UsageError(f"{source}: no such file")
+    if from_h5 and fit_steps:
+        raise UsageError(f"{source}: --fit-steps needs the structures; an embed file's z is decoded as stored "
+                         "(fit it when embedding: groupae embed --fit-steps)")
     if from_h5:  # before the model loads: a broken file fails fast
         from groupae_cli.io.hdf5 import open_embed_file
 
