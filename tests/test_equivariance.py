@@ -406,10 +406,13 @@ def test_the_refinement_moves_only_the_canonical_part_of_z(molecules):
         preset("tiny", refine_steps=1)
 
 
-def test_z_fitted_to_the_structure_keeps_the_contract(molecules, design="canonical"):
+def test_z_fitted_to_the_structure_keeps_the_contract(molecules, monkeypatch, design="canonical"):
     """fit_steps: z fitted through the decoder to the structure in its canonical pose and order is
     still exactly invariant, the reconstruction equivariant (the target is invariant), and a batch
-    fits as its structures one by one (each has its own gradient)."""
+    fits as its structures one by one (each has its own gradient), in chunks sorted by size."""
+    from groupae_cli.models import autoencoder
+
+    monkeypatch.setattr(autoencoder, "FIT_CHUNK", 5)  # several chunks of 12 molecules, then back in order
     m = model(torch.float64, **DESIGNS[design])
     batch = collate(molecules, m.config.elements, dtype=torch.float64)
     plain = m(batch)

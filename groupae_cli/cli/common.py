@@ -22,7 +22,7 @@ FitSteps = Annotated[int, typer.Option(
     "--fit-steps", min=0,
     help="Fit each record's z to it by this many gradient steps through the decoder: sharper "
          "reconstructions at about the cost of that many extra decoder passes per record "
-         "(100 steps: 0.5-2 s per molecule on one core). Beyond about 100 steps the fit can "
+         "(100 steps: 0.4-0.9 s per molecule on one core). Beyond about 100 steps the fit can "
          "drift apart for moved copies of a record. 0: the encoder's z.")]
 Format = Annotated[
     str | None,
