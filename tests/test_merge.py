@@ -149,6 +149,11 @@ def test_parts_of_other_runs_are_refused(run, tmp_path):
             parts[0], run["other_model"])
     refused(merge([*parts[:2], run["other_inputs"]], out), out, "not shards of one run: different inputs",
             run["other_inputs"])
+    fitted = tmp_path / "fitted.h5"  # the same shard with its z fitted (embed --fit-steps)
+    shutil.copy(parts[2], fitted)
+    with h5py.File(fitted, "a") as f:
+        f.attrs["fit_steps"] = 10
+    refused(merge([*parts[:2], fitted], out), out, "not shards of one run: different fit steps", fitted)
 
 
 def test_an_incomplete_or_overlapping_part_is_refused_and_leaves_no_file(run, tmp_path):
