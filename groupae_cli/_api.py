@@ -255,7 +255,7 @@ def embed(model, structures, batch_size: int = 64, out: str | Path | None = None
         files = {s: k for k, s in enumerate(dict.fromkeys(s.source for s in items))}
         checkpoint = getattr(model, "checkpoint", {}).get("path")
         attrs = provenance(checkpoint, Path(checkpoint).stem if checkpoint else None, list(files), (0, 1), "Python API",
-                           getattr(model, "fit_steps", 0))
+                           model.fit_steps)
         embed_files(((files[s.source], s) for s in items), model, out, attrs, device, batch_size)
         return Path(out)
     parts = [encode_batch(model, batch, device) for batch in _batches(items, batch_size)]
