@@ -42,3 +42,14 @@ def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "tiny.ckpt"
     save_checkpoint(path, GroupAE(preset("tiny")))
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quick_model_builds():
+    """Models built in the tests skip e3nn's search for einsum contraction orders, as models loaded
+    for inference do (`quick_build`): the search costs about 0.3 s of a tiny model's 0.6 s build,
+    and it changes only the order in which torch contracts, not what is computed."""
+    from groupae_cli.models._startup import quick_build
+
+    with quick_build():
+        yield

@@ -49,8 +49,8 @@ SLOTS = {**CANONICAL, "pool_slot_codes": True}
 def slot_model(seed=0):
     """The slot-code design in float64 (the precision a canonical-frame z is shipped in), its slot
     projection (zero at the start of training) drawn at random so that the codes reach z."""
-    m = model(torch.float64, seed=seed, **SLOTS)
-    with torch.no_grad():
+    m = shared(torch.float64, seed=seed, **SLOTS)
+    with torch.no_grad():  # the same draw each time: a shared model stays the same
         m.embedding.slot.weight.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(seed))
     return m
 
@@ -65,12 +65,27 @@ def test_contract_holds_with_slot_codes(molecules):
 
 
 def model(dtype, seed=0, name="tiny", **changes):
+    """A model of its own, for a test that changes it (hooks, weights)."""
     torch.manual_seed(seed)
     m = GroupAE(preset(name, **changes)).to(dtype).eval()
     with torch.no_grad():  # a refinement starts at zero (a no-op): drawn at random, it reaches z
         for refiner in m.refiners:
             refiner.net[-1].weight.normal_(0.0, 0.3)
     return m
+
+
+_SHARED: dict = {}
+
+
+def shared(dtype, seed=0, name="tiny", **changes):
+    """model(...), built once for every test that only runs it (building costs more than most of
+    these tests): the same config, seed and dtype give the same weights, so it is the model each
+    test would build."""
+    key = (dtype, seed, repr(preset(name, **changes)))
+    if key not in _SHARED:
+        _SHARED[key] = model(dtype, seed, name, **changes)
+    assert _SHARED[key].fit_steps == 0
+    return _SHARED[key]
 
 
 def assert_contract(errors, dtype, canonical=True):
@@ -88,7 +103,7 @@ def assert_contract(errors, dtype, canonical=True):
 @pytest.mark.parametrize("design,message_fraction", [("mean", 1.0), ("mean", 0.5), ("canonical", 0.5), ("attention", 0.5),
                                                      ("refined", 0.5)])
 def test_contract_holds_on_real_molecules(molecules, dtype, design, message_fraction):
-    m = model(dtype, message_fraction=message_fraction, **DESIGNS[design])
+    m = shared(dtype, message_fraction=message_fraction, **DESIGNS[design])
     batch = collate(molecules, m.config.elements, dtype=dtype)
     for seed in range(3):
         errors = symmetry_errors(m, batch, GroupElement.random(batch, generator=torch.Generator().manual_seed(seed)))
@@ -99,7 +114,7 @@ def test_contract_holds_on_real_molecules(molecules, dtype, design, message_frac
 
 def test_float32_order_differs_only_between_near_tied_atoms(molecules):
     """In float32 two atoms may swap slots only where their scores sit at the tie tolerance."""
-    m = model(torch.float32)
+    m = shared(torch.float32)
     batch = collate(molecules, m.config.elements, dtype=torch.float32)
     g = GroupElement.random(batch, generator=torch.Generator().manual_seed(0))
     a, b = m.encode(batch), m.encode(g.apply(batch))
@@ -115,7 +130,7 @@ def test_float32_order_differs_only_between_near_tied_atoms(molecules):
 
 @pytest.mark.parametrize("design", DESIGNS)
 def test_mirror_image_gets_a_different_embedding(chiral, design):
-    m = model(torch.float64, **DESIGNS[design])
+    m = shared(torch.float64, **DESIGNS[design])
     mirrored = type(chiral)(chiral.numbers, chiral.positions * np.array([-1.0, 1.0, 1.0]), "mirror", "", 0)
     batch = collate([chiral, mirrored], m.config.elements, dtype=torch.float64)
     z = m.encode(batch)["z"]
@@ -126,7 +141,7 @@ def test_mirror_image_gets_a_different_embedding(chiral, design):
 
 def test_achiral_rotation_of_mirror_is_not_a_mirror(molecules):
     """A rotation is never a reflection: the predicted R has det +1."""
-    m = model(torch.float64)
+    m = shared(torch.float64)
     batch = collate(molecules, m.config.elements, dtype=torch.float64)
     det = torch.linalg.det(m.encode(batch)["rotation"])
     torch.testing.assert_close(det, torch.ones_like(det))
@@ -139,17 +154,20 @@ def test_batched_equals_one_by_one(molecules, dtype, design):
 
 
 def assert_batched_equals_one_by_one(molecules, dtype, design, fit_steps=0):
-    m = model(dtype, **DESIGNS[design])
+    m = shared(dtype, **DESIGNS[design])
     m.fit_steps = fit_steps
-    together = m(collate(molecules, m.config.elements, dtype=dtype))
+    try:
+        together = m(collate(molecules, m.config.elements, dtype=dtype))
+        alone = [m(collate([s], m.config.elements, dtype=dtype)) for s in molecules]
+    finally:
+        m.fit_steps = 0
     tol = 1e-10 if dtype == torch.float64 else 1e-4
-    for i, s in enumerate(molecules):
-        alone = m(collate([s], m.config.elements, dtype=dtype))
+    for i, (s, one) in enumerate(zip(molecules, alone)):
         n = len(s)
-        torch.testing.assert_close(alone["z"][0], together["z"][i], atol=tol, rtol=0)
-        torch.testing.assert_close(alone["rotation"][0], together["rotation"][i], atol=tol * 10, rtol=0)
-        torch.testing.assert_close(alone["y"][0, :n], together["y"][i, :n], atol=tol * 10, rtol=0)
-        assert alone["order"][0, :n].tolist() == together["order"][i, :n].tolist()
+        torch.testing.assert_close(one["z"][0], together["z"][i], atol=tol, rtol=0)
+        torch.testing.assert_close(one["rotation"][0], together["rotation"][i], atol=tol * 10, rtol=0)
+        torch.testing.assert_close(one["y"][0, :n], together["y"][i, :n], atol=tol * 10, rtol=0)
+        assert one["order"][0, :n].tolist() == together["order"][i, :n].tolist()
 
 
 # --- the checkers fail on broken models -------------------------------------------------------
@@ -303,7 +321,7 @@ def embedding_inputs(m, molecules):
 def test_identity_part_of_z_ignores_the_frame(molecules):
     """With embedding_identity k, the first k entries of z see only frame-free features: another
     frame (and so other canonical coordinates) changes the rest of z, never them."""
-    m = model(torch.float64, **CANONICAL)
+    m = shared(torch.float64, **CANONICAL)
     batch, out, h, inv = embedding_inputs(m, molecules)
     layout = out["layout"]
     other = GroupElement.random(batch, generator=torch.Generator().manual_seed(4)).rotation  # a wrong frame
@@ -340,7 +358,7 @@ def test_a_decoder_told_the_composition_decodes_those_elements(molecules):
     """With decoder_composition each slot's element logits are masked to the element it is told,
     so even an untrained model's decoded elements are the input's (an unmasked head guesses)."""
     for composition in (True, False):
-        m = model(torch.float32, decoder_composition=composition)
+        m = shared(torch.float32, decoder_composition=composition)
         batch = collate(molecules, m.config.elements, dtype=torch.float32)
         with torch.no_grad():
             got = m(batch)["reconstruction_logits"].argmax(-1)
@@ -350,7 +368,7 @@ def test_a_decoder_told_the_composition_decodes_those_elements(molecules):
 def test_hydrogens_can_follow_their_parents_in_the_canonical_order(molecules):
     """hydrogen_order "parent": every hydrogen's slot comes after the slots of the hydrogens of
     earlier parents (parents in their own canonical order), and the contract still holds."""
-    m = model(torch.float64, hydrogen_order="parent", **CANONICAL)
+    m = shared(torch.float64, hydrogen_order="parent", **CANONICAL)
     batch = collate(molecules, m.config.elements, dtype=torch.float64)
     out = m.encode(batch)
     layout, hydrogen = out["layout"], m.config.elements.index(1)
@@ -370,7 +388,7 @@ def test_hydrogens_can_follow_their_parents_in_the_canonical_order(molecules):
     for seed in range(2):
         errors = symmetry_errors(m, batch, GroupElement.random(batch, generator=torch.Generator().manual_seed(seed)))
         assert_contract(errors, torch.float64)
-    assert (m.encode(batch)["order"] != model(torch.float64, **CANONICAL).encode(batch)["order"]).any()
+    assert (m.encode(batch)["order"] != shared(torch.float64, **CANONICAL).encode(batch)["order"]).any()
 
 
 def test_a_bridging_hydrogen_gets_one_parent_whatever_the_numbering():
@@ -382,7 +400,7 @@ def test_a_bridging_hydrogen_gets_one_parent_whatever_the_numbering():
     positions = np.array([[b, 0, 0], [-b, 0, 0], [0, h, 0], [0, -h, 0], [t[0], 0, t[1]], [t[0], 0, -t[1]],
                           [-t[0], 0, t[1]], [-t[0], 0, -t[1]]])
     diborane = Structure(np.array([5, 5, 1, 1, 1, 1, 1, 1]), positions, "B2H6", "", 0)
-    m = model(torch.float64, hydrogen_order="parent", **CANONICAL)
+    m = shared(torch.float64, hydrogen_order="parent", **CANONICAL)
     batch = collate([diborane], m.config.elements, dtype=torch.float64)
     reference = m.canonical_form(batch)
     for seed in range(8):
@@ -413,14 +431,17 @@ def test_z_fitted_to_the_structure_keeps_the_contract(molecules, monkeypatch, de
     from groupae_cli.models import autoencoder
 
     monkeypatch.setattr(autoencoder, "FIT_CHUNK", 5)  # several chunks of 12 molecules, then back in order
-    m = model(torch.float64, **DESIGNS[design])
+    m = shared(torch.float64, **DESIGNS[design])
     batch = collate(molecules, m.config.elements, dtype=torch.float64)
     plain = m(batch)
     m.fit_steps = 10
-    fitted = m(batch)
+    try:
+        fitted = m(batch)
+        errors = symmetry_errors(m, batch, GroupElement.random(batch, generator=torch.Generator().manual_seed(0)))
+    finally:
+        m.fit_steps = 0
     assert (fitted["z"] - plain["z"]).abs().amax(1).gt(1e-3).all()  # every z moved
     error = ((fitted["reconstruction"] - batch["positions"]) ** 2).sum(-1)
     assert error.sum() < ((plain["reconstruction"] - batch["positions"]) ** 2).sum(-1).sum()
-    errors = symmetry_errors(m, batch, GroupElement.random(batch, generator=torch.Generator().manual_seed(0)))
     assert_contract(errors, torch.float64)
     assert_batched_equals_one_by_one(molecules[::2], torch.float64, design, fit_steps=10)
