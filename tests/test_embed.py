@@ -171,39 +171,52 @@ def test_far_from_the_origin_a_molecule_embeds_as_at_the_origin(molecules, check
     assert abs(a.rmsd - b.rmsd) < 1e-3 * a.rmsd
 
 
+PER_ATOM = ("atomic_numbers", "permutation")
+
+
+def records(path):
+    """An embed file's records, each a dict of its entries (its atoms' cut out of the per-atom
+    arrays), and its failures as (file, index, name)."""
+    data, _ = read(path)
+    cut = data["offsets"]
+    rows = [{key: data[key][cut[k] : cut[k + 1]] if key in PER_ATOM else data[key][k]
+             for key in data if key not in ("failed", "offsets")} for k in range(len(cut) - 1)]
+    return rows, [(int(r["source_file"]), int(r["source_index"]), r["name"]) for r in data["failed"]]
+
+
 def test_parser_workers_and_shards_give_the_same_file(checkpoint, tmp_path):
-    """--workers N gives the file --workers 0 gives (each worker batches its own share of the
-    records, so floats agree to round-off; everything else bit for bit); shards (read by workers
-    or not) hold the same records, failures included, in input order."""
+    """Shards, read by worker processes or not, hold between them the records of one serial run,
+    each shard in input order, failures included: every entry of every record bit for bit, but the
+    floats (each worker batches its own share of the records), which agree to round-off."""
     sample = __import__("conftest").SAMPLE
     broken = tmp_path / "broken.xyz"
     broken.write_text((sample / "xyz" / "molecules_10.xyz").read_text().replace("\nC ", "\nC 1.0 nonsense\n", 1))
     inputs = [str(sample / "xyz" / "molecules_10.xyz"), str(broken), str(sample / "tetris.xyz")]
     base = ["--model", str(checkpoint), "--device", "cpu", "--quiet", "--batch-size", "4"]
     outputs = {}
-    for name, extra in {"serial": ["--workers", "0"], "workers": ["--workers", "2"],
-                        "s0": ["--workers", "1", "--shard", "0/3"], "s1": ["--workers", "0", "--shard", "1/3"],
-                        "s2": ["--workers", "0", "--shard", "2/3"]}.items():
+    for name, extra in {"serial": ["--workers", "0"], "s0": ["--workers", "2", "--shard", "0/3"],
+                        "s1": ["--workers", "0", "--shard", "1/3"], "s2": ["--workers", "0", "--shard", "2/3"]}.items():
         outputs[name] = tmp_path / f"{name}.h5"
         result = runner.invoke(app, ["embed", *inputs, "-o", str(outputs[name]), *base, *extra])
         assert result.exit_code == 0, result.output
-    serial, _ = read(outputs["serial"])
-    parallel, _ = read(outputs["workers"])
-    assert len(serial["failed"]) >= 9  # the broken frame and tetris's untyped points
-    for key in serial:
-        if serial[key].dtype.kind == "f":
-            np.testing.assert_allclose(parallel[key], serial[key], atol=1e-5, rtol=0, err_msg=key)
-        else:
-            assert np.array_equal(serial[key], parallel[key]), key
-    shards = [read(outputs[f"s{i}"])[0] for i in range(3)]
-    got = sorted((int(p["source_file"][k]), int(p["source_index"][k]), p["embedding"][k].tobytes())
-                 for p in shards for k in range(len(p["embedding"])))
-    want = [(int(f), int(i)) for f, i in zip(serial["source_file"], serial["source_index"])]
-    assert [g[:2] for g in got] == want
-    np.testing.assert_allclose(np.stack([np.frombuffer(g[2], np.float32) for g in got]), serial["embedding"],
-                               atol=1e-5, rtol=0)
-    failures = sorted((int(r["source_file"]), int(r["source_index"])) for p in shards for r in p["failed"])
-    assert failures == [(int(r["source_file"]), int(r["source_index"])) for r in serial["failed"]]
+    serial, serial_failed = records(outputs["serial"])
+    assert len(serial_failed) >= 9  # the broken frame and tetris's untyped points
+    got, got_failed = [], []
+    for i in range(3):
+        rows, failed = records(outputs[f"s{i}"])
+        where = [(int(r["source_file"]), int(r["source_index"])) for r in rows]
+        assert rows and where == sorted(where)
+        got += rows
+        got_failed += failed
+    got.sort(key=lambda r: (int(r["source_file"]), int(r["source_index"])))
+    assert len(got) == len(serial)
+    for mine, theirs in zip(got, serial):
+        for key, value in theirs.items():
+            if np.asarray(value).dtype.kind == "f":
+                np.testing.assert_allclose(mine[key], value, atol=1e-5, rtol=0, err_msg=key)
+            else:
+                assert np.array_equal(mine[key], value), key
+    assert sorted(got_failed) == serial_failed
 
 
 def test_parser_workers_hand_back_the_records_in_input_order():
