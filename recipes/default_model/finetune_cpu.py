@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,25 @@ from groupae_cli.train.dataset import (
     fixed_batches,
 )
 from groupae_cli.train.loop import Trainer
+
+
+def mixed(data: StructureSet, indices: np.ndarray, weights: dict[str, str], seed: int = 0) -> np.ndarray:
+    """`indices` with each set's records taken `weight` times (whole times, then a seeded share)."""
+    from evaluate import SETS, source_of
+
+    unknown = set(weights) - set(SETS)
+    if unknown:
+        raise SystemExit(f"--mix: unknown set {sorted(unknown)}; the sets are {', '.join(SETS)}")
+    sets = np.array([source_of(str(data.names[i]), data.numbers[data.offsets[i] : data.offsets[i + 1]])
+                     for i in indices])
+    rng = np.random.default_rng([seed, 3])
+    parts = []
+    for name in SETS:
+        mine = indices[sets == name]
+        whole, share = divmod(float(weights.get(name, 1)), 1.0)
+        parts += [mine] * int(whole) + [rng.choice(mine, round(share * len(mine)), replace=False)]
+        print(f"{name}: {len(mine):,} training records, weight {float(weights.get(name, 1)):g}", file=sys.stderr)
+    return np.sort(np.concatenate(parts))
 
 
 def main() -> None:
@@ -44,10 +64,16 @@ def main() -> None:
     p.add_argument("--refine-steps", type=int, default=None,
                    help="add this many learned refinements of z (ModelConfig.refine_steps) to the model; "
                         "they start at zero, so training starts from the checkpoint's own reconstructions")
+    p.add_argument("--mix", nargs="+", default=[], metavar="SET=WEIGHT",
+                   help="weigh the training records of a set (QM9, drug-like, Si/Se, as evaluate.py sorts them): "
+                        "each pass over the training records holds every record of the set WEIGHT times "
+                        "(a fraction: that share of them, drawn with the seed), e.g. QM9=0.5 drug-like=4")
     args = p.parse_args()
     data = StructureSet.load(args.data / "cache.npz")
     split = json.loads((args.data / "split.json").read_text())
     train_idx, val_idx = np.array(split["train"]), np.array(split["validation"])
+    if args.mix:
+        train_idx = mixed(data, train_idx, dict(m.split("=", 1) for m in args.mix))
     start = read_checkpoint(args.init)
     model_config = ModelConfig.from_dict(start["config"])
     if args.refine_steps is not None:
