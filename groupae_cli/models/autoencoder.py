@@ -97,7 +97,7 @@ class GroupAE(nn.Module):
                layout: Layout) -> torch.Tensor:
         """z after `refine_steps` learned corrections of its canonical-frame part, each from what the
         decoder draws of the current z beside the structure in its canonical pose and order."""
-        slot_types, target = _in_slots(canonical, types, order, layout)
+        slot_types, target = _slot_types(types, order, layout), _ordered(canonical, order, layout)
         identity = self.config.embedding_identity
         for refiner in self.refiners:
             y, _, hidden = self.decoder.slots(z, layout.n_atoms, layout.n_max, slot_types)
@@ -115,7 +115,7 @@ class GroupAE(nn.Module):
         fits as its records one by one; the target is invariant, so the fitted z is too. Runs with
         gradients even under no_grad or inference_mode; the weights are not changed.
         """
-        slot_types, target = _in_slots(canonical, types, order, layout)
+        slot_types, target = _slot_types(types, order, layout), _ordered(canonical, order, layout)
         n_atoms = layout.n_atoms
         by_size = torch.argsort(n_atoms, stable=True)
         fitted = []
@@ -159,7 +159,7 @@ class GroupAE(nn.Module):
         """
         out = self.encode(batch, tie_noise=tie_noise)
         layout: Layout = out["layout"]
-        slot_types = layout.to_dense(batch[TYPES]).gather(1, out["order"])
+        slot_types = _slot_types(batch[TYPES], out["order"], layout)
         y, logits = self.decode(out["z"], layout.n_atoms, slot_types)
         p_hard = hard_permutation(out["order"], layout.mask, y.dtype)
         if tau is None:
@@ -178,12 +178,14 @@ class GroupAE(nn.Module):
     def canonical_form(self, batch: dict[str, torch.Tensor], encoded: dict | None = None) -> torch.Tensor:
         """C(X) = P (X - t) R, (B, N, 3): the same for every rotated, translated, renumbered copy."""
         out = encoded or self.encode(batch)
-        return _in_slots(out["canonical"], batch[TYPES], out["order"], out["layout"])[1]
+        return _ordered(out["canonical"], out["order"], out["layout"])
 
 
-def _in_slots(canonical: torch.Tensor, types: torch.Tensor, order: torch.Tensor,
-              layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
-    """(each canonical slot's element (B, N), the structure in its canonical pose and order
-    (B, N, 3), padding 0)."""
-    slot_types = layout.to_dense(types).gather(1, order)
-    return slot_types, canonical.gather(1, order[:, :, None].expand(-1, -1, 3)) * layout.mask[:, :, None]
+def _ordered(canonical: torch.Tensor, order: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """The structure in its canonical pose and order (B, N, 3), padding 0."""
+    return canonical.gather(1, order[:, :, None].expand(-1, -1, 3)) * layout.mask[:, :, None]
+
+
+def _slot_types(types: torch.Tensor, order: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """Each canonical slot's element (B, N)."""
+    return layout.to_dense(types).gather(1, order)
