@@ -27,7 +27,7 @@ from groupae_cli.io.checkpoint import load_model
 from groupae_cli.train.dataset import StructureSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes" / "default_model"))
-from evaluate import source_of  # the recipe's own rule for QM9 / drug-like / Si-Se
+from evaluate import sources  # the recipe's own rule for QM9 / drug-like / Si-Se
 
 
 def reach(model, batch: dict, steps: int, lr: float) -> dict[str, np.ndarray]:
@@ -73,15 +73,14 @@ def main(argv=None) -> int:
         p.requires_grad_(False)
     data = StructureSet.load(args.run / "cache.npz")
     held_out = np.array(json.loads((args.run / "split.json").read_text())["validation"], dtype=np.int64)
-    sources = np.array([source_of(str(data.names[i]), data.numbers[data.offsets[i]:data.offsets[i + 1]])
-                        for i in held_out])
+    held_out_sets = sources(data, held_out)
     rng = np.random.default_rng(args.seed)
     print(f"model {args.model}, {args.steps} Adam steps on z (lr {args.lr}), decoder, frame and order frozen\n")
     print("| held-out set | structures | encoder's z: RMSD median / mean (Å) | optimised z: RMSD median / mean (Å) "
           "| abs(z* - z) / abs(z), median |")
     print("|---|---|---|---|---|")
     for name, count in zip(("QM9", "drug-like"), args.count, strict=True):
-        chosen = np.sort(rng.permutation(held_out[sources == name])[:count])
+        chosen = np.sort(rng.permutation(held_out[held_out_sets == name])[:count])
         r = reach(model, data.batch(chosen, model.config.elements, torch.float32), args.steps, args.lr)
         print(f"| {name} | {len(chosen)} | {np.median(r['encoder']):.3f} / {r['encoder'].mean():.3f} "
               f"| {np.median(r['optimised']):.3f} / {r['optimised'].mean():.3f} | {np.median(r['moved']):.2f} |",

@@ -48,6 +48,12 @@ def source_of(name: str, numbers: np.ndarray) -> str:
     return "QM9" if name.startswith("qm9_") else "drug-like"
 
 
+def sources(data: StructureSet, indices: np.ndarray) -> np.ndarray:
+    """The set (`source_of`) of each record of `data` at `indices`."""
+    return np.array([source_of(str(data.names[i]), data.numbers[data.offsets[i] : data.offsets[i + 1]])
+                     for i in indices])
+
+
 def evaluate_set(model, data: StructureSet, indices: np.ndarray, batch_size: int, seed: int,
                  invariance_batches: int = 0) -> dict:
     """The figures of one held-out set; the order and invariance on random copies of the first
@@ -103,12 +109,11 @@ def main(argv=None) -> int:
     model.fit_steps = args.fit_steps
     data = StructureSet.load(args.run / "cache.npz")
     held_out = np.array(json.loads((args.run / "split.json").read_text())["validation"], dtype=np.int64)
-    sources = np.array([source_of(str(data.names[i]), data.numbers[data.offsets[i]:data.offsets[i + 1]])
-                        for i in held_out])
+    held_out_sets = sources(data, held_out)
     started = time.perf_counter()
     result = {"model": str(model_path), "model_sha256": sha256(model_path), "fit_steps": args.fit_steps, "sets": {}}
     for name in args.sets:
-        chosen = held_out[sources == name]
+        chosen = held_out[held_out_sets == name]
         if args.limit:
             chosen = np.sort(np.random.default_rng(args.seed).permutation(chosen)[: args.limit])
         if len(chosen):
@@ -122,7 +127,7 @@ def main(argv=None) -> int:
         args.write_heldout.parent.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(args.seed + 1)
         picked = [i for name in SETS for i in
-                  np.sort(rng.permutation(held_out[sources == name])[: args.heldout_count])]
+                  np.sort(rng.permutation(held_out[held_out_sets == name])[: args.heldout_count])]
         write_structures([Structure(data.numbers[data.offsets[i]:data.offsets[i + 1]].astype(np.int64),
                                     data.positions[data.offsets[i]:data.offsets[i + 1]], str(data.names[i]), "", k)
                           for k, i in enumerate(picked)], str(args.write_heldout))

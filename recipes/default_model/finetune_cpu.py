@@ -32,13 +32,12 @@ from groupae_cli.train.loop import Trainer
 
 def mixed(data: StructureSet, indices: np.ndarray, weights: dict[str, str], seed: int = 0) -> np.ndarray:
     """`indices` with each set's records taken `weight` times (whole times, then a seeded share)."""
-    from evaluate import SETS, source_of
+    from evaluate import SETS, sources
 
     unknown = set(weights) - set(SETS)
     if unknown:
         raise SystemExit(f"--mix: unknown set {sorted(unknown)}; the sets are {', '.join(SETS)}")
-    sets = np.array([source_of(str(data.names[i]), data.numbers[data.offsets[i] : data.offsets[i + 1]])
-                     for i in indices])
+    sets = sources(data, indices)
     rng = np.random.default_rng([seed, 3])
     parts = []
     for name in SETS:
