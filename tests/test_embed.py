@@ -171,17 +171,17 @@ def test_far_from_the_origin_a_molecule_embeds_as_at_the_origin(molecules, check
     assert abs(a.rmsd - b.rmsd) < 1e-3 * a.rmsd
 
 
-PER_ATOM = ("atomic_numbers", "permutation")
-
-
 def records(path):
-    """An embed file's records, each a dict of its entries (its atoms' cut out of the per-atom
-    arrays), and its failures as (file, index, name)."""
-    data, _ = read(path)
-    cut = data["offsets"]
-    rows = [{key: data[key][cut[k] : cut[k + 1]] if key in PER_ATOM else data[key][k]
-             for key in data if key not in ("failed", "offsets")} for k in range(len(cut) - 1)]
-    return rows, [(int(r["source_file"]), int(r["source_index"]), r["name"]) for r in data["failed"]]
+    """An embed file's records, each a dict of its entries as `read_embeddings` gives them (the
+    per-atom arrays cut per record), and its failures as (file, index, name)."""
+    from dataclasses import fields
+
+    from groupae_cli import read_embeddings
+
+    table = read_embeddings(path)
+    keys = [f.name for f in fields(table) if f.name not in ("failed", "attrs", "identity")]
+    rows = [{key: getattr(table, key)[k] for key in keys} for k in range(len(table))]
+    return rows, [(f["source"], f["index"], f["name"]) for f in table.failed]
 
 
 def test_parser_workers_and_shards_give_the_same_file(checkpoint, tmp_path):
@@ -199,16 +199,19 @@ def test_parser_workers_and_shards_give_the_same_file(checkpoint, tmp_path):
         outputs[name] = tmp_path / f"{name}.h5"
         result = runner.invoke(app, ["embed", *inputs, "-o", str(outputs[name]), *base, *extra])
         assert result.exit_code == 0, result.output
+    def where(source, index):  # (file number, record index): the order of the input
+        return inputs.index(source), index
+
     serial, serial_failed = records(outputs["serial"])
     assert len(serial_failed) >= 9  # the broken frame and tetris's untyped points
     got, got_failed = [], []
     for i in range(3):
         rows, failed = records(outputs[f"s{i}"])
-        where = [(int(r["source_file"]), int(r["source_index"])) for r in rows]
-        assert rows and where == sorted(where)
+        places = [where(r["sources"], int(r["indices"])) for r in rows]
+        assert rows and places == sorted(places)
         got += rows
         got_failed += failed
-    got.sort(key=lambda r: (int(r["source_file"]), int(r["source_index"])))
+    got.sort(key=lambda r: where(r["sources"], int(r["indices"])))
     assert len(got) == len(serial)
     for mine, theirs in zip(got, serial):
         for key, value in theirs.items():
@@ -216,7 +219,7 @@ def test_parser_workers_and_shards_give_the_same_file(checkpoint, tmp_path):
                 np.testing.assert_allclose(mine[key], value, atol=1e-5, rtol=0, err_msg=key)
             else:
                 assert np.array_equal(mine[key], value), key
-    assert sorted(got_failed) == serial_failed
+    assert sorted(got_failed, key=lambda f: where(*f[:2])) == serial_failed
 
 
 def test_parser_workers_hand_back_the_records_in_input_order():
