@@ -8,6 +8,7 @@ card, the settings) beside what `groupae train` writes.
 
     python recipes/default_model/timed_train.py DESIGN.yaml RUN_DIR --deadline UNIX_TIME \
         --batch-size 256 --lr 0.003 [--epochs 8] [--device cuda] [--init default] [--split name]
+        [--warmup-epochs 0] [--tau 0.025]
 
 The inputs are the recipe's files as XYZ (`to_xyz.py`): the machine it ran on had no RDKit.
 """
@@ -41,6 +42,10 @@ def main() -> None:
                    "split; default: the recipe's). 'name' keeps a molecule's side when files are added")
     p.add_argument("--init", default=None, help="start from this checkpoint's weights and model (groupae train "
                    "--init): e.g. 'default', to add a lease's steps to the shipped model")
+    p.add_argument("--warmup-epochs", type=int, default=None, help="TrainConfig.warmup_epochs (default: the "
+                   "recipe's, 1); 0 starts at --lr, as a run's continuation should")
+    p.add_argument("--tau", type=float, default=None, help="hold the relaxed permutation's tau here (default: "
+                   "anneal 0.1 to 0.02; a continuation keeps the 0.02 its run ended at)")
     args = p.parse_args()
     t0 = time.time()
 
@@ -62,7 +67,9 @@ def main() -> None:
     recipe = yaml.safe_load(RECIPE.read_text())
     model_dict = {**recipe["model"], **(design.get("model") or {})}
     train_dict = {**recipe["train"], **(design.get("train") or {}), "batch_size": args.batch_size, "lr": args.lr,
-                  "epochs": args.epochs} | ({"split": args.split} if args.split else {})
+                  "epochs": args.epochs} | ({"split": args.split} if args.split else {}) \
+        | ({"warmup_epochs": args.warmup_epochs} if args.warmup_epochs is not None else {}) \
+        | ({"tau_start": args.tau, "tau_end": args.tau} if args.tau else {})
     model_config = preset(design.get("preset", "small"), **{"elements": ORGANIC, **model_dict})
     if args.init:
         from groupae_cli.io.checkpoint import read_checkpoint
