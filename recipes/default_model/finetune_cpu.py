@@ -63,6 +63,8 @@ def main() -> None:
     p.add_argument("--refine-steps", type=int, default=None,
                    help="add this many learned refinements of z (ModelConfig.refine_steps) to the model; "
                         "they start at zero, so training starts from the checkpoint's own reconstructions")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda: the same fine-tune on a GPU lease, from the "
+                   "same cache and split (no parsing, no timing probe)")
     p.add_argument("--mix", nargs="+", default=[], metavar="SET=WEIGHT",
                    help="weigh the training records of a set (QM9, drug-like, Si/Se, as evaluate.py sorts them): "
                         "each pass over the training records holds every record of the set WEIGHT times "
@@ -90,7 +92,7 @@ def main() -> None:
         return Batches(data, list(fixed_batches(val, 64)), model_config.elements)
 
     grown = args.refine_steps is not None
-    trainer = Trainer(model_config, config, args.run_dir, train_batches, val_batches, device="cpu",
+    trainer = Trainer(model_config, config, args.run_dir, train_batches, val_batches, device=args.device,
                       extra_state={"init": str(args.init), "recipe": "recipes/default_model/finetune_cpu.py"},
                       init=None if grown else args.init)
     if grown:  # the checkpoint's weights; only the new refiners (zero at the start) are not in it

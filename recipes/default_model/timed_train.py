@@ -46,6 +46,8 @@ def main() -> None:
                    "recipe's, 1); 0 starts at --lr, as a run's continuation should")
     p.add_argument("--tau", type=float, default=None, help="hold the relaxed permutation's tau here (default: "
                    "anneal 0.1 to 0.02; a continuation keeps the 0.02 its run ended at)")
+    p.add_argument("--pace", type=float, default=1.0, help="the real loop's step time over the probe's: on the "
+                   "H100 the loop took 2.0-2.7x the probe's time per step at batch 256 (third lease, bench/RESULTS.md)")
     args = p.parse_args()
     t0 = time.time()
 
@@ -110,9 +112,9 @@ def main() -> None:
     evaluate(probe_model, [{k: v.to(args.device) for k, v in b.items()} for b in val], seed=0)
     val_s = (time.perf_counter() - start) * recipe["train"]["val_size"] / 512
     left = args.deadline - time.time() - 1.2 * parse_s - args.epochs * val_s - 20
-    steps = max(args.epochs, int(left / (1.05 * step_s)))
+    steps = max(args.epochs, int(left / (1.05 * args.pace * step_s)))
     epoch_size = steps // args.epochs * args.batch_size
-    timings = {"probe_started": t0, "parse_seconds": parse_s, "step_seconds": step_s, "validation_seconds": val_s, "steps": steps,
+    timings = {"probe_started": t0, "parse_seconds": parse_s, "step_seconds": step_s, "pace": args.pace, "validation_seconds": val_s, "steps": steps,
                "epoch_size": epoch_size, "samples": epoch_size * args.epochs, "device": args.device,
                "card": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
                "design": str(args.design), "train": {**train_dict, "epoch_size": epoch_size}, "model": model_dict}
