@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from groupae_cli.io.checkpoint import load_model, sha256
+from groupae_cli.io.checkpoint import load_model, resolve_model_path, sha256
 from groupae_cli.models.symmetry import GroupElement, symmetry_errors
 from groupae_cli.train.dataset import StructureSet, fixed_batches
 from groupae_cli.train.metrics import all_structures, size_table
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sets", nargs="+", choices=SETS, default=SETS, help="the held-out sets to evaluate")
     args = parser.parse_args(argv)
 
-    model_path = args.model or args.run / "best.ckpt"
+    model_path = resolve_model_path(args.model or args.run / "best.ckpt")  # a file, or a shipped name: default
     model = load_model(model_path, "cpu").eval()
     model.fit_steps = args.fit_steps
     data = StructureSet.load(args.run / "cache.npz")
