@@ -22,6 +22,8 @@
 #   mix1024   drug-like and Si/Se structures four times each per pass (23% and 3% of the samples, from
 #             7.2% and 1.0%): the decoder draws large molecules worst, and fitting z to each structure
 #             (--fit-steps) leaves the decoder as the limit there
+# INIT=<a checkpoint in the tree> continues another model instead of the shipped one: a run a lease
+# returned (commit it first: the next lease is a fresh machine) goes on in the next.
 # A file named several times is read several times: its structures come that many times per pass,
 # under their own names, so the split by name keeps every copy on its molecule's side. Each run's
 # best.ckpt comes back as ship.py writes it (weights and config, 3.9 MB: the lease returns files of
@@ -46,7 +48,7 @@ MIX="$ALL gpu/druglike.xyz.gz gpu/druglike.xyz.gz gpu/druglike.xyz.gz gpu/sise.x
 for spec in "cont1024 ALL" "mix1024 MIX"; do
   set -- $spec
   timeout $((DL + 30 - $(date +%s))) python3 recipes/default_model/timed_train.py bench/designs/rmsd_loss.yaml /tmp/runs/$1 \
-    --deadline $DL --inputs ${!2} --batch-size 1024 --lr 0.002 --split name --init default --warmup-epochs 0 --tau 0.025 \
+    --deadline $DL --inputs ${!2} --batch-size 1024 --lr 0.002 --split name --init ${INIT:-default} --warmup-epochs 0 --tau 0.025 \
     --pace 2 ${DEVICE:+--device $DEVICE} > $OUT/$1.log 2>&1 &
 done
 ( python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/test_device.py -rs >> $LOG 2>&1  # no pytest-xdist there
