@@ -9,6 +9,8 @@
 #   gpu/whl/*.whl (or $WHL/*.whl)        cp312 manylinux wheels of rdkit, ase, e3nn 0.6.0, plyfile (pip download;
 #                                        rdkit without its rdkit/Contrib folder, unused there, to fit 64 MiB)
 #   BUDGET=400 bash recipes/default_model/gpu_lease.sh
+# A smoke test on CPU, with a few hundred structures per file in gpu/ (session 9: 236 s, both models
+# returned): DEVICE=cpu BATCH=16 BUDGET=200 SKIP_PIP=1 NO_EMBED=1 bash recipes/default_model/gpu_lease.sh
 # The shipped default model is the sise256 run of this script as it stood at commit 8f75c7e
 # (recipes/default_model/README.md). The third lease (commit 4d2420a) continued it twice at batch 256,
 # lr 1e-3, no warm-up, tau 0.025, on its data and split (--split name): validation fell from 0.847
@@ -48,7 +50,7 @@ MIX="$ALL gpu/druglike.xyz.gz gpu/druglike.xyz.gz gpu/druglike.xyz.gz gpu/sise.x
 for spec in "cont1024 ALL" "mix1024 MIX"; do
   set -- $spec
   timeout $((DL + 30 - $(date +%s))) python3 recipes/default_model/timed_train.py bench/designs/rmsd_loss.yaml /tmp/runs/$1 \
-    --deadline $DL --inputs ${!2} --batch-size 1024 --lr 0.002 --split name --init ${INIT:-default} --warmup-epochs 0 --tau 0.025 \
+    --deadline $DL --inputs ${!2} --batch-size ${BATCH:-1024} --lr 0.002 --split name --init ${INIT:-default} --warmup-epochs 0 --tau 0.025 \
     --pace 2 ${DEVICE:+--device $DEVICE} > $OUT/$1.log 2>&1 &
 done
 ( python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/test_device.py -rs >> $LOG 2>&1  # no pytest-xdist there
