@@ -30,6 +30,28 @@ def split(items):
     return [i for i in items if not isinstance(i, Failure)], [i for i in items if isinstance(i, Failure)]
 
 
+def same_geometry(path) -> int:
+    """Reading `path` with geometry_only gives the full read's records (elements, positions to the
+    bit, names, places) without their bonds, charges, features and SD properties, and the same
+    failures in the same places; returns the number of records."""
+    from groupae_cli.errors import Failure
+    from groupae_cli.io import read_structures
+    from groupae_cli.io.records import Structure
+
+    full, lean = list(read_structures(path)), list(read_structures(path, geometry_only=True))
+    assert len(full) == len(lean)
+    for a, b in zip(full, lean):
+        assert type(a) is type(b)
+        if isinstance(a, Failure):
+            assert a == b
+            continue
+        assert (a.name, a.source, a.index) == (b.name, b.source, b.index)
+        np.testing.assert_array_equal(a.numbers, b.numbers)
+        np.testing.assert_array_equal(a.positions, b.positions)
+        assert b.bonds is None and b.charges is None and b.features is None and not b.properties
+    return sum(isinstance(a, Structure) for a in full)
+
+
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
     """A checkpoint of an untrained tiny model (the symmetry contract holds without training)."""

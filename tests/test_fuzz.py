@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SAMPLE
+from conftest import SAMPLE, same_geometry
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -118,6 +118,7 @@ def _reads_only_records_and_failures(case) -> None:
     with watchdog(), tempfile.TemporaryDirectory() as directory:
         path = _write(Path(directory), *case)
         items = list(read_structures(path))
+        same_geometry(path)  # embed's reading: the same records (their geometry) and failures
     assert items, "a reader gives at least one record or failure"
     for item in items:
         assert isinstance(item, (Structure, Failure)), item

@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import split
+from conftest import same_geometry, split
 from rdkit import Chem
 
 from groupae_cli.io import POINT_TYPE, read_structures, write_structures
@@ -35,6 +35,29 @@ def test_sdf_matches_rdkit_and_keeps_hydrogens_bonds_charges(sample):
         assert len(s.bonds) == m.GetNumBonds()
         assert s.charges.tolist() == [a.GetFormalCharge() for a in m.GetAtoms()]
     assert all((s.numbers == 1).any() for s in structures)
+
+
+@pytest.mark.parametrize("filename", ["molecules.sdf", "xyz/molecules_10.extxyz", "point_clouds/cube.ply", "tetris.xyz"])
+def test_geometry_only_reads_the_same_structures_without_the_rest(sample, filename):
+    assert same_geometry(sample / filename) >= 1
+
+
+def test_geometry_only_fails_the_same_records(sample, tmp_path):
+    blocks = (sample / "molecules.sdf").read_text().split("$$$$\n")[:4]
+    atom = blocks[1].splitlines()[4]  # its first atom line, repeated: two atoms in one place
+    broken = blocks[1].replace(atom, atom + "\n" + atom, 1).replace(blocks[1].splitlines()[3],
+                                                                     _one_more_atom(blocks[1].splitlines()[3]), 1)
+    path = tmp_path / "broken.sdf"
+    path.write_text(blocks[0] + "$$$$\n" + broken + "$$$$\nnot a record\n$$$$\n" + blocks[2] + "$$$$\n")
+    full = list(read_structures(path))
+    assert [type(x).__name__ for x in full] == ["Structure", "Failure", "Failure", "Structure"], full
+    assert "coincide" in full[1].reason
+    assert same_geometry(path) == 2
+
+
+def _one_more_atom(counts: str) -> str:
+    """A V2000 counts line with one atom more."""
+    return f"{int(counts[:3]) + 1:3d}" + counts[3:]
 
 
 def test_sdf_round_trip(sample, tmp_path):

@@ -55,7 +55,8 @@ def _reader(fmt: str):
 
 
 def read_structures(path: str | Path, fmt: str | None = None, on_bytes: Callable[[int], None] | None = None,
-                    wanted: Callable[[int], bool] | None = None) -> Iterator[Structure | Failure]:
+                    wanted: Callable[[int], bool] | None = None,
+                    geometry_only: bool = False) -> Iterator[Structure | Failure]:
     """Stream the records of one file (or "-" for stdin) as Structures or Failures.
 
     Raises UsageError only for what stops a command before it starts (no such file, unknown
@@ -64,6 +65,9 @@ def read_structures(path: str | Path, fmt: str | None = None, on_bytes: Callable
     `on_bytes`, if given, is called after each record with the bytes of the file (as stored, so
     compressed for .gz) read so far; not for stdin. With `wanted`, a record whose index it rejects
     is cut from the text but not parsed, and yielded as SKIPPED (so the indices that follow hold).
+    With `geometry_only`, records hold what embedding reads (elements, positions, name, place) and
+    not bonds, charges, features or SD properties, which cost most of an SDF record's reading; the
+    same records fail.
     """
     source = str(path)
     fmt = resolve(source, fmt)
@@ -79,7 +83,7 @@ def read_structures(path: str | Path, fmt: str | None = None, on_bytes: Callable
             if fmt is None:
                 yield Failure(source, None, "cannot tell the format of standard input; pass --format")
                 return
-        for item in _reader(fmt)(stream, source, wanted):
+        for item in _reader(fmt)(stream, source, wanted, geometry_only):
             seen += 1
             if position is not None:
                 on_bytes(position())
@@ -117,20 +121,22 @@ def read_inputs(paths: Iterable[str | Path], fmt: str | None = None,
 
 def read_items(paths: Iterable[str | Path], fmt: str | None = None,
                on_bytes: Callable[[int, int], None] | None = None,
-               select: Callable[[int], bool] | None = None) -> Iterator[tuple[int, int, Structure | Failure]]:
+               select: Callable[[int], bool] | None = None,
+               geometry_only: bool = False) -> Iterator[tuple[int, int, Structure | Failure]]:
     """(item number, file number, record or failure) over several inputs, in order.
 
     The item number counts every record and failure of every input, in order (a file that
     cannot be read at all counts as one). With `select`, only items whose number it accepts are
     yielded, and the others are cut from the text without being parsed: `select=lambda k: k % N
-    == i` is shard i of N, and costs each shard only its own share of parsing.
+    == i` is shard i of N, and costs each shard only its own share of parsing. `geometry_only`: see
+    `read_structures`.
     """
     base = 0
     for number, path in enumerate(resolve_inputs(paths, fmt)):
         track = None if on_bytes is None else (lambda n, number=number: on_bytes(number, n))
         wanted = None if select is None else (lambda index, base=base: select(base + index))
         offset = -1
-        for offset, item in enumerate(read_structures(path, fmt, track, wanted)):
+        for offset, item in enumerate(read_structures(path, fmt, track, wanted, geometry_only)):
             if item is not SKIPPED and (select is None or select(base + offset)):
                 yield base + offset, number, item
         base += offset + 1

@@ -48,11 +48,13 @@ def _stem(source: str) -> str:
     return Path(source).name.split(".")[0] if source != "-" else "stdin"
 
 
-def _record(mol, source: str, index: int, name: str, lineno: int, messages: list[str]) -> Structure | Failure:
+def _record(mol, source: str, index: int, name: str, lineno: int, messages: list[str],
+            geometry_only: bool = False) -> Structure | Failure:
     if mol is None:
         return Failure(source, index, f"record starting at line {lineno}: {rdkit_reason(messages)}", name)
-    mol.UpdatePropertyCache(strict=False)
-    result = _structure(mol, source, index, name)
+    if not geometry_only:
+        mol.UpdatePropertyCache(strict=False)
+    result = _structure(mol, source, index, name, geometry_only=geometry_only)
     return Failure(source, index, result, name) if isinstance(result, str) else checked(result)
 
 
@@ -72,8 +74,9 @@ def pdb_models(lines: list[str]) -> list[tuple[int, str]]:
     return models
 
 
-def read_pdb(stream: BinaryIO, source: str, wanted: Callable[[int], bool] | None = None) -> Iterator[Structure | Failure]:
-    """Yield every model of a PDB stream as a Structure or a Failure."""
+def read_pdb(stream: BinaryIO, source: str, wanted: Callable[[int], bool] | None = None,
+             geometry_only: bool = False) -> Iterator[Structure | Failure]:
+    """Yield every model of a PDB stream as a Structure or a Failure (`geometry_only`: see read_sdf)."""
     from rdkit import Chem
 
     lines = _lines(stream)
@@ -94,11 +97,12 @@ def read_pdb(stream: BinaryIO, source: str, wanted: Callable[[int], bool] | None
                 mol = None
         if mol is not None and mol.GetNumAtoms() == 0:
             mol, messages = None, ["no ATOM or HETATM records"]
-        yield _record(mol, source, index, name, lineno, messages)
+        yield _record(mol, source, index, name, lineno, messages, geometry_only)
 
 
-def read_mol2(stream: BinaryIO, source: str, wanted: Callable[[int], bool] | None = None) -> Iterator[Structure | Failure]:
-    """Yield every molecule of a MOL2 stream as a Structure or a Failure."""
+def read_mol2(stream: BinaryIO, source: str, wanted: Callable[[int], bool] | None = None,
+              geometry_only: bool = False) -> Iterator[Structure | Failure]:
+    """Yield every molecule of a MOL2 stream as a Structure or a Failure (`geometry_only`: see read_sdf)."""
     from rdkit import Chem
 
     lines = _lines(stream)
@@ -123,4 +127,4 @@ def read_mol2(stream: BinaryIO, source: str, wanted: Callable[[int], bool] | Non
             except (RuntimeError, ValueError) as exc:
                 messages.append(str(exc))
                 mol = None
-        yield _record(mol, source, index, name, start + 1, messages)
+        yield _record(mol, source, index, name, start + 1, messages, geometry_only)

@@ -22,9 +22,10 @@ TYPE_PROPERTY = "atomic_number"
 _XYZ = ("x", "y", "z")
 
 
-def read_ply(stream: BinaryIO, source: str, wanted: Callable[[int], bool] | None = None) -> Iterator[Structure | Failure]:
+def read_ply(stream: BinaryIO, source: str, wanted: Callable[[int], bool] | None = None,
+             geometry_only: bool = False) -> Iterator[Structure | Failure]:
     """Yield the point cloud of a PLY stream as one Structure, or a Failure (SKIPPED, unread, when
-    `wanted` rejects record 0)."""
+    `wanted` rejects record 0). With `geometry_only`, extra vertex properties are not kept as features."""
     if wanted is not None and not wanted(0):
         yield SKIPPED
         return
@@ -60,7 +61,8 @@ def read_ply(stream: BinaryIO, source: str, wanted: Callable[[int], bool] | None
         numbers = np.asarray(vertex[TYPE_PROPERTY], dtype=np.int64)
     else:
         numbers = np.full(len(positions), POINT_TYPE, dtype=np.int64)
-    extra = [c for c in vertex.dtype.names if c not in _XYZ and c != TYPE_PROPERTY and vertex.dtype[c].kind in "fiu"]
+    extra = [] if geometry_only else [c for c in vertex.dtype.names
+                                      if c not in _XYZ and c != TYPE_PROPERTY and vertex.dtype[c].kind in "fiu"]
     features = np.stack([vertex[c] for c in extra], axis=1).astype(np.float64) if extra else None
     for comment in ply.comments:
         if comment.startswith("groupae: "):

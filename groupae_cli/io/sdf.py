@@ -170,8 +170,10 @@ def _line_blocks(raw_lines: Iterable[bytes], limit: int) -> Iterator[tuple[int, 
         yield start, text(lines), lines[0]
 
 
-def _structure(mol, source: str, index: int, name: str, conf_id: int = -1) -> Structure | str:
-    """The Structure of an RDKit molecule's conformer `conf_id`, or why there is none."""
+def _structure(mol, source: str, index: int, name: str, conf_id: int = -1,
+               geometry_only: bool = False) -> Structure | str:
+    """The Structure of an RDKit molecule's conformer `conf_id`, or why there is none; with
+    `geometry_only`, its elements and positions without bonds and charges."""
     if mol.GetNumConformers() == 0:
         return "no coordinates"
     conf = mol.GetConformer(conf_id)
@@ -181,6 +183,9 @@ def _structure(mol, source: str, index: int, name: str, conf_id: int = -1) -> St
     # by index, not through mol.GetAtoms() / GetBonds(): RDKit's Python sequence wrappers cost
     # more than the parse itself
     atoms = [mol.GetAtomWithIdx(i) for i in range(mol.GetNumAtoms())]
+    if geometry_only:  # what embedding reads: per-atom and per-bond calls are most of the reader's time
+        return Structure(numbers=[a.GetAtomicNum() for a in atoms], positions=positions, name=name, source=source,
+                         index=index)
     bond_list = [mol.GetBondWithIdx(i) for i in range(mol.GetNumBonds())]
     bonds = np.array([(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in bond_list], dtype=np.int64).reshape(-1, 2)
     return Structure(
@@ -195,9 +200,11 @@ def _structure(mol, source: str, index: int, name: str, conf_id: int = -1) -> St
     )
 
 
-def read_sdf(stream: BinaryIO, source: str, wanted: Callable[[int], bool] | None = None) -> Iterator[Structure | Failure]:
+def read_sdf(stream: BinaryIO, source: str, wanted: Callable[[int], bool] | None = None,
+             geometry_only: bool = False) -> Iterator[Structure | Failure]:
     """Yield every record of an SDF/MOL stream as a Structure or a Failure (SKIPPED, unparsed,
-    for a record index that `wanted` rejects)."""
+    for a record index that `wanted` rejects). With `geometry_only`, records hold their elements
+    and positions, not their bonds, charges or SD properties (what embedding reads)."""
     from rdkit import Chem
 
     stem = Path(source).name.split(".")[0] if source != "-" else "stdin"
@@ -216,12 +223,14 @@ def read_sdf(stream: BinaryIO, source: str, wanted: Callable[[int], bool] | None
             why = messages[-1] if messages else "RDKit could not parse it"
             yield Failure(source, index, f"record starting at line {lineno}: {why}", name)
             continue
-        mol.UpdatePropertyCache(strict=False)
-        result = _structure(mol, source, index, name)
+        if not geometry_only:
+            mol.UpdatePropertyCache(strict=False)
+        result = _structure(mol, source, index, name, geometry_only=geometry_only)
         if isinstance(result, str):
             yield Failure(source, index, result, name)
             continue
-        result.properties = sd_properties(block)
+        if not geometry_only:
+            result.properties = sd_properties(block)
         yield checked(result)
 
 

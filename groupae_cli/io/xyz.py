@@ -118,19 +118,23 @@ def _plain_frame(body: list[str], comment: str, source: str, index: int, name: s
                      _name(comment, name), source, index)
 
 
-def _parse_frame(text: str, comment: str, source: str, index: int, name: str) -> Structure:
+def _parse_frame(text: str, comment: str, source: str, index: int, name: str,
+                 geometry_only: bool = False) -> Structure:
     import ase.io
 
     atoms = ase.io.read(io.StringIO(text), format="extxyz")
-    columns = [k for k, v in atoms.arrays.items() if k not in ("numbers", "positions") and v.ndim == 1 and v.dtype.kind in "fiu"]
+    columns = [] if geometry_only else [k for k, v in atoms.arrays.items()
+                                        if k not in ("numbers", "positions") and v.ndim == 1 and v.dtype.kind in "fiu"]
     features = np.stack([atoms.arrays[k] for k in columns], axis=1).astype(np.float64) if columns else None
     return Structure(atoms.numbers, atoms.positions, _name(comment, name), source, index,
                      features=features, feature_names=tuple(columns))
 
 
-def read_xyz(stream: BinaryIO, source: str, wanted: Callable[[int], bool] | None = None) -> Iterator[Structure | Failure]:
+def read_xyz(stream: BinaryIO, source: str, wanted: Callable[[int], bool] | None = None,
+             geometry_only: bool = False) -> Iterator[Structure | Failure]:
     """Yield every frame of an XYZ / extended XYZ stream as a Structure or a Failure (SKIPPED,
-    unparsed, for a frame index that `wanted` rejects; the frame is still cut, so indices hold)."""
+    unparsed, for a frame index that `wanted` rejects; the frame is still cut, so indices hold).
+    With `geometry_only`, extended XYZ's per-atom columns are not kept as features."""
     stem = Path(source).name.split(".")[0] if source != "-" else "stdin"
     lines = _Lines(stream)
     index = 0
@@ -191,7 +195,7 @@ def read_xyz(stream: BinaryIO, source: str, wanted: Callable[[int], bool] | None
             continue
         try:
             structure = _plain_frame(body, frame[1], source, index, f"{stem}:{index}") or \
-                _parse_frame("".join(frame + body), frame[1], source, index, f"{stem}:{index}")
+                _parse_frame("".join(frame + body), frame[1], source, index, f"{stem}:{index}", geometry_only)
         except KeyError as exc:
             yield Failure(source, index, f"unknown element symbol {exc.args[0]!r}", name)
         except Exception as exc:  # noqa: BLE001 - ase raises many types for malformed frames
