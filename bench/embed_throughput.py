@@ -5,6 +5,8 @@
 For each size N an SDF of N drug-like records is built by repeating `sample_data/molecules.sdf`
 (8-77 atoms, median 28). Then, each in a fresh subprocess (so peak memory is per run):
 - RDKit alone reading it (ForwardSDMolSupplier, no sanitisation, hydrogens kept);
+- groupae's reader alone on its first 20,000 records, one process, as embed's parse workers read
+  (`read_items(..., geometry_only=True)`): each worker's ceiling;
 - `groupae embed` end to end (process start to exit: start-up, parse, encode, write HDF5), once per
   `--workers` value;
 - the model alone (`--model-only`): records parsed first, then only `encode_batch` is timed, at
@@ -37,6 +39,13 @@ n = sum(m is not None for m in Chem.ForwardSDMolSupplier(open(sys.argv[1], "rb")
 print(n)
 """
 
+READER = """
+import itertools, json, sys, time
+from groupae_cli.io import read_items
+t = time.perf_counter()
+n = sum(1 for _ in itertools.islice(read_items([sys.argv[1]], geometry_only=True), 20000))
+print(json.dumps([n, time.perf_counter() - t]))
+"""
 MODEL_ONLY = """
 import json, sys, time
 import torch
@@ -114,7 +123,7 @@ def main() -> None:
     args = ap.parse_args()
     blocks = (ROOT / "sample_data" / "molecules.sdf").read_text().split("$$$$\n")[:-1]
     batch = [] if args.batch_size is None else ["--batch-size", str(args.batch_size)]
-    rows, model_rows = [], []
+    rows, model_rows, readers = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         one = Path(tmp) / "one.sdf"
         one.write_text(blocks[0] + "$$$$\n")
@@ -132,6 +141,7 @@ def main() -> None:
                 for i in range(n):
                     f.write(blocks[i % len(blocks)] + "$$$$\n")
             rd_s, rd_mb, _ = timed([sys.executable, "-c", RDKIT, str(path)])
+            readers.append(json.loads(timed([sys.executable, "-c", READER, str(path)])[2]))
             for workers in args.workers:
                 extra = [] if workers == "default" else ["--workers", workers]
                 runs = sorted(timed([sys.executable, "-m", "groupae_cli", "embed", str(path), "-o", f"{tmp}/out{n}.h5",
@@ -157,6 +167,10 @@ def main() -> None:
     for n, workers, rd_s, rd_mb, em_s, em_mb in rows:
         print(f"| {n:,} | {workers} | {rd_s:.2f} | {n / rd_s:,.0f} | {rd_mb:.0f} | {em_s:.2f} | {n / em_s:,.0f} | "
               f"{em_mb:.0f} | {em_s / rd_s:.1f}x |")
+    for count, seconds in readers[-1:]:
+        print()
+        print(f"groupae's reader alone (one process, as embed's workers read): {count:,} records in {seconds:.2f} s = "
+              f"{count / seconds:,.0f} records/s")
     for count, size, seconds in model_rows:
         print()
         print(f"model only ({args.device}, batch {size}): {count:,} records in {seconds:.2f} s = {count / seconds:,.0f} "
