@@ -15,10 +15,12 @@
 # (recipes/default_model/README.md). The third lease (commit 4d2420a) continued it twice at batch 256,
 # lr 1e-3, no warm-up, tau 0.025, on its data and split (--split name): validation fell from 0.847
 # to 0.789 A in 4 epochs of 165k samples (bench/RESULTS.md, "The third GPU lease"), each run's step
-# bound by the CPU (0.09 s per step alone or side by side, twice the probe's). So this lease takes
-# four times the structures per step, batch 1024 at lr 2e-3 (the square-root rule), both runs
-# continuing the shipped model, --pace 2 (the loop's step against the probe's) so that their
-# learning rate anneals before the deadline:
+# most likely bound by the CPU (0.09 s per step alone or side by side; bench/step_ops.py: about 5,800
+# operators dispatched per step, whatever the batch), and both stopped at 4 of 8 epochs: the timing
+# probe ran fewer steps than it divided by (fixed in timed_train.py). So this lease takes four times
+# the structures per step, batch 1024 at lr 2e-3 (the square-root rule), both runs continuing the
+# shipped model, --pace 1.2 (two runs on one GPU) so that their learning rate anneals before the
+# deadline:
 #   cont1024  the mix of structures it was trained on (92% QM9): against the third lease's cont at
 #             batch 256, per sample and per second
 #   mix1024   drug-like and Si/Se structures four times each per pass (23% and 3% of the samples, from
@@ -51,7 +53,7 @@ for spec in "cont1024 ALL" "mix1024 MIX"; do
   set -- $spec
   timeout $((DL + 30 - $(date +%s))) python3 recipes/default_model/timed_train.py bench/designs/rmsd_loss.yaml /tmp/runs/$1 \
     --deadline $DL --inputs ${!2} --batch-size ${BATCH:-1024} --lr 0.002 --split name --init ${INIT:-default} --warmup-epochs 0 --tau 0.025 \
-    --pace 2 ${DEVICE:+--device $DEVICE} > $OUT/$1.log 2>&1 &
+    --pace 1.2 ${DEVICE:+--device $DEVICE} > $OUT/$1.log 2>&1 &
 done
 ( python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/test_device.py -rs >> $LOG 2>&1  # no pytest-xdist there
   echo "== groupae train --device cuda (CLI)" >> $LOG

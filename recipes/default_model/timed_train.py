@@ -46,8 +46,8 @@ def main() -> None:
                    "recipe's, 1); 0 starts at --lr, as a run's continuation should")
     p.add_argument("--tau", type=float, default=None, help="hold the relaxed permutation's tau here (default: "
                    "anneal 0.1 to 0.02; a continuation keeps the 0.02 its run ended at)")
-    p.add_argument("--pace", type=float, default=1.0, help="the real loop's step time over the probe's: on the "
-                   "H100 the loop took 2.0-2.7x the probe's time per step at batch 256 (third lease, bench/RESULTS.md)")
+    p.add_argument("--pace", type=float, default=1.0, help="the real loop's step time over the probe's, where runs "
+                   "share the GPU (e.g. 1.2)")
     args = p.parse_args()
     t0 = time.time()
 
@@ -86,25 +86,29 @@ def main() -> None:
     parse_s = time.perf_counter() - start
     if not args.init:  # the elements the inputs hold, as train_from_files will set them (Si, Se: sise.xyz.gz)
         model_config = model_config.replace(elements=model_elements(full))
-    data, idx = full, np.sort(np.random.default_rng(0).choice(len(full), min(4000, len(full)), replace=False))
+    # enough records for the probe's steps: with fewer, an epoch of them holds fewer batches than asked
+    # (epoch_batches uses each record once), and the time per step came out 2.5x too short at batch
+    # 256 (the third lease), 10x at 1024
+    pool = min(len(full), max(4000, 60 * args.batch_size))
+    data, idx = full, np.sort(np.random.default_rng(0).choice(len(full), pool, replace=False))
     probe_dir = Path(f"/tmp/probe_{args.run_dir.name}")
 
     def run(steps: int) -> float:
+        """Seconds per step over `steps` training steps (fewer where the data hold fewer batches)."""
         cfg = TrainConfig(**{**train_dict, "epochs": 1, "epoch_size": steps * args.batch_size, "val_size": 0})
-        trainer = Trainer(model_config, cfg, probe_dir, lambda e: Batches(
-            data, epoch_batches(idx, data.sizes, args.batch_size, 0, 0, epoch_size=steps * args.batch_size),
-            model_config.elements), list, device=args.device, quiet=True)
+        batches = epoch_batches(idx, data.sizes, args.batch_size, 0, 0, epoch_size=steps * args.batch_size)
+        trainer = Trainer(model_config, cfg, probe_dir, lambda e: Batches(data, batches, model_config.elements),
+                          list, device=args.device, quiet=True)
         if args.device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         trainer.train_epoch(0)
         if args.device == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return (time.perf_counter() - start) / len(batches)
 
     run(10)  # warm-up: kernels, allocator
-    n = 15 if args.device != "cuda" else 40
-    step_s = run(n) / n
+    step_s = run(15 if args.device != "cuda" else 40)
     val = Batches(data, list(fixed_batches(idx[:512], args.batch_size)), model_config.elements)
     probe_model = Trainer(model_config, TrainConfig(**{**train_dict, "epochs": 1}), probe_dir, lambda e: [],
                           list, device=args.device, quiet=True).model
