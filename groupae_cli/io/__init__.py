@@ -66,8 +66,8 @@ def read_structures(path: str | Path, fmt: str | None = None, on_bytes: Callable
     compressed for .gz) read so far; not for stdin. With `wanted`, a record whose index it rejects
     is cut from the text but not parsed, and yielded as SKIPPED (so the indices that follow hold).
     With `geometry_only`, records hold what embedding reads (elements, positions, name, place) and
-    not bonds, charges, features or SD properties, which cost most of an SDF record's reading; the
-    same records fail.
+    not bonds, charges, features or SD properties, which cost about a quarter of an SDF record's
+    reading; the same records fail.
     """
     source = str(path)
     fmt = resolve(source, fmt)

@@ -153,7 +153,7 @@ class RecordStream:
     embedding_dim and embedding_identity once the first item is in. With `geometry_only` (and with
     `encoder`) records are read for their elements, positions, name and place alone (what embedding
     reads), not their bonds, charges, features or SD properties: that reads an SDF record in about
-    two thirds of the time, and pickles it in a third.
+    three quarters of the time, and pickles it in a third.
 
     Iterate it once; `close()` (or leaving a `with` block) stops the workers. `on_bytes(file
     number, bytes read)`, if set before iterating, follows each file's progress."""
