@@ -55,6 +55,14 @@ def test_geometry_only_fails_the_same_records(sample, tmp_path):
     assert same_geometry(path) == 2
 
 
+def test_geometry_only_reads_pdb_models_the_same(sample, tmp_path):
+    mols = Chem.SDMolSupplier(str(sample / "molecules.sdf"), removeHs=False)
+    path = tmp_path / "two_models.pdb"
+    path.write_text("".join(f"MODEL {k + 1}\n" + Chem.MolToPDBBlock(mols[k]).replace("END\n", "") + "ENDMDL\n"
+                            for k in range(2)) + "END\n")
+    assert same_geometry(path) == 2
+
+
 def _one_more_atom(counts: str) -> str:
     """A V2000 counts line with one atom more."""
     return f"{int(counts[:3]) + 1:3d}" + counts[3:]
