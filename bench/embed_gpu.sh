@@ -37,7 +37,8 @@ n = int(sys.argv[1])
 open("/tmp/big.sdf", "w").write("".join(blocks[i % len(blocks)] + "$$$$\n" for i in range(n)))
 PY
 # issue 12: the pipeline (parse workers, pinned memory, batch 1024 by default on a GPU) at 100,000
-# records with 4, 8 and 15 parse workers: is the main process or the workers' parsing the limit? (The
+# records with 4, 8 and 15 parse workers: is the main process (its CPU seconds, a column of the table,
+# near the wall time) or the workers' parsing (the reader's own rate, printed below it) the limit? (The
 # third lease: 10,000 records at 1,293/s with the default 8 workers, 926/s in one process; the time to
 # the first record, 7.0 s there, and the 10,000-record rows are in bench/RESULTS.md.)
 timeout 240 python3 bench/embed_throughput.py --model default --device $DEV --records $N --workers ${WORKERS:-4 8 15} \
