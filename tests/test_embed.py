@@ -8,6 +8,7 @@ from conftest import split
 from typer.testing import CliRunner
 
 from groupae_cli.app import app
+from groupae_cli.errors import Failure
 from groupae_cli.io import Structure, read_structures, write_structures
 from groupae_cli.models.symmetry import random_rotations
 
@@ -222,13 +223,17 @@ def test_parser_workers_and_shards_give_the_same_file(checkpoint, tmp_path):
     assert sorted(got_failed, key=lambda f: where(*f[:2])) == serial_failed
 
 
-def test_parser_workers_hand_back_the_records_in_input_order():
+def test_parser_workers_hand_back_the_records_in_input_order(tmp_path):
     """Workers that only parse (the GPU arrangement) give the items a single reader gives."""
     from groupae_cli.io import read_inputs
     from groupae_cli.io.parallel import RecordStream
 
     sample = __import__("conftest").SAMPLE
-    inputs = [str(sample / "xyz" / "molecules_10.xyz"), str(sample / "tetris.xyz"), str(sample / "molecules.sdf")]
+    blocks = (sample / "molecules.sdf").read_text().split("$$$$\n")
+    broken = tmp_path / "broken.sdf"  # failures between records, in the chunks the workers send
+    broken.write_text(blocks[0] + "$$$$\nnot a record\n$$$$\n" + blocks[1] + "$$$$\n")
+    inputs = [str(sample / "xyz" / "molecules_10.xyz"), str(sample / "tetris.xyz"), str(broken),
+              str(sample / "molecules.sdf")]
     want = [(n, type(item).__name__, item.index, item.name) for n, item in read_inputs(inputs)]
     for workers, shard in ((3, (0, 1)), (2, (1, 2))):
         with RecordStream(inputs, workers=workers, shard=shard) as stream:
@@ -239,6 +244,7 @@ def test_parser_workers_hand_back_the_records_in_input_order():
     with RecordStream(inputs, workers=2, geometry_only=True) as stream:
         reduced = list(stream)
     assert [(n, type(item).__name__, item.index, item.name) for n, item in reduced] == want
+    assert [x for x in reduced if isinstance(x[1], Failure)] == [x for x in full if isinstance(x[1], Failure)] != []
     sdf = [(a, b) for (_, a), (_, b) in zip(full, reduced, strict=True) if isinstance(a, Structure) and a.has_bonds]
     assert len(sdf) > 100
     for a, b in sdf:
