@@ -163,7 +163,8 @@ def main() -> None:
                 for i in range(n):
                     f.write(blocks[i % len(blocks)] + "$$$$\n")
             rd_s, rd_mb, _, _ = timed([sys.executable, "-c", RDKIT, str(path)])
-            readers.append(json.loads(timed([sys.executable, "-c", READER, str(path)])[2]))
+            if n == max(args.records):  # the rate printed: the largest file's
+                readers.append(json.loads(timed([sys.executable, "-c", READER, str(path)])[2]))
             for workers in args.workers:
                 extra = [] if workers == "default" else ["--workers", workers]
                 runs = []
@@ -193,7 +194,7 @@ def main() -> None:
     for n, workers, rd_s, rd_mb, em_s, em_mb, em_cpu in rows:
         print(f"| {n:,} | {workers} | {rd_s:.2f} | {n / rd_s:,.0f} | {rd_mb:.0f} | {em_s:.2f} | {n / em_s:,.0f} | "
               f"{em_mb:.0f} | {em_s / rd_s:.1f}x | {em_cpu:.2f} |")
-    for count, seconds in readers[-1:]:
+    for count, seconds in readers:
         print()
         print(f"groupae's reader alone (one process, as embed's workers read): {count:,} records in {seconds:.2f} s = "
               f"{count / seconds:,.0f} records/s")
