@@ -234,13 +234,13 @@ def test_parser_workers_hand_back_the_records_in_input_order(tmp_path):
     broken.write_text(blocks[0] + "$$$$\nnot a record\n$$$$\n" + blocks[1] + "$$$$\n")
     inputs = [str(sample / "xyz" / "molecules_10.xyz"), str(sample / "tetris.xyz"), str(broken),
               str(sample / "molecules.sdf")]
-    want = [(n, type(item).__name__, item.index, item.name) for n, item in read_inputs(inputs)]
+    full = list(read_inputs(inputs))
+    want = [(n, type(item).__name__, item.index, item.name) for n, item in full]
     for workers, shard in ((3, (0, 1)), (2, (1, 2))):
         with RecordStream(inputs, workers=workers, shard=shard) as stream:
             got = [(n, type(item).__name__, item.index, item.name) for n, item in stream]
         assert got == want[shard[0]::shard[1]]
     # what the GPU path asks for: each record reduced to what embedding reads, the same geometry
-    full = list(read_inputs(inputs))
     with RecordStream(inputs, workers=2, geometry_only=True) as stream:
         reduced = list(stream)
     assert [(n, type(item).__name__, item.index, item.name) for n, item in reduced] == want
