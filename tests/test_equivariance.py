@@ -445,3 +445,57 @@ def test_z_fitted_to_the_structure_keeps_the_contract(molecules, monkeypatch, de
     assert error.sum() < ((plain["reconstruction"] - batch["positions"]) ** 2).sum(-1).sum()
     assert_contract(errors, torch.float64)
     assert_batched_equals_one_by_one(molecules[::2], torch.float64, design, fit_steps=10)
+
+
+def test_the_fit_relays_the_structure_onto_the_drawing(molecules):
+    """During the fit the structure in its canonical pose and order is laid again onto the
+    decoder's drawing: a renumbering within elements and a proper rigid motion, which recover a
+    drawing that is the structure renumbered and moved exactly; the corrections compose, and the
+    group element the fit returns carries the input onto the last target."""
+    from scipy.spatial.transform import Rotation
+
+    from groupae_cli.models.autoencoder import _relay
+
+    m = shared(torch.float64, **DESIGNS["canonical"])
+    batch = collate(molecules[:4], m.config.elements, dtype=torch.float64)
+    with torch.no_grad():
+        out = m.encode(batch)
+    layout = out["layout"]
+    types = layout.to_dense(batch["types"]).gather(1, out["order"])
+    start = out["canonical"].gather(1, out["order"][:, :, None].expand(-1, -1, 3)) * layout.mask[:, :, None]
+    rng = np.random.default_rng(0)
+    b, n = types.shape
+    identity = (torch.eye(3, dtype=torch.float64).repeat(b, 1, 1), torch.zeros(b, 3, dtype=torch.float64),
+                torch.arange(n).repeat(b, 1))
+    target = start
+    for _ in range(2):  # twice: the second relay starts from the first one's corrections
+        # a drawing that is the target renumbered within elements, turned and shifted a little
+        drawing = target.clone()
+        for k in range(b):
+            for e in types[k, : layout.n_atoms[k]].unique():
+                where = torch.nonzero(types[k, : layout.n_atoms[k]] == e).flatten()
+                drawing[k, where] = target[k, where[torch.as_tensor(rng.permutation(len(where)))]]
+            # a local search, like the fit's small steps: a turn of 0.2 rad, a shift of 0.1 A
+            axis = rng.normal(size=3)
+            turn = torch.as_tensor(Rotation.from_rotvec(0.2 * axis / np.linalg.norm(axis)).as_matrix())
+            drawing[k, : layout.n_atoms[k]] = drawing[k, : layout.n_atoms[k]] @ turn.T + torch.as_tensor(0.1 * rng.normal(size=3))
+        drawing = drawing * layout.mask[:, :, None]
+        target, *corrections = _relay(drawing, target, types, layout.n_atoms, *identity)
+        np.testing.assert_allclose(target, drawing, atol=1e-10)
+        turn, shift, slots = corrections
+        assert torch.allclose(torch.linalg.det(turn), torch.ones(b, dtype=torch.float64))  # never a mirror
+        assert (types.gather(1, slots) == types).all()  # each slot keeps its element
+        composed = (start.gather(1, slots[:, :, None].expand(-1, -1, 3)) - shift[:, None]) @ turn
+        np.testing.assert_allclose(composed * layout.mask[:, :, None], target, atol=1e-10)
+        identity = corrections
+
+    m.fit_steps = 10
+    try:
+        with torch.no_grad():
+            fitted = m.encode(batch)
+    finally:
+        m.fit_steps = 0
+    assert (fitted["order"] != out["order"]).any()  # the decoder draws some atoms in another order
+    assert not torch.equal(fitted["rotation"], out["rotation"])
+    positions = layout.to_dense(batch["positions"]) - fitted["translation"][:, None]
+    np.testing.assert_allclose(positions @ fitted["rotation"], fitted["canonical"], atol=1e-12)
