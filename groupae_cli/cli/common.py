@@ -20,7 +20,8 @@ Model = Annotated[str | None, typer.Option("--model", "-m", help="A checkpoint p
                                               "with groupae (default: the shipped default model).")]
 FitSteps = Annotated[int, typer.Option(
     "--fit-steps", min=0,
-    help="Fit each record's z to it by this many gradient steps through the decoder: sharper "
+    help="Fit each record's z to it by this many gradient steps through the decoder, laying the "
+         "record onto the decoder's drawing again as it goes (the group element follows): sharper "
          "reconstructions at about the cost of that many extra decoder passes per record "
          "(100 steps: 0.4-0.9 s per molecule on one core). Beyond about 100 steps the fit can "
          "drift apart for moved copies of a record. 0: the encoder's z.")]
