@@ -122,3 +122,16 @@ def test_training_runs_and_validates_on_cuda(tmp_path, head):
     batch = collate(structures[:8], cpu.config.elements)
     z_gpu = gpu.encode({k: v.cuda() for k, v in batch.items()})["z"].cpu()
     torch.testing.assert_close(z_gpu, cpu.encode(batch)["z"], rtol=1e-4, atol=1e-4)
+
+
+def test_the_z_fit_and_its_relays_stay_on_the_batch_device(model_and_batch):
+    """--fit-steps: the fit, and the group element its relays amend, on the batch's device (the
+    relays solve their assignments in numpy and bring the answers back)."""
+    model, batch = model_and_batch
+    model.eval().fit_steps = 6
+    try:
+        with stray_tensors_go_to_meta(), torch.no_grad():
+            out = model.encode(batch)
+    finally:
+        model.fit_steps = 0
+    assert {t.device for t in _tensors(out)} == {batch["positions"].device}
