@@ -454,15 +454,14 @@ def test_the_fit_relays_the_structure_onto_the_drawing(molecules):
     group element the fit returns carries the input onto the last target."""
     from scipy.spatial.transform import Rotation
 
-    from groupae_cli.models.autoencoder import _relay
+    from groupae_cli.models.autoencoder import _ordered, _relay, _slot_types
 
     m = shared(torch.float64, **DESIGNS["canonical"])
     batch = collate(molecules[:4], m.config.elements, dtype=torch.float64)
     with torch.no_grad():
         out = m.encode(batch)
     layout = out["layout"]
-    types = layout.to_dense(batch["types"]).gather(1, out["order"])
-    start = out["canonical"].gather(1, out["order"][:, :, None].expand(-1, -1, 3)) * layout.mask[:, :, None]
+    types, start = _slot_types(batch["types"], out["order"], layout), _ordered(out["canonical"], out["order"], layout)
     rng = np.random.default_rng(0)
     b, n = types.shape
     identity = (torch.eye(3, dtype=torch.float64).repeat(b, 1, 1), torch.zeros(b, 3, dtype=torch.float64),

@@ -137,9 +137,10 @@ class GroupAE(nn.Module):
         slot_types, target = _slot_types(types, order, layout), _ordered(canonical, order, layout)
         n_atoms = layout.n_atoms
         by_size = torch.argsort(n_atoms, stable=True)
+        chunks = by_size.split(len(z) if z.is_cuda else FIT_CHUNK)
         parts = []
         with torch.inference_mode(False), torch.enable_grad():
-            for chunk in by_size.split(len(z) if z.is_cuda else FIT_CHUNK):
+            for chunk in chunks:
                 n_max = int(n_atoms[chunk].max())
                 # copies: tensors made under inference mode cannot be saved for the backward pass
                 parts.append(self._fit_chunk(z[chunk].clone(), slot_types[chunk, :n_max].clone(),
@@ -147,7 +148,7 @@ class GroupAE(nn.Module):
         back = torch.argsort(by_size)  # back in the batch's order
         z, turn, shift = (torch.cat([part[k] for part in parts])[back] for k in range(3))
         slots = torch.arange(layout.n_max, device=z.device).repeat(len(z), 1)
-        for chunk, part in zip(by_size.split(len(z) if z.is_cuda else FIT_CHUNK), parts, strict=True):
+        for chunk, part in zip(chunks, parts, strict=True):
             slots[chunk, : part[3].shape[1]] = part[3]
         return z, turn, shift, slots
 
