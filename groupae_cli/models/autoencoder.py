@@ -44,8 +44,8 @@ FIT_CHUNK = 16
 FIT_RELAY_EVERY = 5
 #: the fit's loss per structure is sqrt(mse + FIT_SMOOTH^2) (A), not the RMSD itself: the RMSD's
 #: gradient keeps its size as the drawing closes in on the structure (a cone at a perfect fit), so
-#: Adam circles the tip and two copies of a structure part ways. Smoothed, 0 of 512 held-out QM9
-#: molecules drift past 1e-5 of z's scale at 150 steps, against 8 of 128 at 200 steps
+#: Adam circles the tip and two copies of a structure part ways. Smoothed, 1 of 2,000 held-out QM9
+#: molecules drifts past 1e-5 of z's scale at 150 steps (1e-4), against 8 of 128 at 200 steps
 #: (bench/RESULTS.md, "A smooth fit")
 FIT_SMOOTH = 0.05
 
