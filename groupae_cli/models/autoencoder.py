@@ -28,25 +28,25 @@ from groupae_cli.models.permutation import (
     soft_permutation,
 )
 
-#: Adam's first step size and epsilon when z is fitted to its structure (`fit_steps`); the step
-#: size falls linearly to 0. A constant step makes the fit chaotic: two copies of a structure,
-#: 1e-13 apart, end 1e-2 apart after 100 steps (bench/RESULTS.md, "Fitting z")
-FIT_LR, FIT_EPS = 0.1, 1e-3
+#: Adam's first step size, epsilon and betas when z is fitted to its structure (`fit_steps`); the
+#: step size falls linearly to 0. Adam's steps at a large step size are chaotic: two copies of a
+#: structure, 1e-13 apart, can end far apart. A constant step parts them by 1e-2 after 100 steps
+#: (bench/RESULTS.md, "Fitting z"); the momentum of 0.95 (not 0.9) damps the oscillation that
+#: parts them, and pays for the larger first step (bench/RESULTS.md, "Laid on at every step")
+FIT_LR, FIT_EPS, FIT_BETAS = 0.12, 1e-3, (0.95, 0.999)
 #: on CPU the fit runs on chunks of this many structures of similar size (the decoder's cost is
 #: slots x padding: half the time of a mixed batch of 64); on a GPU on the whole batch
 FIT_CHUNK = 16
-#: during the fit, before the first step, every this many steps and after the last, each structure
-#: (in its canonical pose and order) is laid again onto what the decoder draws: the within-element
-#: order and the proper rigid motion that fit the drawing best (`align.refine`: Hungarian and Kabsch
-#: in turn, from the current pose). The decoder need not keep drawing atoms in the encoder's order:
-#: 400 held-out drug-like molecules, median RMSD 0.853 -> 0.675 A at 100 steps (bench/RESULTS.md,
-#: "The fit re-lays the structure")
-FIT_RELAY_EVERY = 5
 #: the fit's loss per structure is sqrt(mse + FIT_SMOOTH^2) (A), not the RMSD itself: the RMSD's
 #: gradient keeps its size as the drawing closes in on the structure (a cone at a perfect fit), so
-#: Adam circles the tip and two copies of a structure part ways. Smoothed, 1 of 2,000 held-out QM9
-#: molecules drifts past 1e-5 of z's scale at 150 steps (1e-4), against 8 of 128 at 200 steps
-#: (bench/RESULTS.md, "A smooth fit")
+#: Adam circles the tip and two copies of a structure part ways (bench/RESULTS.md, "A smooth fit").
+#: Before every step the structure (in its canonical pose and order) is laid onto what the decoder
+#: draws: the within-element order and the proper rigid motion that fit the drawing best
+#: (`align.refine`: Hungarian and Kabsch in turn, from the current pose), so each step descends on
+#: the structure's RMSD to the drawing up to a rigid motion and renumbering, and at the optimal
+#: motion that RMSD's gradient is the one taken. The decoder need not keep drawing atoms in the
+#: encoder's order (bench/RESULTS.md, "The fit re-lays the structure"); laid on only every 5 steps,
+#: the fit lags behind the pose and copies of a structure part ways ("Laid on at every step")
 FIT_SMOOTH = 0.05
 
 
@@ -131,8 +131,8 @@ class GroupAE(nn.Module):
         structure's RMSD (smoothed at 0: `FIT_SMOOTH`) between what the decoder draws of z and the
         structure in its canonical pose and order: the code the decoder needs, found from the
         encoder's guess (which the weights alone cannot make exact: bench/decoder_reach.py).
-        Before the first step, every `FIT_RELAY_EVERY` steps and after the last, the structure is
-        laid again onto the drawing (`_relay`).
+        Before every step and after the last, the structure is laid again onto the drawing
+        (`_relay`).
 
         Returns (z, turn (B, 3, 3), shift (B, 3), slots (B, N)): the structure in its canonical
         pose and order, C, becomes (C[slots] - shift) turn, a proper rigid motion and a renumbering
@@ -167,12 +167,11 @@ class GroupAE(nn.Module):
         turn = torch.eye(3, dtype=z.dtype, device=z.device).repeat(b, 1, 1)
         shift = z.new_zeros(b, 3)
         slots = torch.arange(n, device=z.device).repeat(b, 1)
-        optimizer = torch.optim.Adam([z], lr=lr, eps=FIT_EPS)
+        optimizer = torch.optim.Adam([z], lr=lr, eps=FIT_EPS, betas=FIT_BETAS)
         schedule = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, 0.0, total_iters=steps)
         for step in range(steps):
             y, _, _ = self.decoder.slots(z, n_atoms, n, slot_types)
-            if step % FIT_RELAY_EVERY == 0:
-                target, turn, shift, slots = _relay(y.detach(), target, slot_types, n_atoms, turn, shift, slots)
+            target, turn, shift, slots = _relay(y.detach(), target, slot_types, n_atoms, turn, shift, slots)
             mse = (((y - target) ** 2).sum(-1) * mask).sum(1) / n_atoms
             (z.grad,) = torch.autograd.grad((mse + FIT_SMOOTH**2).sqrt().sum(), z)
             optimizer.step()
