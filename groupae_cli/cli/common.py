@@ -23,8 +23,9 @@ FitSteps = Annotated[int, typer.Option(
     help="Fit each record's z to it by this many gradient steps through the decoder, laying the "
          "record onto the decoder's drawing again as it goes (the group element follows): sharper "
          "reconstructions at about the cost of that many extra decoder passes per record "
-         "(150 steps: 0.4-0.7 s per molecule on one core). From about 150 steps the fit can "
-         "drift apart for moved copies of a few records (1 in 2,000 QM9 molecules at 150). 0: the encoder's z.")]
+         "(150 steps: 0.3-0.9 s per molecule on one core; at 150 steps z stays invariant to 1e-5 on "
+         "all but 1 of the default model's 14,181 held-out molecules; longer fits are not checked). "
+         "0: the encoder's z.")]
 Format = Annotated[
     str | None,
     typer.Option("--format", "-f", help="Input format (xyz, sdf, ply, pdb, mol2) when the extension does not tell, e.g. for '-'."),
