@@ -27,11 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from groupae_cli.data import POSITIONS, TYPES
 from groupae_cli.io.checkpoint import load_model
 from groupae_cli.models.symmetry import GroupElement
 from groupae_cli.train.dataset import StructureSet, fixed_batches
-from groupae_cli.train.losses import structure_rmsd
+from groupae_cli.train.metrics import per_structure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes" / "default_model"))
 from evaluate import SETS, sources  # the recipe's own rule for QM9 / drug-like / Si-Se
@@ -55,10 +54,9 @@ def measure(args) -> dict:
         with torch.no_grad():
             a = model(batch)
             b = model(GroupElement.random(batch, generator=generator).apply(batch))
-        layout = a["layout"]
-        rows["rmsd"] += structure_rmsd(((a["reconstruction"] - batch[POSITIONS]) ** 2).sum(-1), layout).tolist()
-        right = (a["reconstruction_logits"].argmax(-1) == batch[TYPES]).double()
-        rows["element_acc"] += (layout.to_dense(right).sum(1) / layout.n_atoms).tolist()
+        figures = per_structure(model, batch, a)
+        rows["rmsd"] += figures["rmsd"].tolist()
+        rows["element_acc"] += figures["element_acc"].tolist()
         rows["drift"] += ((b["z"] - a["z"]).abs().amax(1) / a["z"].abs().amax(1).clamp_min(1e-12)).tolist()
         rows["index"] += [int(i) for i in indices]
         print(f"{args.set} {args.shard}: {len(rows['index'])}/{len(chosen)}, worst drift {max(rows['drift']):.1e}",

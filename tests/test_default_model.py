@@ -154,23 +154,33 @@ def test_fitting_z_sharpens_held_out_reconstructions(tmp_path):
     assert len(refused.output.strip().splitlines()) == 1 and not (tmp_path / "again.xyz").exists()
 
 
+def _fit_beside_moved_copies(name, steps, count, seed, rng):
+    """Reconstruct tests/data/NAME with z fitted by `steps`, in one batch with `count` rotated,
+    translated and renumbered copies, and check that each copy's reconstruction is the original's,
+    moved and renumbered alike, to 1e-7 A. Returns the original's reconstruction."""
+    import groupae_cli as g
+
+    original = next(read_structures(Path(__file__).resolve().parent / "data" / name))
+    rotations = random_rotations(count, generator=torch.Generator().manual_seed(seed)).numpy()
+    moves = [(rotation, rng.normal(scale=5.0, size=3), rng.permutation(len(original))) for rotation in rotations]
+    copies = [g.from_arrays(original.numbers[sigma], (original.positions @ rotation.T + shift)[sigma], name=f"copy{k}")
+              for k, (rotation, shift, sigma) in enumerate(moves)]
+    model = g.load_model(device="cpu")
+    model.fit_steps = steps
+    mine, *theirs = g.reconstruct(model, [original, *copies])
+    for (rotation, shift, sigma), their in zip(moves, theirs, strict=True):
+        np.testing.assert_allclose(their.structure.positions, (mine.structure.positions @ rotation.T + shift)[sigma],
+                                   rtol=0, atol=1e-7)
+    return mine
+
+
 def test_a_long_fit_stays_equivariant_where_the_decoder_draws_the_molecule_almost_exactly(rng):
     """qm9_125394 (held out) the fitted decoder draws to a few hundredths of an angstrom. On the
     plain RMSD, whose gradient keeps its size as the drawing closes in, the fits of moved,
     renumbered copies part ways within 200 steps (z 3e-3 to 6e-3 of its scale apart); on the
     smoothed RMSD (FIT_SMOOTH) the copy's reconstruction is the original's, moved and renumbered."""
-    import groupae_cli as g
-
-    original = next(read_structures(Path(__file__).resolve().parent / "data" / "qm9_125394.xyz"))
-    rotation = random_rotations(1, generator=torch.Generator().manual_seed(1))[0].numpy()
-    shift, sigma = rng.normal(scale=5.0, size=3), rng.permutation(len(original))
-    copy = g.from_arrays(original.numbers[sigma], (original.positions @ rotation.T + shift)[sigma], name="copy")
-    model = g.load_model(device="cpu")
-    model.fit_steps = 200
-    mine, theirs = g.reconstruct(model, [original, copy])
+    mine = _fit_beside_moved_copies("qm9_125394.xyz", 200, 1, 1, rng)
     assert mine.rmsd < 0.05, mine.rmsd  # almost exact: the cone's tip
-    np.testing.assert_allclose(theirs.structure.positions, (mine.structure.positions @ rotation.T + shift)[sigma],
-                               rtol=0, atol=1e-7)
 
 
 def test_a_fit_at_the_advised_length_stays_equivariant_where_its_steps_used_to_part(rng):
@@ -178,17 +188,5 @@ def test_a_fit_at_the_advised_length_stays_equivariant_where_its_steps_used_to_p
     momentum at 0.9, 150 steps (the advised --fit-steps) parted the fits of moved, renumbered
     copies (reconstructions 1e-6 to 6e-5 A apart, z up to 1e-4 of its scale); laid on before every step,
     with a momentum of 0.95, they stay together (1e-9)."""
-    import groupae_cli as g
-
-    original = next(read_structures(Path(__file__).resolve().parent / "data" / "qm9_56918.xyz"))
-    rotations = random_rotations(3, generator=torch.Generator().manual_seed(2)).numpy()
-    moves = [(rotation, rng.normal(scale=5.0, size=3), rng.permutation(len(original))) for rotation in rotations]
-    copies = [g.from_arrays(original.numbers[sigma], (original.positions @ rotation.T + shift)[sigma], name=f"copy{k}")
-              for k, (rotation, shift, sigma) in enumerate(moves)]
-    model = g.load_model(device="cpu")
-    model.fit_steps = 150
-    mine, *theirs = g.reconstruct(model, [original, *copies])
+    mine = _fit_beside_moved_copies("qm9_56918.xyz", 150, 3, 2, rng)
     assert mine.rmsd < 0.15, mine.rmsd
-    for (rotation, shift, sigma), their in zip(moves, theirs, strict=True):
-        np.testing.assert_allclose(their.structure.positions, (mine.structure.positions @ rotation.T + shift)[sigma],
-                                   rtol=0, atol=1e-7)

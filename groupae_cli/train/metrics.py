@@ -17,9 +17,10 @@ SIZE_BINS = (0, 10, 20, 30, 45, 60, 100, 10**9)
 
 
 @torch.no_grad()
-def per_structure(model, batch: dict) -> dict[str, np.ndarray]:
-    """RMSD (Å), element accuracy and permutation accuracy of each structure, hard permutation."""
-    out = model(batch)
+def per_structure(model, batch: dict, out: dict | None = None) -> dict[str, np.ndarray]:
+    """RMSD (Å), element accuracy and permutation accuracy of each structure, hard permutation
+    (from `out`, the model's output for `batch`, when it is at hand)."""
+    out = out if out is not None else model(batch)
     layout = out["layout"]
     sq = ((out["reconstruction"] - batch[POSITIONS]) ** 2).sum(-1)
     n = layout.n_atoms.to(sq.dtype)
