@@ -7,7 +7,7 @@ and renumbered copy of it, fits both once, and records per structure: the RMSD o
 through the group element (Å), its element accuracy, and the drift of z, max |z(gX) - z(X)| /
 max |z(X)| over that structure's entries. The shipped model, its inference precision, one thread.
 
-    python bench/fit_invariance.py --run runs/default_sise --set QM9 --fit-steps 150 \
+    python bench/fit_invariance.py --run runs/default_sise --set QM9 --fit-steps 200 \
         --shard 0/2 -o runs/fit_invariance/qm9_0.json
     python bench/fit_invariance.py --merge runs/fit_invariance/*.json --json summary.json
 
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     parser.add_argument("--run", type=Path, default=Path("runs/default_sise"), help="run directory of groupae train")
     parser.add_argument("--model", default="default", help="a checkpoint path or a shipped model's name")
     parser.add_argument("--set", choices=SETS, default="QM9")
-    parser.add_argument("--fit-steps", type=int, default=150)
+    parser.add_argument("--fit-steps", type=int, default=200)
     parser.add_argument("--shard", default="0/1", help="K/N: every N-th held-out structure from the K-th")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("-o", "--output", type=Path, help="JSON of the per-structure figures")

@@ -154,10 +154,10 @@ def test_fitting_z_sharpens_held_out_reconstructions(tmp_path):
     assert len(refused.output.strip().splitlines()) == 1 and not (tmp_path / "again.xyz").exists()
 
 
-def _fit_beside_moved_copies(name, steps, count, seed, rng):
+def _fit_beside_moved_copies(name, steps, count, seed, rng, atol=1e-7):
     """Reconstruct tests/data/NAME with z fitted by `steps`, in one batch with `count` rotated,
     translated and renumbered copies, and check that each copy's reconstruction is the original's,
-    moved and renumbered alike, to 1e-7 A. Returns the original's reconstruction."""
+    moved and renumbered alike, to `atol` A. Returns the original's reconstruction."""
     import groupae_cli as g
 
     original = next(read_structures(Path(__file__).resolve().parent / "data" / name))
@@ -170,7 +170,7 @@ def _fit_beside_moved_copies(name, steps, count, seed, rng):
     mine, *theirs = g.reconstruct(model, [original, *copies])
     for (rotation, shift, sigma), their in zip(moves, theirs, strict=True):
         np.testing.assert_allclose(their.structure.positions, (mine.structure.positions @ rotation.T + shift)[sigma],
-                                   rtol=0, atol=1e-7)
+                                   rtol=0, atol=atol)
     return mine
 
 
@@ -185,8 +185,17 @@ def test_a_long_fit_stays_equivariant_where_the_decoder_draws_the_molecule_almos
 
 def test_a_fit_at_the_advised_length_stays_equivariant_where_its_steps_used_to_part(rng):
     """qm9_56918 (held out): with the structure laid onto the drawing only every 5 steps and Adam's
-    momentum at 0.9, 150 steps (the advised --fit-steps) parted the fits of moved, renumbered
-    copies (reconstructions 1e-6 to 6e-5 A apart, z up to 1e-4 of its scale); laid on before every step,
-    with a momentum of 0.95, they stay together (1e-9)."""
-    mine = _fit_beside_moved_copies("qm9_56918.xyz", 150, 3, 2, rng)
+    momentum at 0.9, 150 steps parted the fits of moved, renumbered copies (reconstructions 1e-6 to
+    6e-5 A apart, z up to 1e-4 of its scale); laid on before every step, with a momentum of 0.95,
+    they stay together (1e-9), and so they do at the advised 200 steps (--fit-steps)."""
+    mine = _fit_beside_moved_copies("qm9_56918.xyz", 200, 3, 2, rng)
     assert mine.rmsd < 0.15, mine.rmsd
+
+
+def test_a_fit_whose_middle_sits_at_the_edge_of_stability_stays_equivariant(rng):
+    """qm9_76302 (held out), drawn poorly (0.52 A): its fit oscillates through the middle of its
+    steps. With the momentum at 0.95 throughout, round-off grew there into reconstructions of moved,
+    renumbered copies 1e-3 A apart (at 150 and at 200 steps); with the momentum rising to 0.98 from
+    30% of the steps (FIT_LATE) they agree to about 1e-8 A."""
+    mine = _fit_beside_moved_copies("qm9_76302.xyz", 200, 3, 2, rng, atol=1e-6)
+    assert mine.rmsd < 0.6, mine.rmsd
