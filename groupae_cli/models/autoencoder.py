@@ -40,7 +40,8 @@ FIT_LR, FIT_EPS, FIT_BETAS = 0.12, 1e-3, (0.95, 0.999)
 #: spend the fit's middle at the edge of stability, where 0.95 still lets round-off grow into
 #: parts of 1e-5; the early steps keep 0.95, which large structures need to be sharp. Adam
 #: corrects its first moment's bias with the new beta (m / (1 - 0.98^t)), so the steps just after
-#: the change are up to 1.4x larger, fading (bench/RESULTS.md, "Momentum that rises")
+#: the change are larger, fading (1.35x at 200 steps, 1.5x at 150, 2x at 10): the fit measured in
+#: bench/RESULTS.md ("Momentum that rises")
 FIT_LATE, FIT_LATE_BETA1 = 0.3, 0.98
 #: on CPU the fit runs on chunks of this many structures of similar size (the decoder's cost is
 #: slots x padding: half the time of a mixed batch of 64); on a GPU on the whole batch
