@@ -186,7 +186,8 @@ class GroupAE(nn.Module):
             target, turn, shift, slots = _relay(y.detach(), target, slot_types, n_atoms, turn, shift, slots)
             mse = (((y - target) ** 2).sum(-1) * mask).sum(1) / n_atoms
             (z.grad,) = torch.autograd.grad((mse + FIT_SMOOTH**2).sqrt().sum(), z)
-            optimizer.step()
+            with torch.device("cpu"):  # torch < 2.13's Adam makes its step counter on the default device
+                optimizer.step()
             schedule.step()
         z = z.detach()
         if steps:
