@@ -199,3 +199,44 @@ def test_a_fit_whose_middle_sits_at_the_edge_of_stability_stays_equivariant(rng)
     30% of the steps (FIT_LATE) they agree to about 1e-8 A."""
     mine = _fit_beside_moved_copies("qm9_76302.xyz", 200, 3, 2, rng, atol=1e-6)
     assert mine.rmsd < 0.6, mine.rmsd
+
+
+def test_the_batched_relay_lays_each_structure_on_as_align_refine_does(rng):
+    """On a GPU the fit's relays run for the whole batch at once (`_laid_on_together`); on the CPU one
+    by one through `align.refine`. Both, on the CPU: the sample molecules' canonical structures laid
+    onto the decoder's drawings of them, and onto copies of themselves renumbered within elements,
+    turned and shaken (where the alternation needs several rounds), give the same renumbering and
+    motion."""
+    from groupae_cli.data import centred_batch
+    from groupae_cli.io.checkpoint import load_model
+    from groupae_cli.models import autoencoder as ae
+
+    model = load_model("default", "cpu")
+    structures, _ = split(read_structures(SAMPLE / "molecules.sdf"))
+    batch, _ = centred_batch(structures[:24], model.config.elements, model.dtype)
+    with torch.no_grad():
+        out = model.encode(batch)
+    layout = out["layout"]
+    slot_types = ae._slot_types(batch["types"], out["order"], layout)
+    target = ae._ordered(out["canonical"], out["order"], layout)
+    with torch.no_grad():
+        drawing, _, _ = model.decoder.slots(out["z"], layout.n_atoms, layout.n_max, slot_types)
+    shaken = torch.zeros_like(target)
+    generator = torch.Generator().manual_seed(5)
+    turns = random_rotations(len(target), dtype=target.dtype, generator=generator)
+    for k, n in enumerate(layout.n_atoms.tolist()):
+        types = slot_types[k, :n].numpy()
+        order = np.arange(n)
+        for c in np.unique(types):
+            idx = np.flatnonzero(types == c)
+            order[idx] = rng.permutation(idx)
+        shaken[k, :n] = target[k, :n][order] @ turns[k].T + 0.3 * torch.randn(n, 3, dtype=target.dtype, generator=generator) + 1.0
+    rounds = 0
+    for drawn in (drawing, shaken):
+        one = ae._laid_on_one_by_one(drawn, target, slot_types, layout.n_atoms, torch.device("cpu"))
+        together = ae._laid_on_together(drawn, target, slot_types, layout.n_atoms)
+        assert torch.equal(one[0], together[0])
+        torch.testing.assert_close(together[1], one[1], rtol=0, atol=1e-10)
+        torch.testing.assert_close(together[2], one[2], rtol=0, atol=1e-10)
+        rounds += int((one[0] != torch.arange(layout.n_max)).any(1).sum())
+    assert rounds > 10  # the shaken copies are renumbered, not just moved

@@ -240,24 +240,89 @@ def _relay(drawing: torch.Tensor, target: torch.Tensor, slot_types: torch.Tensor
            turn: torch.Tensor, shift: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Each structure `target` (B, N, 3) laid onto the decoder's `drawing` of it: the within-element
     order and proper rigid motion that bring it closest (alternating Hungarian and Kabsch from
-    the current pose and order: `align.refine`), and the corrections so far composed with them."""
-    from groupae_cli.align import refine
-
-    drawn, laid = drawing.detach().cpu().double().numpy(), target.detach().cpu().double().numpy()
-    types, sizes = slot_types.cpu().numpy(), n_atoms.tolist()
-    mapping = np.tile(np.arange(slots.shape[1]), (len(sizes), 1))
-    rotation, move = np.empty((len(sizes), 3, 3)), np.empty((len(sizes), 3))
-    for k, n in enumerate(sizes):
-        # laid[mapping] ~ drawn rotation^T + translation: the structure becomes (laid[mapping] - translation) rotation
-        found = refine(drawn[k, :n], laid[k, :n], types[k, :n], types[k, :n], np.eye(3), np.zeros(3))
-        mapping[k, :n], rotation[k], move[k] = found.mapping, found.rotation, found.translation
-    mapping = torch.as_tensor(mapping, device=slots.device)
-    rotation, move = (torch.as_tensor(a, dtype=target.dtype, device=target.device) for a in (rotation, move))
+    the current pose and order: `align.refine`), and the corrections so far composed with them.
+    On a GPU the whole batch is laid on at once (`_laid_on_together`)."""
+    if drawing.is_cuda:
+        mapping, rotation, move = _laid_on_together(drawing.detach(), target.detach(), slot_types, n_atoms)
+    else:
+        mapping, rotation, move = _laid_on_one_by_one(drawing, target, slot_types, n_atoms, slots.device)
     mask = (torch.arange(target.shape[1], device=target.device)[None, :] < n_atoms[:, None])[:, :, None]
     target = ((target.gather(1, mapping[:, :, None].expand(-1, -1, 3)) - move[:, None]) @ rotation) * mask
     # C' = (C[slots] - shift) turn, then (C'[mapping] - move) rotation = (C[slots[mapping]] - shift - move turn^T) (turn rotation)
     shift = shift + torch.einsum("bj,bij->bi", move, turn)
     return target, turn @ rotation, shift, slots.gather(1, mapping)
+
+
+def _laid_on_one_by_one(drawing: torch.Tensor, target: torch.Tensor, slot_types: torch.Tensor, n_atoms: torch.Tensor,
+                        device: torch.device) -> tuple[torch.Tensor, ...]:
+    """`_relay`'s motions, structure by structure through `align.refine` in NumPy: (mapping (B, N),
+    rotation (B, 3, 3), move (B, 3)) with target[mapping] ~ drawing rotation^T + move."""
+    from groupae_cli.align import refine
+
+    drawn, laid = drawing.detach().cpu().double().numpy(), target.detach().cpu().double().numpy()
+    types, sizes = slot_types.cpu().numpy(), n_atoms.tolist()
+    mapping = np.tile(np.arange(target.shape[1]), (len(sizes), 1))
+    rotation, move = np.empty((len(sizes), 3, 3)), np.empty((len(sizes), 3))
+    for k, n in enumerate(sizes):
+        found = refine(drawn[k, :n], laid[k, :n], types[k, :n], types[k, :n], np.eye(3), np.zeros(3))
+        mapping[k, :n], rotation[k], move[k] = found.mapping, found.rotation, found.translation
+    mapping = torch.as_tensor(mapping, device=device)
+    rotation, move = (torch.as_tensor(a, dtype=target.dtype, device=target.device) for a in (rotation, move))
+    return mapping, rotation, move
+
+
+def _laid_on_together(drawing: torch.Tensor, target: torch.Tensor, slot_types: torch.Tensor, n_atoms: torch.Tensor,
+                      max_iter: int = 50) -> tuple[torch.Tensor, ...]:
+    """`_laid_on_one_by_one` for the whole batch at once, on its device: the same alternation (assign
+    within elements, then Kabsch, until no structure's assignment changes), with the squared
+    distances and the Kabsch solutions batched and only the Hungarian problems (SciPy's) solved
+    one by one on the CPU. Equal to it up to round-off; a GPU step is bound by the CPU otherwise."""
+    from groupae_cli.align import _hungarian
+
+    linear_sum_assignment = _hungarian()
+    b, n = target.shape[:2]
+    device = target.device
+    sizes, types = n_atoms.tolist(), slot_types.cpu().numpy()
+    # each structure's atoms by element: the Hungarian problems, the same at every iteration
+    blocks = [[np.flatnonzero(types[k, :m] == c) for c in np.unique(types[k, :m])] for k, m in enumerate(sizes)]
+    mask = (torch.arange(n, device=device)[None, :] < n_atoms[:, None]).to(target.dtype)[:, :, None]
+    count = n_atoms.to(target.dtype)[:, None]
+    rotation = torch.eye(3, dtype=target.dtype, device=device).repeat(b, 1, 1)
+    move = torch.zeros(b, 3, dtype=target.dtype, device=device)
+    mapping = np.tile(np.arange(n), (b, 1))
+    active = list(range(b))
+    for step in range(max_iter):
+        live = torch.as_tensor(active, device=device)
+        moved = drawing[live] @ rotation[live].transpose(1, 2) + move[live][:, None]
+        cost = ((moved[:, :, None, :] - target[live][:, None, :, :]) ** 2).sum(-1).cpu().numpy()
+        changed = []
+        for j, k in enumerate(active):
+            new = mapping[k].copy()
+            for idx in blocks[k]:
+                rows, cols = linear_sum_assignment(cost[j][np.ix_(idx, idx)])
+                new[idx[rows]] = idx[cols]
+            if step == 0 or not np.array_equal(new, mapping[k]):
+                mapping[k] = new
+                changed.append(k)
+        if not changed:
+            break
+        # Kabsch of each changed structure's drawing onto its target in the new order (align.kabsch_many)
+        sel = torch.as_tensor(changed, device=device)
+        p, m = drawing[sel], mask[sel]
+        q = target[sel].gather(1, torch.as_tensor(mapping[changed], device=device)[:, :, None].expand(-1, -1, 3))
+        pc, qc = (p * m).sum(1) / count[sel], (q * m).sum(1) / count[sel]
+        h = torch.einsum("bni,bnj->bij", (p - pc[:, None]) * m, q - qc[:, None])
+        u, _, vt = torch.linalg.svd(h)
+        v, ut = vt.transpose(1, 2), u.transpose(1, 2)
+        d = torch.sign(torch.linalg.det(v @ ut))
+        d = torch.where(d == 0, torch.ones_like(d), d)
+        fix = torch.ones(len(changed), 3, dtype=target.dtype, device=device)
+        fix[:, 2] = d
+        turned = v @ (fix[:, :, None] * ut)
+        rotation[sel] = turned
+        move[sel] = qc - torch.einsum("bj,bkj->bk", pc, turned)
+        active = changed
+    return torch.as_tensor(mapping, device=device), rotation, move
 
 
 def _ordered(canonical: torch.Tensor, order: torch.Tensor, layout: Layout) -> torch.Tensor:
