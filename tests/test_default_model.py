@@ -231,12 +231,12 @@ def test_the_batched_relay_lays_each_structure_on_as_align_refine_does(rng):
             idx = np.flatnonzero(types == c)
             order[idx] = rng.permutation(idx)
         shaken[k, :n] = target[k, :n][order] @ turns[k].T + 0.3 * torch.randn(n, 3, dtype=target.dtype, generator=generator) + 1.0
-    rounds = 0
+    renumbered = 0
     for drawn in (drawing, shaken):
         one = ae._laid_on_one_by_one(drawn, target, slot_types, layout.n_atoms, torch.device("cpu"))
         together = ae._laid_on_together(drawn, target, slot_types, layout.n_atoms)
         assert torch.equal(one[0], together[0])
         torch.testing.assert_close(together[1], one[1], rtol=0, atol=1e-10)
         torch.testing.assert_close(together[2], one[2], rtol=0, atol=1e-10)
-        rounds += int((one[0] != torch.arange(layout.n_max)).any(1).sum())
-    assert rounds > 10  # the shaken copies are renumbered, not just moved
+        renumbered += int((one[0] != torch.arange(layout.n_max)).any(1).sum())
+    assert renumbered > 10  # the shaken copies are renumbered, not just moved
