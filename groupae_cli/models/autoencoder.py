@@ -34,7 +34,9 @@ from groupae_cli.models.permutation import (
 #: step size falls linearly to 0. Adam's steps at a large step size are chaotic: two copies of a
 #: structure, 1e-13 apart, can end far apart. A constant step parts them by 1e-2 after 100 steps
 #: (bench/RESULTS.md, "Fitting z"); the momentum of 0.95 (not 0.9) damps the oscillation that
-#: parts them, and pays for the larger first step (bench/RESULTS.md, "Laid on at every step")
+#: parts them, and pays for the larger first step (bench/RESULTS.md, "Laid on at every step").
+#: A larger epsilon (3e-3) calmed qm9_110387 and made a drug-like structure part instead
+#: (bench/RESULTS.md, "Adam's epsilon and the chaotic tail")
 FIT_LR, FIT_EPS, FIT_BETAS = 0.12, 1e-3, (0.95, 0.999)
 #: from FIT_LATE of the steps on, the momentum is FIT_LATE_BETA1: small structures, fitted closely,
 #: spend the fit's middle at the edge of stability, where 0.95 still lets round-off grow into
