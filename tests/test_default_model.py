@@ -233,7 +233,7 @@ def test_the_batched_relay_lays_each_structure_on_as_align_refine_does(rng):
         shaken[k, :n] = target[k, :n][order] @ turns[k].T + 0.3 * torch.randn(n, 3, dtype=target.dtype, generator=generator) + 1.0
     renumbered = 0
     for drawn in (drawing, shaken):
-        one = ae._laid_on_one_by_one(drawn, target, slot_types, layout.n_atoms, torch.device("cpu"))
+        one = ae._laid_on_one_by_one(drawn, target, slot_types, layout.n_atoms)
         together = ae._laid_on_together(drawn, target, slot_types, layout.n_atoms)
         assert torch.equal(one[0], together[0])
         torch.testing.assert_close(together[1], one[1], rtol=0, atol=1e-10)

@@ -244,10 +244,8 @@ def _relay(drawing: torch.Tensor, target: torch.Tensor, slot_types: torch.Tensor
     order and proper rigid motion that bring it closest (alternating Hungarian and Kabsch from
     the current pose and order: `align.refine`), and the corrections so far composed with them.
     On a GPU the whole batch is laid on at once (`_laid_on_together`)."""
-    if drawing.is_cuda:
-        mapping, rotation, move = _laid_on_together(drawing.detach(), target.detach(), slot_types, n_atoms)
-    else:
-        mapping, rotation, move = _laid_on_one_by_one(drawing, target, slot_types, n_atoms, slots.device)
+    lay_on = _laid_on_together if drawing.is_cuda else _laid_on_one_by_one
+    mapping, rotation, move = lay_on(drawing.detach(), target.detach(), slot_types, n_atoms)
     mask = (torch.arange(target.shape[1], device=target.device)[None, :] < n_atoms[:, None])[:, :, None]
     target = ((target.gather(1, mapping[:, :, None].expand(-1, -1, 3)) - move[:, None]) @ rotation) * mask
     # C' = (C[slots] - shift) turn, then (C'[mapping] - move) rotation = (C[slots[mapping]] - shift - move turn^T) (turn rotation)
@@ -255,20 +253,20 @@ def _relay(drawing: torch.Tensor, target: torch.Tensor, slot_types: torch.Tensor
     return target, turn @ rotation, shift, slots.gather(1, mapping)
 
 
-def _laid_on_one_by_one(drawing: torch.Tensor, target: torch.Tensor, slot_types: torch.Tensor, n_atoms: torch.Tensor,
-                        device: torch.device) -> tuple[torch.Tensor, ...]:
+def _laid_on_one_by_one(drawing: torch.Tensor, target: torch.Tensor, slot_types: torch.Tensor,
+                        n_atoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """`_relay`'s motions, structure by structure through `align.refine` in NumPy: (mapping (B, N),
     rotation (B, 3, 3), move (B, 3)) with target[mapping] ~ drawing rotation^T + move."""
     from groupae_cli.align import refine
 
-    drawn, laid = drawing.detach().cpu().double().numpy(), target.detach().cpu().double().numpy()
+    drawn, laid = drawing.cpu().double().numpy(), target.cpu().double().numpy()
     types, sizes = slot_types.cpu().numpy(), n_atoms.tolist()
     mapping = np.tile(np.arange(target.shape[1]), (len(sizes), 1))
     rotation, move = np.empty((len(sizes), 3, 3)), np.empty((len(sizes), 3))
     for k, n in enumerate(sizes):
         found = refine(drawn[k, :n], laid[k, :n], types[k, :n], types[k, :n], np.eye(3), np.zeros(3))
         mapping[k, :n], rotation[k], move[k] = found.mapping, found.rotation, found.translation
-    mapping = torch.as_tensor(mapping, device=device)
+    mapping = torch.as_tensor(mapping, device=target.device)
     rotation, move = (torch.as_tensor(a, dtype=target.dtype, device=target.device) for a in (rotation, move))
     return mapping, rotation, move
 
