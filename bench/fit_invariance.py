@@ -38,6 +38,15 @@ from evaluate import SETS, sources  # the recipe's own rule for QM9 / drug-like 
 TOLERANCE = 1e-5  # issue 10's invariance target, relative to z's scale
 
 
+def add_figures(rows: dict[str, list], model, batch: dict, a: dict, b: dict) -> None:
+    """Append to `rows` each structure's RMSD and element accuracy from the model's output `a`
+    for `batch`, and z's drift against `b`, its output for a moved copy."""
+    figures = per_structure(model, batch, a)
+    rows["rmsd"] += figures["rmsd"].tolist()
+    rows["element_acc"] += figures["element_acc"].tolist()
+    rows["drift"] += ((b["z"] - a["z"]).abs().amax(1) / a["z"].abs().amax(1).clamp_min(1e-12)).tolist()
+
+
 def measure(args) -> dict:
     torch.set_num_threads(1)
     model = load_model(args.model, "cpu").eval()
@@ -54,10 +63,7 @@ def measure(args) -> dict:
         with torch.no_grad():
             a = model(batch)
             b = model(GroupElement.random(batch, generator=generator).apply(batch))
-        figures = per_structure(model, batch, a)
-        rows["rmsd"] += figures["rmsd"].tolist()
-        rows["element_acc"] += figures["element_acc"].tolist()
-        rows["drift"] += ((b["z"] - a["z"]).abs().amax(1) / a["z"].abs().amax(1).clamp_min(1e-12)).tolist()
+        add_figures(rows, model, batch, a, b)
         rows["index"] += [int(i) for i in indices]
         print(f"{args.set} {args.shard}: {len(rows['index'])}/{len(chosen)}, worst drift {max(rows['drift']):.1e}",
               file=sys.stderr, flush=True)
