@@ -427,14 +427,18 @@ def test_the_refinement_moves_only_the_canonical_part_of_z(molecules):
 def test_z_fitted_to_the_structure_keeps_the_contract(molecules, monkeypatch, design="canonical"):
     """fit_steps: z fitted through the decoder to the structure in its canonical pose and order is
     still exactly invariant, the reconstruction equivariant (the target is invariant), and a batch
-    fits as its structures one by one (each has its own gradient), in chunks sorted by size."""
+    fits as its structures one by one (each has its own steps), in chunks sorted by size, small
+    structures by Levenberg-Marquardt and large ones by Adam."""
     from groupae_cli.models import autoencoder
 
     monkeypatch.setattr(autoencoder, "FIT_CHUNK", 5)  # several chunks of 12 molecules, then back in order
+    sizes = sorted(len(s) for s in molecules)
+    chunks = [sizes[i:i + 5] for i in range(0, len(sizes), 5)]
+    assert any(c[0] <= autoencoder.FIT_LM_ATOMS < c[-1] for c in chunks)  # a chunk fitted both ways
     m = shared(torch.float64, **DESIGNS[design])
     batch = collate(molecules, m.config.elements, dtype=torch.float64)
     plain = m(batch)
-    m.fit_steps = 10
+    m.fit_steps = 30  # 3 Levenberg-Marquardt steps: one may be refused (the error rose) and undone
     try:
         fitted = m(batch)
         errors = symmetry_errors(m, batch, GroupElement.random(batch, generator=torch.Generator().manual_seed(0)))
