@@ -5,7 +5,8 @@ batch against that batch's largest |z|) and fits each checked structure a second
 This takes each held-out structure of a training run's split and a randomly rotated, translated
 and renumbered copy of it, fits both once, and records per structure: the RMSD of the original
 through the group element (Å), its element accuracy, and the drift of z, max |z(gX) - z(X)| /
-max |z(X)| over that structure's entries. The shipped model, its inference precision, one thread.
+max |z(X)| over that structure's entries. The shipped model, its inference precision, one thread
+(or --device cuda).
 
     python bench/fit_invariance.py --run runs/default_sise --set QM9 --fit-steps 200 \
         --shard 0/2 -o runs/fit_invariance/qm9_0.json
@@ -13,7 +14,11 @@ max |z(X)| over that structure's entries. The shipped model, its inference preci
 
 Shards (K/N: every N-th structure from the K-th, the copies drawn with seed K) run in parallel
 processes; --merge prints one Markdown row per set over the shards given (and with --json writes
-those figures).
+those figures). On a GPU, from a run directory small enough to take along:
+
+    python bench/fit_invariance.py --run runs/default_sise --set QM9 --subset-to gpu/qm9_held
+    python bench/fit_invariance.py --run gpu/qm9_held --set QM9 --device cuda --batch-size 512 \
+        --by-size -o qm9_cuda.json
 """
 
 from __future__ import annotations
@@ -49,26 +54,50 @@ def add_figures(rows: dict[str, list], model, batch: dict, a: dict, b: dict) -> 
 
 def measure(args) -> dict:
     torch.set_num_threads(1)
-    model = load_model(args.model, "cpu").eval()
+    model = load_model(args.model, args.device).eval()
     model.fit_steps = args.fit_steps
     data = StructureSet.load(args.run / "cache.npz")
     held_out = np.array(json.loads((args.run / "split.json").read_text())["validation"], dtype=np.int64)
     k, n = map(int, args.shard.split("/"))
     chosen = np.sort(held_out[sources(data, held_out) == args.set])[k::n]
+    if args.by_size:
+        chosen = chosen[np.argsort(data.sizes[chosen], kind="stable")]
+    origin = args.run / "origin.json"  # a run written by --subset-to: its structures' indices in the full run
+    index = np.array(json.loads(origin.read_text())) if origin.exists() else np.arange(len(data))
     generator = torch.Generator().manual_seed(k)
-    rows: dict[str, list] = {"index": [], "rmsd": [], "element_acc": [], "drift": []}
     started = time.perf_counter()
+    result = {"set": args.set, "shard": args.shard, "fit_steps": args.fit_steps, "model": args.model,
+              "device": args.device, "seconds": 0.0, "index": [], "rmsd": [], "element_acc": [], "drift": []}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     for indices in fixed_batches(chosen, args.batch_size):
         batch = data.batch(indices, model.config.elements, model.dtype)
+        moved = GroupElement.random(batch, generator=generator).apply(batch)  # drawn on the CPU: alike everywhere
+        batch, moved = ({key: v.to(args.device) for key, v in part.items()} for part in (batch, moved))
         with torch.no_grad():
-            a = model(batch)
-            b = model(GroupElement.random(batch, generator=generator).apply(batch))
-        add_figures(rows, model, batch, a, b)
-        rows["index"] += [int(i) for i in indices]
-        print(f"{args.set} {args.shard}: {len(rows['index'])}/{len(chosen)}, worst drift {max(rows['drift']):.1e}",
+            a, b = model(batch), model(moved)
+        add_figures(result, model, batch, a, b)
+        result["index"] += [int(i) for i in index[indices]]
+        print(f"{args.set} {args.shard}: {len(result['index'])}/{len(chosen)}, worst drift {max(result['drift']):.1e}",
               file=sys.stderr, flush=True)
-    return {"set": args.set, "shard": args.shard, "fit_steps": args.fit_steps, "model": args.model,
-            "seconds": time.perf_counter() - started, **rows}
+        result["seconds"] = time.perf_counter() - started
+        args.output.write_text(json.dumps(result))  # after every batch: what a time limit leaves
+    return result
+
+
+def subset(run: Path, name: str, path: Path) -> None:
+    """A run directory at `path` holding only the held-out structures of set `name`, all held out,
+    for a machine without the run (QM9: 7.5 MB against 86), and their indices in `run`."""
+    data = StructureSet.load(run / "cache.npz")
+    held_out = np.array(json.loads((run / "split.json").read_text())["validation"], dtype=np.int64)
+    keep = np.sort(held_out[sources(data, held_out) == name])
+    spans = [slice(data.offsets[i], data.offsets[i + 1]) for i in keep]
+    path.mkdir(parents=True, exist_ok=True)
+    StructureSet(numbers=np.concatenate([data.numbers[s] for s in spans]),
+                 positions=np.concatenate([data.positions[s] for s in spans]),
+                 offsets=np.concatenate([[0], np.cumsum(data.sizes[keep])]).astype(data.offsets.dtype),
+                 names=data.names[keep]).save(path / "cache.npz")
+    (path / "split.json").write_text(json.dumps({"validation": list(range(len(keep)))}))
+    (path / "origin.json").write_text(json.dumps(keep.tolist()))
 
 
 def merge(paths: list[Path]) -> dict:
@@ -88,7 +117,8 @@ def merge(paths: list[Path]) -> dict:
                          "rmsd_mean": float(rmsd.mean()), "rmsd_p90": float(np.percentile(rmsd, 90)),
                          "element_acc": float(acc.mean()), "drift_max": float(drift.max()),
                          "drift_past_tolerance": int((drift > TOLERANCE).sum()), "tolerance": TOLERANCE,
-                         "single_core_seconds": float(sum(p["seconds"] for p in mine))}
+                         "devices": sorted({p.get("device", "cpu") for p in mine}),
+                         "seconds": float(sum(p["seconds"] for p in mine))}  # one thread each on the CPU
         print(f"| {name} | {'/'.join(map(str, steps))} | {len(rmsd)} | {np.median(rmsd):.3f} / {rmsd.mean():.3f} / "
               f"{np.percentile(rmsd, 90):.3f} | {acc.mean():.4f} | {drift.max():.1e}, {(drift > TOLERANCE).sum()} |")
         over = [(i, d) for p in mine for i, d in zip(p["index"], p["drift"], strict=True) if d > TOLERANCE]
@@ -105,6 +135,12 @@ def main(argv=None) -> int:
     parser.add_argument("--fit-steps", type=int, default=200)
     parser.add_argument("--shard", default="0/1", help="K/N: every N-th held-out structure from the K-th")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu", help="where the model fits (the copies are drawn on the CPU)")
+    parser.add_argument("--by-size", action="store_true",
+                        help="batch structures of similar size together (on a GPU a batch costs its steps' launches: "
+                             "the few large ones Adam fits then share a batch)")
+    parser.add_argument("--subset-to", type=Path, metavar="DIR",
+                        help="write --run's held-out structures of --set to DIR as a run of their own, and stop")
     parser.add_argument("-o", "--output", type=Path, help="JSON of the per-structure figures")
     parser.add_argument("--merge", type=Path, nargs="+", help="print the table of these outputs instead")
     parser.add_argument("--json", type=Path, help="with --merge: write the table's figures here")
@@ -114,11 +150,12 @@ def main(argv=None) -> int:
         if args.json:
             args.json.write_text(json.dumps(summary, indent=1) + "\n")
         return 0
+    if args.subset_to:
+        subset(args.run, args.set, args.subset_to)
+        return 0
     if args.output is None:
         parser.error("-o is needed to measure")
-    result = measure(args)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result))
+    measure(args)
     merge([args.output])
     return 0
 

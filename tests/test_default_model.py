@@ -200,8 +200,8 @@ def test_a_fit_whose_middle_sits_at_the_edge_of_stability_stays_equivariant(rng)
     renumbered copies 1e-3 A apart (at 150 and at 200 steps); with the momentum rising to 0.98 from
     30% of the steps (FIT_LATE) they agreed to about 1e-8 A. With 22 atoms it is now fitted by
     Levenberg-Marquardt (FIT_LM_ATOMS): the copies agree as closely, but it is drawn at 0.67 A
-    against Adam's 0.52 (LM stops in a nearer minimum on some small structures: bench/RESULTS.md,
-    "The split fit, shipped")."""
+    against Adam's 0.52 (twenty LM steps leave some small structures short of Adam's fit:
+    bench/RESULTS.md, "The split fit, shipped")."""
     mine = _fit_beside_moved_copies("qm9_76302.xyz", 200, 3, 2, rng, atol=1e-6)
     assert mine.rmsd < 0.7, mine.rmsd
 
