@@ -73,6 +73,11 @@ FIT_SMOOTH = 0.05
 #: atom count is exact, so every copy of a structure is fitted the same way.
 FIT_LM_ATOMS, FIT_LM_RATIO = 24, 10
 FIT_LM_DAMPING, FIT_LM_DOWN, FIT_LM_UP = 0.3, 1.5, 2.0
+#: the Levenberg-Marquardt part of a chunk is fitted this many structures at a time: its Jacobian
+#: holds 3n rows of z's size per structure (with what the batched backward pass keeps, about 20 MB
+#: per structure of 24 atoms in float64 on a GPU), so a GPU batch of 1,024 at once would need about
+#: 20 GB. On the CPU chunks are smaller (FIT_CHUNK)
+FIT_LM_CHUNK = 256
 
 
 class GroupAE(nn.Module):
@@ -188,18 +193,19 @@ class GroupAE(nn.Module):
 
     def _fit_chunk(self, z: torch.Tensor, slot_types: torch.Tensor, target: torch.Tensor, n_atoms: torch.Tensor,
                    steps: int, lr: float) -> tuple[torch.Tensor, ...]:
-        """`fit` on one chunk: its structures of at most `FIT_LM_ATOMS` atoms by `_lm_fit`, the others
-        by `_adam_fit`, each part padded to its own largest structure."""
+        """`fit` on one chunk: its structures of at most `FIT_LM_ATOMS` atoms by `_lm_fit`
+        (`FIT_LM_CHUNK` at a time), the others by `_adam_fit`, each part padded to its own largest
+        structure."""
         b, width = target.shape[:2]
-        small = n_atoms <= FIT_LM_ATOMS
-        parts = ((small, lambda *a: self._lm_fit(*a, math.ceil(steps / FIT_LM_RATIO))),
-                 (~small, lambda *a: self._adam_fit(*a, steps, lr)))
+        small = torch.nonzero(n_atoms <= FIT_LM_ATOMS)[:, 0]
+        parts = [(idx, lambda *a: self._lm_fit(*a, math.ceil(steps / FIT_LM_RATIO)))
+                 for idx in small.split(FIT_LM_CHUNK)]
+        parts.append((torch.nonzero(n_atoms > FIT_LM_ATOMS)[:, 0], lambda *a: self._adam_fit(*a, steps, lr)))
         fitted, turn, shift = torch.empty_like(z), z.new_empty(b, 3, 3), z.new_empty(b, 3)
         slots = torch.arange(width, device=z.device).repeat(b, 1)
-        for pick, fit in parts:
-            if not pick.any():
+        for idx, fit in parts:
+            if not len(idx):
                 continue
-            idx = torch.nonzero(pick)[:, 0]
             n = int(n_atoms[idx].max())
             part = fit(z[idx], slot_types[idx, :n], target[idx, :n], n_atoms[idx])
             fitted[idx], turn[idx], shift[idx] = part[0], part[1], part[2]
