@@ -195,7 +195,7 @@ class GroupAE(nn.Module):
                    steps: int, lr: float) -> tuple[torch.Tensor, ...]:
         """`fit` on one chunk: its structures of at most `FIT_LM_ATOMS` atoms by `_lm_fit`
         (`FIT_LM_CHUNK` at a time), the others by `_adam_fit`, each part padded to its own largest
-        structure."""
+        structure and laid once more onto its last drawing."""
         b, width = target.shape[:2]
         small = torch.nonzero(n_atoms <= FIT_LM_ATOMS)[:, 0]
         parts = [(idx, lambda *a: self._lm_fit(*a, math.ceil(steps / FIT_LM_RATIO)))
@@ -207,21 +207,22 @@ class GroupAE(nn.Module):
             if not len(idx):
                 continue
             n = int(n_atoms[idx].max())
-            part = fit(z[idx], slot_types[idx, :n], target[idx, :n], n_atoms[idx])
-            fitted[idx], turn[idx], shift[idx] = part[0], part[1], part[2]
-            slots[idx, :n] = part[3]
+            types, sizes = slot_types[idx, :n], n_atoms[idx]
+            part, laid, *corrections = fit(z[idx], types, target[idx, :n], sizes)
+            with torch.no_grad():
+                y, _, _ = self.decoder.slots(part, sizes, n, types)
+            _, turn[idx], shift[idx], slots[idx, :n] = _relay(y, laid, types, sizes, *corrections)
+            fitted[idx] = part
         return fitted, turn, shift, slots
 
     def _adam_fit(self, z: torch.Tensor, slot_types: torch.Tensor, target: torch.Tensor, n_atoms: torch.Tensor,
                   steps: int, lr: float) -> tuple[torch.Tensor, ...]:
-        """`_fit_chunk`'s Adam part: Adam steps on the smoothed RMSD, laid on before each step and after
-        the last."""
+        """`_fit_chunk`'s Adam part: Adam steps on the smoothed RMSD, the structure laid on before each
+        step. Returns (z, the structure as last laid on, turn, shift, slots)."""
         z = z.detach().requires_grad_(True)
         b, n = target.shape[:2]
         mask = torch.arange(n, device=z.device)[None, :] < n_atoms[:, None]
-        turn = torch.eye(3, dtype=z.dtype, device=z.device).repeat(b, 1, 1)
-        shift = z.new_zeros(b, 3)
-        slots = torch.arange(n, device=z.device).repeat(b, 1)
+        turn, shift, slots = _unmoved(b, n, z)
         optimizer = torch.optim.Adam([z], lr=lr, eps=FIT_EPS, betas=FIT_BETAS)
         schedule = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, 0.0, total_iters=steps)
         late = math.ceil(FIT_LATE * steps - 1e-9)
@@ -235,22 +236,16 @@ class GroupAE(nn.Module):
             with torch.device("cpu"):  # torch < 2.13's Adam makes its step counter on the default device
                 optimizer.step()
             schedule.step()
-        z = z.detach()
-        with torch.no_grad():
-            y, _, _ = self.decoder.slots(z, n_atoms, n, slot_types)
-        _, turn, shift, slots = _relay(y, target, slot_types, n_atoms, turn, shift, slots)
-        return z, turn, shift, slots
+        return z.detach(), target, turn, shift, slots
 
     def _lm_fit(self, z: torch.Tensor, slot_types: torch.Tensor, target: torch.Tensor, n_atoms: torch.Tensor,
                 steps: int) -> tuple[torch.Tensor, ...]:
         """`_fit_chunk`'s Levenberg-Marquardt part: damped Gauss-Newton steps on the squared distances
-        between the drawing and the structure, laid on before each step and after the last."""
+        between the drawing and the structure, laid on before each step. Returns as `_adam_fit`."""
         b, n = target.shape[:2]
         z = z.detach().clone()
         mask = (torch.arange(n, device=z.device)[None, :] < n_atoms[:, None]).to(z.dtype)
-        turn = torch.eye(3, dtype=z.dtype, device=z.device).repeat(b, 1, 1)
-        shift = z.new_zeros(b, 3)
-        slots = torch.arange(n, device=z.device).repeat(b, 1)
+        turn, shift, slots = _unmoved(b, n, z)
         damping = torch.full((b,), FIT_LM_DAMPING, dtype=z.dtype, device=z.device)
         eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
         for _ in range(steps):
@@ -267,10 +262,7 @@ class GroupAE(nn.Module):
             better = (((tried - target) * mask[:, :, None]) ** 2).sum((1, 2)) < (residual**2).sum(1)
             z = torch.where(better[:, None], z + delta, z)
             damping = torch.where(better, damping / FIT_LM_DOWN, damping * FIT_LM_UP)
-        with torch.no_grad():
-            y, _, _ = self.decoder.slots(z, n_atoms, n, slot_types)
-        _, turn, shift, slots = _relay(y, target, slot_types, n_atoms, turn, shift, slots)
-        return z, turn, shift, slots
+        return z, target, turn, shift, slots
 
     def _drawing_and_jacobian(self, z: torch.Tensor, slot_types: torch.Tensor,
                               n_atoms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -321,6 +313,13 @@ class GroupAE(nn.Module):
         """C(X) = P (X - t) R, (B, N, 3): the same for every rotated, translated, renumbered copy."""
         out = encoded or self.encode(batch)
         return _ordered(out["canonical"], out["order"], out["layout"])
+
+
+def _unmoved(b: int, n: int, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`_relay`'s corrections before any: turn (b, 3, 3) the identity, shift (b, 3) zero, slots (b, n)
+    in order; in `like`'s dtype and on its device."""
+    return (torch.eye(3, dtype=like.dtype, device=like.device).repeat(b, 1, 1), like.new_zeros(b, 3),
+            torch.arange(n, device=like.device).repeat(b, 1))
 
 
 def _relay(drawing: torch.Tensor, target: torch.Tensor, slot_types: torch.Tensor, n_atoms: torch.Tensor,
