@@ -358,17 +358,15 @@ def _laid_on_one_by_one(drawing: torch.Tensor, target: torch.Tensor, slot_types:
 def _laid_on_together(drawing: torch.Tensor, target: torch.Tensor, slot_types: torch.Tensor, n_atoms: torch.Tensor,
                       max_iter: int = 50) -> tuple[torch.Tensor, ...]:
     """`_laid_on_one_by_one` for the whole batch at once, on its device: the same alternation (assign
-    within elements, then Kabsch, until no structure's assignment changes), with the squared
-    distances and the Kabsch solutions batched and only the Hungarian problems (SciPy's) solved
-    one by one on the CPU. Equal to it up to round-off; a GPU step is bound by the CPU otherwise."""
-    from groupae_cli.align import _hungarian
+    within elements, then Kabsch, until no structure's assignment changes), with the Kabsch
+    solutions batched on the device and only the assignments (`align.assign`, SciPy's Hungarian)
+    made one by one on the CPU. Equal to it up to round-off; a GPU step is bound by the CPU otherwise."""
+    from groupae_cli.align import assign
 
-    linear_sum_assignment = _hungarian()
     b, n = target.shape[:2]
     device = target.device
     sizes, types = n_atoms.tolist(), slot_types.cpu().numpy()
-    # each structure's atoms by element: the Hungarian problems, the same at every iteration
-    blocks = [[np.flatnonzero(types[k, :m] == c) for c in np.unique(types[k, :m])] for k, m in enumerate(sizes)]
+    laid = target.cpu().double().numpy()
     mask = (torch.arange(n, device=device)[None, :] < n_atoms[:, None]).to(target.dtype)[:, :, None]
     count = n_atoms.to(target.dtype)[:, None]
     rotation = torch.eye(3, dtype=target.dtype, device=device).repeat(b, 1, 1)
@@ -377,14 +375,12 @@ def _laid_on_together(drawing: torch.Tensor, target: torch.Tensor, slot_types: t
     active = list(range(b))
     for step in range(max_iter):
         live = torch.as_tensor(active, device=device)
-        moved = drawing[live] @ rotation[live].transpose(1, 2) + move[live][:, None]
-        cost = ((moved[:, :, None, :] - target[live][:, None, :, :]) ** 2).sum(-1).cpu().numpy()
+        moved = (drawing[live] @ rotation[live].transpose(1, 2) + move[live][:, None]).cpu().double().numpy()
         changed = []
         for j, k in enumerate(active):
+            size = sizes[k]
             new = mapping[k].copy()
-            for idx in blocks[k]:
-                rows, cols = linear_sum_assignment(cost[j][np.ix_(idx, idx)])
-                new[idx[rows]] = idx[cols]
+            new[:size] = assign(moved[j, :size], laid[k, :size], types[k, :size], types[k, :size])
             if step == 0 or not np.array_equal(new, mapping[k]):
                 mapping[k] = new
                 changed.append(k)
