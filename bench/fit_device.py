@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +29,12 @@ import torch
 from fit_invariance import (  # bench/: the same figures, from a run's cache
     TOLERANCE,
     add_figures,
+    fit_pair,
 )
 
 from groupae_cli.data import centred_batch
 from groupae_cli.io import read_structures
 from groupae_cli.io.checkpoint import load_model
-from groupae_cli.models.symmetry import GroupElement
 
 
 def measure_file(model, path: str, device: str, batch_size: int) -> dict:
@@ -45,17 +44,9 @@ def measure_file(model, path: str, device: str, batch_size: int) -> dict:
     seconds = 0.0
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
-        batch, _ = centred_batch(chunk, model.config.elements, model.dtype)
-        moved = GroupElement.random(batch, generator=generator).apply(batch)
-        batch, moved = ({k: v.to(device) for k, v in b.items()} for b in (batch, moved))
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        with torch.no_grad():
-            a, b = model(batch), model(moved)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - t
+        batch, a, b, took = fit_pair(model, centred_batch(chunk, model.config.elements, model.dtype)[0], generator,
+                                     device)
+        seconds += took
         add_figures(rows, model, batch, a, b)
         rows["z"] += a["z"].cpu().tolist()
         rows["name"] += [s.name for s in chunk]

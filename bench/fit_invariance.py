@@ -43,6 +43,22 @@ from evaluate import SETS, sources  # the recipe's own rule for QM9 / drug-like 
 TOLERANCE = 1e-5  # issue 10's invariance target, relative to z's scale
 
 
+def fit_pair(model, batch: dict, generator: torch.Generator, device: str) -> tuple[dict, dict, dict, float]:
+    """`batch` and a randomly rotated, translated and renumbered copy of it (drawn on the CPU with
+    `generator`, so alike on every device), both fitted on `device`: (the batch there, the model's
+    output for it, for the copy, and the seconds the two took)."""
+    moved = GroupElement.random(batch, generator=generator).apply(batch)
+    batch, moved = ({key: v.to(device) for key, v in part.items()} for part in (batch, moved))
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    with torch.no_grad():
+        a, b = model(batch), model(moved)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return batch, a, b, time.perf_counter() - started
+
+
 def add_figures(rows: dict[str, list], model, batch: dict, a: dict, b: dict) -> None:
     """Append to `rows` each structure's RMSD and element accuracy from the model's output `a`
     for `batch`, and z's drift against `b`, its output for a moved copy."""
@@ -70,11 +86,8 @@ def measure(args) -> dict:
               "device": args.device, "seconds": 0.0, "index": [], "rmsd": [], "element_acc": [], "drift": []}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     for indices in fixed_batches(chosen, args.batch_size):
-        batch = data.batch(indices, model.config.elements, model.dtype)
-        moved = GroupElement.random(batch, generator=generator).apply(batch)  # drawn on the CPU: alike everywhere
-        batch, moved = ({key: v.to(args.device) for key, v in part.items()} for part in (batch, moved))
-        with torch.no_grad():
-            a, b = model(batch), model(moved)
+        batch, a, b, _ = fit_pair(model, data.batch(indices, model.config.elements, model.dtype), generator,
+                                  args.device)
         add_figures(result, model, batch, a, b)
         result["index"] += [int(i) for i in index[indices]]
         print(f"{args.set} {args.shard}: {len(result['index'])}/{len(chosen)}, worst drift {max(result['drift']):.1e}",
