@@ -16,6 +16,7 @@ from conftest import SAMPLE, split
 from typer.testing import CliRunner
 
 from groupae_cli.app import app
+from groupae_cli.data import centred_batch
 from groupae_cli.io import Structure, read_structures, write_structures
 from groupae_cli.io.checkpoint import read_checkpoint, resolve_model_path
 from groupae_cli.models.symmetry import random_rotations
@@ -256,3 +257,36 @@ def test_the_batched_relay_lays_each_structure_on_as_align_refine_does(rng):
         torch.testing.assert_close(together[2], one[2], rtol=0, atol=1e-10)
         renumbered += int((one[0] != torch.arange(layout.n_max)).any(1).sum())
     assert renumbered > 10  # the shaken copies are renumbered, not just moved
+
+
+def test_the_default_model_computes_the_same_without_the_products_e3nn_throws_away(monkeypatch):
+    """e3nn's generated tensor-product code computes outer products its specialised paths never
+    read; models drop them when built (`prune_unused_einsums`). Same weights, same molecules: the
+    same z, group element and drawing to the bit, in inference and in a training step's gradients."""
+    from groupae_cli._api import load_model
+    from groupae_cli.embed import encode_batch
+    from groupae_cli.models import autoencoder
+
+    pruned = load_model("default")
+    monkeypatch.setattr(autoencoder, "prune_unused_einsums", lambda module: 0)
+    whole = load_model("default")
+    unread = [n for m in whole.modules() if isinstance(m, torch.fx.GraphModule) for n in m.graph.nodes
+              if n.target is torch.functional.einsum and not n.users]
+    assert len(unread) > 20  # what there was to drop
+    assert not [n for m in pruned.modules() if isinstance(m, torch.fx.GraphModule) for n in m.graph.nodes
+                if n.target is torch.functional.einsum and not n.users]
+    structures, _ = split(read_structures(SAMPLE / "molecules.sdf"))
+    batch = structures[:40:3]
+    ours, theirs = encode_batch(pruned, batch, torch.device("cpu")), encode_batch(whole, batch, torch.device("cpu"))
+    for key in ("embedding", "rotation", "translation", "degenerate"):
+        assert np.array_equal(ours[key], theirs[key]), key
+    assert all(np.array_equal(a, b) for a, b in zip(ours["permutation"], theirs["permutation"]))
+    gradients = []
+    for model in (pruned, whole):
+        model.zero_grad()
+        data, _ = centred_batch(batch, model.config.elements, model.dtype)
+        out = model.train()(data, tau=0.1)
+        out["reconstruction"].square().sum().backward()
+        gradients.append([p.grad for p in model.parameters() if p.grad is not None])
+    assert len(gradients[0]) == len(gradients[1]) > 50
+    assert all(torch.equal(a, b) for a, b in zip(*gradients))

@@ -18,6 +18,8 @@ times per model, the same three functions): the value, a pure function of the ac
 computed once per process. And while a model is built for inference, e3nn does not search
 einsum contraction orders for its generated code: torch's einsum orders its contractions when
 called, and the search costs about half a second per model.
+
+And every model runs without the products e3nn computes and throws away (`prune_unused_einsums`).
 """
 
 from __future__ import annotations
@@ -90,6 +92,37 @@ def quick_build():
         yield
     finally:
         e3nn.set_optimization_defaults(optimize_einsums=saved)
+
+
+def prune_unused_einsums(module: torch.nn.Module) -> int:
+    """Drop from e3nn's generated code the einsums whose result nothing reads; the number dropped.
+
+    For each path of a tensor product e3nn's code generator first writes the general outer product
+    of the two inputs (an (n, u, v, i, j) array), then, where the path has specialised code (an input
+    or the output a scalar), the specialised einsum that does not read it. In eager mode (groupae's)
+    the generated code is not compiled, so the unread outer products are still computed: about a
+    fifth of the encoder's CPU time (bench/RESULTS.md, "Embed at scale"). Only einsums (pure
+    functions) and the reshapes that fed nothing else go: other unread nodes of generated code, such
+    as the in-place copies of e3nn's `Extract`, are kept. The results are the same to the bit.
+    """
+    from torch import fx
+
+    removed = 0
+    for graph_module in module.modules():
+        if not isinstance(graph_module, fx.GraphModule):
+            continue
+        graph, before = graph_module.graph, removed
+        unread = [n for n in graph.nodes if n.op == "call_function" and n.target is torch.functional.einsum
+                  and not n.users]
+        while unread:
+            node = unread.pop()
+            inputs = node.all_input_nodes
+            graph.erase_node(node)
+            removed += 1
+            unread += [n for n in inputs if not n.users and n.op == "call_method" and n.target == "reshape"]
+        if removed > before:
+            graph_module.recompile()
+    return removed
 
 
 def _forget_e3nn() -> None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from groupae_cli.data import BATCH, N_ATOMS, POSITIONS, TYPES
+from groupae_cli.models._startup import prune_unused_einsums
 from groupae_cli.models.config import ModelConfig
 from groupae_cli.models.decoder import Decoder
 from groupae_cli.models.embedding import Refiner, embedding_head
@@ -91,6 +92,7 @@ class GroupAE(nn.Module):
         self.scores = ScoreHead(self.invariants.dim, config.score_hidden)
         self.decoder = Decoder(config)
         self.refiners = nn.ModuleList(Refiner(config) for _ in range(config.refine_steps))
+        prune_unused_einsums(self)
         #: an inference setting, not part of the checkpoint: encode fits z to each structure by this
         #: many steps (`fit`); training leaves it at 0
         self.fit_steps = 0
