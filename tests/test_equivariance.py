@@ -428,11 +428,11 @@ def test_z_fitted_to_the_structure_keeps_the_contract(molecules, monkeypatch, de
     """fit_steps: z fitted through the decoder to the structure in its canonical pose and order is
     still exactly invariant, the reconstruction equivariant (the target is invariant), and a batch
     fits as its structures one by one (each has its own steps), in chunks sorted by size, small
-    structures by Levenberg-Marquardt (a few at a time: FIT_LM_CHUNK) and large ones by Adam."""
+    structures by Levenberg-Marquardt (a few at a time: FIT_LM_CHUNK_CPU here) and large ones by Adam."""
     from groupae_cli.models import autoencoder
 
     monkeypatch.setattr(autoencoder, "FIT_CHUNK", 5)  # several chunks of 12 molecules, then back in order
-    monkeypatch.setattr(autoencoder, "FIT_LM_CHUNK", 2)  # a chunk's small structures fitted 2 at a time
+    monkeypatch.setattr(autoencoder, "FIT_LM_CHUNK_CPU", 2)  # a chunk's small structures fitted 2 at a time
     sizes = sorted(len(s) for s in molecules)
     chunks = [sizes[i:i + 5] for i in range(0, len(sizes), 5)]
     assert any(c[0] <= autoencoder.FIT_LM_ATOMS < c[-1] for c in chunks)  # a chunk fitted both ways

@@ -77,8 +77,11 @@ FIT_LM_DAMPING, FIT_LM_DOWN, FIT_LM_UP = 0.3, 1.5, 2.0
 #: the Levenberg-Marquardt part of a chunk is fitted this many structures at a time: its Jacobian
 #: holds 3n rows of z's size per structure (with what the batched backward pass keeps, about 20 MB
 #: per structure of 24 atoms in float64 on a GPU), so a GPU batch of 1,024 at once would need about
-#: 20 GB. On the CPU chunks are smaller (FIT_CHUNK)
-FIT_LM_CHUNK = 256
+#: 20 GB. On the CPU one at a time (FIT_LM_CHUNK_CPU): the backward pass batched over the 3n rows is
+#: elementwise work on (3n, structures, n, 128) arrays there, bound by memory, and one structure's
+#: stay in cache: the fit of small structures 1.8x faster than 16 at a time, the same to round-off
+#: (bench/RESULTS.md, "Embed at scale")
+FIT_LM_CHUNK, FIT_LM_CHUNK_CPU = 256, 1
 
 
 class GroupAE(nn.Module):
@@ -196,12 +199,12 @@ class GroupAE(nn.Module):
     def _fit_chunk(self, z: torch.Tensor, slot_types: torch.Tensor, target: torch.Tensor, n_atoms: torch.Tensor,
                    steps: int, lr: float) -> tuple[torch.Tensor, ...]:
         """`fit` on one chunk: its structures of at most `FIT_LM_ATOMS` atoms by `_lm_fit`
-        (`FIT_LM_CHUNK` at a time), the others by `_adam_fit`, each part padded to its own largest
-        structure and laid once more onto its last drawing."""
+        (`FIT_LM_CHUNK` at a time, on the CPU `FIT_LM_CHUNK_CPU`), the others by `_adam_fit`, each
+        part padded to its own largest structure and laid once more onto its last drawing."""
         b, width = target.shape[:2]
         small = torch.nonzero(n_atoms <= FIT_LM_ATOMS)[:, 0]
         parts = [(idx, lambda *a: self._lm_fit(*a, math.ceil(steps / FIT_LM_RATIO)))
-                 for idx in small.split(FIT_LM_CHUNK)]
+                 for idx in small.split(FIT_LM_CHUNK if z.is_cuda else FIT_LM_CHUNK_CPU)]
         parts.append((torch.nonzero(n_atoms > FIT_LM_ATOMS)[:, 0], lambda *a: self._adam_fit(*a, steps, lr)))
         fitted, turn, shift = torch.empty_like(z), z.new_empty(b, 3, 3), z.new_empty(b, 3)
         slots = torch.arange(width, device=z.device).repeat(b, 1)
