@@ -262,7 +262,7 @@ def test_the_batched_relay_lays_each_structure_on_as_align_refine_does(rng):
 def test_the_default_model_computes_the_same_without_the_products_e3nn_throws_away(monkeypatch):
     """e3nn's generated tensor-product code computes outer products its specialised paths never
     read; models drop them when built (`prune_unused_einsums`). Same weights, same molecules: the
-    same z, group element and drawing to the bit, in inference and in a training step's gradients."""
+    same z and group element to the bit, and the same gradients of a training step's loss."""
     from groupae_cli._api import load_model
     from groupae_cli.embed import encode_batch
     from groupae_cli.models import autoencoder

@@ -80,7 +80,7 @@ FIT_LM_DAMPING, FIT_LM_DOWN, FIT_LM_UP = 0.3, 1.5, 2.0
 #: 20 GB. On the CPU one at a time (FIT_LM_CHUNK_CPU): the backward pass batched over the 3n rows is
 #: elementwise work on (3n, structures, n, 128) arrays there, bound by memory, and one structure's
 #: stay in cache: the fit of small structures 1.8x faster than 16 at a time, the same to round-off
-#: (bench/RESULTS.md, "Embed at scale")
+#: (bench/RESULTS.md, "The split fit, shipped")
 FIT_LM_CHUNK, FIT_LM_CHUNK_CPU = 256, 1
 
 
