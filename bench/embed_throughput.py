@@ -142,9 +142,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="end-to-end runs per setting (the median is shown)")
     ap.add_argument("--no-model-only", action="store_true")
     ap.add_argument("--no-first-record", action="store_true", help="skip the time to the first record (5 runs)")
+    ap.add_argument("--encode-in-workers", action="store_true",
+                    help="pass --encode-in-workers to embed (on a GPU: the model in each worker process)")
     args = ap.parse_args()
     blocks = (ROOT / "sample_data" / "molecules.sdf").read_text().split("$$$$\n")[:-1]
     batch = [] if args.batch_size is None else ["--batch-size", str(args.batch_size)]
+    batch += ["--encode-in-workers"] if args.encode_in_workers else []
     rows, model_rows, readers = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         one = Path(tmp) / "one.sdf"
@@ -181,7 +184,8 @@ def main() -> None:
                 _, _, out, _ = timed([sys.executable, "-c", MODEL_ONLY, str(path), args.model, args.device, str(size)])
                 count, seconds = json.loads(out)
                 model_rows.append((count, size, seconds))
-    print(f"model: {args.model}, device {args.device}, batch size {args.batch_size or 'default'}")
+    print(f"model: {args.model}, device {args.device}, batch size {args.batch_size or 'default'}"
+          + (", the model in the worker processes" if args.encode_in_workers else ""))
     print()
     if firsts:
         print(f"time to the first record (one-record file, process start to the first HDF5 append), median of 5: "

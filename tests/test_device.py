@@ -135,3 +135,29 @@ def test_the_z_fit_and_its_relays_stay_on_the_batch_device(model_and_batch):
     finally:
         model.fit_steps = 0
     assert {t.device for t in _tensors(out)} == {batch["positions"].device}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_embed_with_the_model_in_gpu_workers_writes_what_the_cpu_does(tmp_path):
+    """`embed --device cuda --encode-in-workers`: each worker process parses its share and runs the
+    model on the GPU; the file holds the same records, in the same order, as a CPU run's."""
+    import h5py
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from groupae_cli.app import app
+
+    runs = {"gpu": ["--device", "cuda", "--workers", "2", "--encode-in-workers", "--batch-size", "32"],
+            "cpu": ["--device", "cpu", "--workers", "0"]}
+    files = {}
+    for name, options in runs.items():
+        out = tmp_path / f"{name}.h5"
+        result = CliRunner().invoke(app, ["embed", str(SAMPLE / "molecules.sdf"), "-o", str(out), "--quiet", *options])
+        assert result.exit_code == 0, result.output
+        with h5py.File(out) as f:
+            files[name] = {k: f[k][()] for k in ("embedding", "rotation", "translation", "permutation", "name")}
+    gpu, cpu = files["gpu"], files["cpu"]
+    assert len(gpu["name"]) == len(cpu["name"]) > 300 and (gpu["name"] == cpu["name"]).all()
+    assert np.array_equal(gpu["permutation"], cpu["permutation"])
+    for key in ("embedding", "rotation", "translation"):
+        np.testing.assert_allclose(gpu[key], cpu[key], rtol=0, atol=1e-9 * np.abs(cpu[key]).max())

@@ -61,6 +61,9 @@ def embed(
                                                      "all cores but one on a GPU (at most 8), 0 for stdin.",
                                                 min=0)] = None,
     device: Device = "auto",
+    encode_in_workers: Annotated[bool, typer.Option(
+        "--encode-in-workers", help="On a GPU, have the worker processes run the model too, each with a "
+                                    "CUDA context of its own, instead of the main process (as on CPU).")] = False,
     fit_steps: FitSteps = 0,
     fmt: Format = None,
     strict: Strict = False,
@@ -100,10 +103,11 @@ def embed(
     model_path = model_path_for(model)
     attrs = provenance(model_path, Path(model_path).stem if model is None else str(model), paths, part, "embed",
                        fit_steps)
-    if workers and device in ("cpu", "auto") and not gpu_wanted(device):
-        # CPU: the workers parse and encode (one torch thread each); this process only writes
+    gpu = gpu_wanted(device)
+    if workers and (gpu and encode_in_workers or device in ("cpu", "auto") and not gpu):
+        # the workers parse and encode (on CPU one torch thread each); this process only writes
         encoder = {"model": str(model_path), "batch_size": batch_size, "threads": max(1, usable_cpus() // workers),
-                   "fit_steps": fit_steps}
+                   "fit_steps": fit_steps, "device": device if gpu else "cpu"}
         with RecordStream(paths, fmt, workers, part, encoder=encoder) as stream:
             items = stream_progress(stream, quiet, desc="embedding")
             count = write_embeddings(items, out, lambda: (stream.model_info["embedding_dim"],

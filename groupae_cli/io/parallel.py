@@ -97,20 +97,22 @@ def keep_freed_memory() -> None:
 
 def _encoded(items, encoder: dict, out):
     """The worker's items through the model (`encoder`: model path, batch size, torch threads,
-    fit steps)."""
+    fit steps, and the device: the CPU unless it names a GPU)."""
     import torch
 
+    from groupae_cli.device import resolve_device
     from groupae_cli.embed import encode_items
     from groupae_cli.io.checkpoint import load_model
 
     torch.set_num_threads(encoder["threads"])
     keep_freed_memory()
-    model = load_model(encoder["model"], "cpu")
+    device = resolve_device(encoder.get("device", "cpu"))
+    model = load_model(encoder["model"], device)
     model.fit_steps = encoder.get("fit_steps", 0)
     out.put(("ready", {"embedding_dim": model.config.embedding_dim,
                        "embedding_identity": model.config.embedding_identity}, None))
     pairs = (((k, number), item) for k, number, item in items)
-    for (k, number), item in encode_items(pairs, model, torch.device("cpu"), encoder["batch_size"]):
+    for (k, number), item in encode_items(pairs, model, device, encoder["batch_size"]):
         yield k, number, item
 
 
@@ -176,7 +178,8 @@ class RecordStream:
     parsed by `workers` processes (0: in this process, as they are consumed).
 
     With `encoder` ({"model": checkpoint path, "batch_size": n, "threads": torch threads per
-    worker}) the workers also run the model (on CPU), and the items are `Encoded` records or
+    worker, and optionally "device": "cuda[:i]"}) the workers also run the model (on the CPU, or
+    each on the GPU with a CUDA context of its own), and the items are `Encoded` records or
     failures: parsing and encoding then scale over processes, each with its own torch threads
     (several single-threaded processes outrun one multi-threaded one on these small batches, and
     torch threads do not fight a parser for the cores). `model_info` then holds the model's
