@@ -30,6 +30,7 @@ from fit_invariance import (  # bench/: the same figures, from a run's cache
     TOLERANCE,
     add_figures,
     fit_pair,
+    held_out_of,
 )
 
 from groupae_cli.data import centred_batch
@@ -84,14 +85,10 @@ def write_held_out(run: Path, name: str, count: int, path: Path, lead: list[int]
     from ase import Atoms
     from ase.io import write
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes" / "default_model"))
-    from evaluate import sources  # the recipe's own rule for QM9 / drug-like / Si-Se
-
     from groupae_cli.train.dataset import StructureSet
 
     data = StructureSet.load(run / "cache.npz")
-    held_out = np.array(json.loads((run / "split.json").read_text())["validation"], dtype=np.int64)
-    rest = [int(i) for i in np.sort(held_out[sources(data, held_out) == name]) if i not in lead]
+    rest = [int(i) for i in held_out_of(run, data, name) if i not in lead]
     frames = []
     for i in (lead + rest)[:count]:
         a, b = data.offsets[i], data.offsets[i + 1]

@@ -43,6 +43,12 @@ from evaluate import SETS, sources  # the recipe's own rule for QM9 / drug-like 
 TOLERANCE = 1e-5  # issue 10's invariance target, relative to z's scale
 
 
+def held_out_of(run: Path, data: StructureSet, name: str) -> np.ndarray:
+    """The indices in `data` (the run's cache) of the run's held-out structures of set `name`, sorted."""
+    held_out = np.array(json.loads((run / "split.json").read_text())["validation"], dtype=np.int64)
+    return np.sort(held_out[sources(data, held_out) == name])
+
+
 def fit_pair(model, batch: dict, generator: torch.Generator, device: str) -> tuple[dict, dict, dict, float]:
     """`batch` and a randomly rotated, translated and renumbered copy of it (drawn on the CPU with
     `generator`, so alike on every device), both fitted on `device`: (the batch there, the model's
@@ -73,9 +79,8 @@ def measure(args) -> dict:
     model = load_model(args.model, args.device).eval()
     model.fit_steps = args.fit_steps
     data = StructureSet.load(args.run / "cache.npz")
-    held_out = np.array(json.loads((args.run / "split.json").read_text())["validation"], dtype=np.int64)
     k, n = map(int, args.shard.split("/"))
-    chosen = np.sort(held_out[sources(data, held_out) == args.set])[k::n]
+    chosen = held_out_of(args.run, data, args.set)[k::n]
     if args.by_size:
         chosen = chosen[np.argsort(data.sizes[chosen], kind="stable")]
     origin = args.run / "origin.json"  # a run written by --subset-to: its structures' indices in the full run
@@ -101,8 +106,7 @@ def subset(run: Path, name: str, path: Path) -> None:
     """A run directory at `path` holding only the held-out structures of set `name`, all held out,
     for a machine without the run (QM9: 7.5 MB against 86), and their indices in `run`."""
     data = StructureSet.load(run / "cache.npz")
-    held_out = np.array(json.loads((run / "split.json").read_text())["validation"], dtype=np.int64)
-    keep = np.sort(held_out[sources(data, held_out) == name])
+    keep = held_out_of(run, data, name)
     spans = [slice(data.offsets[i], data.offsets[i + 1]) for i in keep]
     path.mkdir(parents=True, exist_ok=True)
     StructureSet(numbers=np.concatenate([data.numbers[s] for s in spans]),
