@@ -98,12 +98,12 @@ def embed(
     if workers is None:
         workers = default_workers(paths, device)
     report = FailureReport(strict=strict)
+    gpu = gpu_wanted(device)
     if batch_size is None:
-        batch_size = GPU_BATCH if gpu_wanted(device) else CPU_BATCH
+        batch_size = GPU_BATCH if gpu else CPU_BATCH
     model_path = model_path_for(model)
     attrs = provenance(model_path, Path(model_path).stem if model is None else str(model), paths, part, "embed",
                        fit_steps)
-    gpu = gpu_wanted(device)
     if workers and (gpu and encode_in_workers or device in ("cpu", "auto") and not gpu):
         # the workers parse and encode (on CPU one torch thread each); this process only writes
         encoder = {"model": str(model_path), "batch_size": batch_size, "threads": max(1, usable_cpus() // workers),
