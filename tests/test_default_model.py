@@ -267,14 +267,15 @@ def test_the_default_model_computes_the_same_without_the_products_e3nn_throws_aw
     from groupae_cli.embed import encode_batch
     from groupae_cli.models import autoencoder
 
+    def unread(model):
+        return [n for m in model.modules() if isinstance(m, torch.fx.GraphModule) for n in m.graph.nodes
+                if n.target is torch.functional.einsum and not n.users]
+
     pruned = load_model("default")
     monkeypatch.setattr(autoencoder, "prune_unused_einsums", lambda module: 0)
     whole = load_model("default")
-    unread = [n for m in whole.modules() if isinstance(m, torch.fx.GraphModule) for n in m.graph.nodes
-              if n.target is torch.functional.einsum and not n.users]
-    assert len(unread) > 20  # what there was to drop
-    assert not [n for m in pruned.modules() if isinstance(m, torch.fx.GraphModule) for n in m.graph.nodes
-                if n.target is torch.functional.einsum and not n.users]
+    assert len(unread(whole)) > 20  # what there was to drop
+    assert not unread(pruned)
     structures, _ = split(read_structures(SAMPLE / "molecules.sdf"))
     batch = structures[:40:3]
     ours, theirs = encode_batch(pruned, batch, torch.device("cpu")), encode_batch(whole, batch, torch.device("cpu"))
