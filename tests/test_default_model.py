@@ -291,3 +291,50 @@ def test_the_default_model_computes_the_same_without_the_products_e3nn_throws_aw
         gradients.append([p.grad for p in model.parameters() if p.grad is not None])
     assert len(gradients[0]) == len(gradients[1]) > 50
     assert all(torch.equal(a, b) for a, b in zip(*gradients))
+
+
+def test_a_model_is_built_without_computing_e3nns_activation_moments(monkeypatch):
+    """e3nn normalises each activation by a moment over a million samples; the three activations of
+    groupae's models have theirs known beforehand (`KNOWN_MOMENTS`), each e3nn's own value to the
+    bit, and building the default model computes none."""
+    from e3nn.math import _normalize_activation as normalize
+
+    from groupae_cli.models import GroupAE, _startup
+    from groupae_cli.models.config import ModelConfig
+
+    computed = normalize.moment.computed
+    known = _startup.known_moments()
+    assert len(known) == len(_startup.KNOWN_MOMENTS) == 3
+    for (f, n, dtype, device), value in known.items():
+        assert computed(f, n, dtype, torch.device(device)).item() == value.item()
+    monkeypatch.setattr(_startup, "_MOMENTS", _startup.known_moments())  # nothing remembered from other builds
+    calls = []
+    monkeypatch.setattr(normalize.moment, "computed", lambda *args: calls.append(args[0]) or computed(*args))
+    GroupAE(ModelConfig.from_dict(read_checkpoint("default")["config"]))
+    assert calls == []
+
+
+def test_the_default_model_built_with_its_graph_code_written_once_runs_the_same_code(monkeypatch):
+    """A model's fx graphs (e3nn's generated code) write their Python code once, when the model is
+    complete (`lazy_graph_code`), instead of after every edit: the same code as a plain build, graph
+    by graph, and the same z and group element to the bit."""
+    import contextlib
+
+    from groupae_cli._api import load_model
+    from groupae_cli.embed import encode_batch
+    from groupae_cli.models import autoencoder
+
+    def codes(model):
+        return [m.code for m in model.modules() if isinstance(m, torch.fx.GraphModule)]
+
+    once = load_model("default")
+    lazy = [m for m in once.modules() if isinstance(m, torch.fx._lazy_graph_module._LazyGraphModule)]
+    assert len(lazy) > 20 and not any(m._needs_recompile() for m in lazy)  # written, not pending (before `code`)
+    monkeypatch.setattr(autoencoder, "lazy_graph_code", contextlib.nullcontext)
+    plain = load_model("default")
+    assert len(codes(once)) == len(codes(plain)) > 20
+    assert codes(once) == codes(plain)
+    batch = split(read_structures(SAMPLE / "molecules.sdf"))[0][:40:3]
+    ours, theirs = encode_batch(once, batch, torch.device("cpu")), encode_batch(plain, batch, torch.device("cpu"))
+    for key in ("embedding", "rotation", "translation"):
+        assert np.array_equal(ours[key], theirs[key]), key

@@ -12,12 +12,16 @@
 
 Where torch._dynamo, sympy or e3nn is loaded already, the corresponding step changes nothing.
 
-Building a model is made cheaper too (`quick_build`): e3nn normalises each activation by its
-second moment over a million seeded normal samples, computed afresh for every module (a dozen
-times per model, the same three functions): the value, a pure function of the activation, is
-computed once per process. And while a model is built for inference, e3nn does not search
-einsum contraction orders for its generated code: torch's einsum orders its contractions when
-called, and the search costs about half a second per model.
+Building a model is made cheaper too. e3nn normalises each activation by its second moment over
+a million seeded normal samples, computed afresh for every module (a dozen times per model, the
+same three functions): the value, a pure function of the activation, is computed once per
+process, and for the three activations groupae's models use it is known beforehand
+(`KNOWN_MOMENTS`, checked against e3nn's own computation by the tests). While a model is built,
+the Python code of e3nn's fx graphs is written once, when the model is complete (`lazy_graph_code`),
+not again after every edit of a graph (e3nn's code generator, its einsum optimisation and
+`prune_unused_einsums` each rewrite it). And while a model is built for inference (`quick_build`),
+e3nn does not search einsum contraction orders for its generated code: torch's einsum orders its
+contractions when called, and the search costs about half a second per model.
 
 And every model runs without the products e3nn computes and throws away (`prune_unused_einsums`).
 """
@@ -58,27 +62,71 @@ def _lazy_sympy(module: types.ModuleType) -> None:
         setattr(module, function_name, lazy)
 
 
-def _memoise_moments() -> None:
-    """e3nn's activation moments, computed once per (function, n, dtype, device)."""
-    from e3nn.math import _normalize_activation as normalize
+#: e3nn's second moments (`e3nn.math.moment(f, 2)`, float64, on the CPU) of the activations of
+#: groupae's models, as e3nn computes them (a million normal samples from a generator seeded 0):
+#: the tests check each against that computation, to the bit
+KNOWN_MOMENTS = {"silu": "0x1.6b2ae89a364e7p-2", "tanh": "0x1.9326db187cdf7p-2", "sigmoid": "0x1.2c43d4761ee87p-2"}
 
-    original = normalize.moment
-    if getattr(original, "_groupae_memo", False):
+
+def known_moments() -> dict:
+    """`KNOWN_MOMENTS` as the memo of `_memoise_moments` holds them."""
+    functions = {"silu": torch.nn.functional.silu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
+    return {(functions[name], 2, torch.float64, "cpu"): torch.tensor(float.fromhex(value), dtype=torch.float64)
+            for name, value in KNOWN_MOMENTS.items()}
+
+
+#: e3nn's moments by (function, n, dtype, device), computed at most once per process
+_MOMENTS: dict = known_moments()
+
+
+def _memoise_moments() -> None:
+    """e3nn's activation moments, computed once per (function, n, dtype, device), and not at all for
+    `KNOWN_MOMENTS`. e3nn's own computation stays at hand as `moment.computed`."""
+    from e3nn.math import _normalize_activation as normalize
+    from e3nn.util.default_type import explicit_default_types
+
+    if getattr(normalize.moment, "_groupae_memo", False):
         return
-    memo: dict = {}
 
     def moment(f, n, dtype=None, device=None):
+        dtype, device = explicit_default_types(dtype, device)  # as e3nn resolves them
         try:
-            key = (f, n, dtype, None if device is None else str(device))
+            key = (f, n, dtype, str(device))
             hash(key)
         except TypeError:  # an unhashable callable: not remembered
-            return original(f, n, dtype, device)
-        if key not in memo:
-            memo[key] = original(f, n, dtype, device)
-        return memo[key].clone()
+            return moment.computed(f, n, dtype, device)
+        if key not in _MOMENTS:
+            _MOMENTS[key] = moment.computed(f, n, dtype, device)
+        return _MOMENTS[key].clone()
 
     moment._groupae_memo = True
+    moment.computed = normalize.moment
     normalize.moment = moment
+
+
+@contextlib.contextmanager
+def lazy_graph_code():
+    """Build e3nn modules whose fx graphs write their Python code when first called, not at every
+    edit (then `write_graph_code`): the same code, written once instead of two to four times."""
+    from torch import fx
+    from torch.fx._lazy_graph_module import _LazyGraphModule
+
+    original = fx.GraphModule
+    fx.GraphModule = _LazyGraphModule
+    try:
+        yield
+    finally:
+        fx.GraphModule = original
+
+
+def write_graph_code(module: torch.nn.Module) -> None:
+    """Write now the code of every fx graph of `module` built under `lazy_graph_code` (otherwise
+    written at its first call)."""
+    from torch.fx._lazy_graph_module import _LazyGraphModule
+
+    for graph_module in module.modules():
+        if isinstance(graph_module, _LazyGraphModule):
+            graph_module.real_recompile()
 
 
 @contextlib.contextmanager

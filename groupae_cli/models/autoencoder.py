@@ -17,7 +17,11 @@ import torch
 from torch import nn
 
 from groupae_cli.data import BATCH, N_ATOMS, POSITIONS, TYPES
-from groupae_cli.models._startup import prune_unused_einsums
+from groupae_cli.models._startup import (
+    lazy_graph_code,
+    prune_unused_einsums,
+    write_graph_code,
+)
 from groupae_cli.models.config import ModelConfig
 from groupae_cli.models.decoder import Decoder
 from groupae_cli.models.embedding import Refiner, embedding_head
@@ -88,14 +92,16 @@ class GroupAE(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config)
-        self.invariants = NodeInvariants(config)
-        self.embedding = embedding_head(config, self.invariants.dim)
-        self.rotation = RotationHead(config)
-        self.scores = ScoreHead(self.invariants.dim, config.score_hidden)
-        self.decoder = Decoder(config)
-        self.refiners = nn.ModuleList(Refiner(config) for _ in range(config.refine_steps))
+        with lazy_graph_code():
+            self.encoder = Encoder(config)
+            self.invariants = NodeInvariants(config)
+            self.embedding = embedding_head(config, self.invariants.dim)
+            self.rotation = RotationHead(config)
+            self.scores = ScoreHead(self.invariants.dim, config.score_hidden)
+            self.decoder = Decoder(config)
+            self.refiners = nn.ModuleList(Refiner(config) for _ in range(config.refine_steps))
         prune_unused_einsums(self)
+        write_graph_code(self)
         #: an inference setting, not part of the checkpoint: encode fits z to each structure by this
         #: many steps (`fit`); training leaves it at 0
         self.fit_steps = 0
