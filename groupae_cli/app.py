@@ -5,6 +5,7 @@ Heavy imports (torch, rdkit, h5py, ...) happen inside the commands, so `groupae 
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -47,7 +48,9 @@ app.command("info")(info.info)
 
 def main() -> None:
     from groupae_cli.cli.common import quick_exit
+    from groupae_cli.early_worker import start_for_command_line
 
+    start_for_command_line(sys.argv)  # embed's first worker imports torch while typer parses
     try:
         app()
     except SystemExit as exc:

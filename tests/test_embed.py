@@ -1,5 +1,9 @@
 """`groupae embed` end to end: file in, HDF5 out, on real molecules."""
 
+import os
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 import pytest
@@ -185,6 +189,17 @@ def records(path):
     return rows, [(f["source"], f["index"], f["name"]) for f in table.failed]
 
 
+def assert_same_records(got, want):
+    """`records` rows of two runs: every entry bit for bit, but the floats, to round-off (runs that
+    batch the records differently)."""
+    for mine, theirs in zip(got, want, strict=True):
+        for key, value in theirs.items():
+            if np.asarray(value).dtype.kind == "f":
+                np.testing.assert_allclose(mine[key], value, atol=1e-5, rtol=0, err_msg=key)
+            else:
+                assert np.array_equal(mine[key], value), key
+
+
 def test_parser_workers_and_shards_give_the_same_file(checkpoint, tmp_path):
     """Shards, read by worker processes or not, hold between them the records of one serial run,
     each shard in input order, failures included: every entry of every record bit for bit, but the
@@ -214,12 +229,7 @@ def test_parser_workers_and_shards_give_the_same_file(checkpoint, tmp_path):
         got_failed += failed
     got.sort(key=lambda r: where(r["sources"], int(r["indices"])))
     assert len(got) == len(serial)
-    for mine, theirs in zip(got, serial):
-        for key, value in theirs.items():
-            if np.asarray(value).dtype.kind == "f":
-                np.testing.assert_allclose(mine[key], value, atol=1e-5, rtol=0, err_msg=key)
-            else:
-                assert np.array_equal(mine[key], value), key
+    assert_same_records(got, serial)
     assert sorted(got_failed, key=lambda f: where(*f[:2])) == serial_failed
 
 
@@ -281,3 +291,54 @@ def test_a_parser_process_that_dies_is_one_line():
         os.kill(stream._procs[0].pid, signal.SIGKILL)
         with pytest.raises(GroupaeError, match=r"worker process died .*molecules\.sdf.*--workers 0"):
             list(stream)
+
+
+EARLY_DRIVER = """
+import sys
+import groupae_cli.early_worker as early_worker
+import groupae_cli.io.parallel as parallel
+start, release = parallel.RecordStream._start, parallel.release_early_worker
+def _start(self):
+    early = early_worker._EARLY.get("process")
+    start(self)
+    sys.stderr.write(f"TAKEN {early is not None and self._procs[0] is early}\\n")
+def release_early_worker():
+    early = early_worker._EARLY.get("process")
+    release()
+    sys.stderr.write(f"STOPPED {early is not None and early.exitcode is not None}\\n")
+parallel.RecordStream._start, parallel.release_early_worker = _start, release_early_worker
+if sys.argv[1] == "stream":  # the worker forked, then a stream that encodes in this process
+    early_worker.start_early_worker()
+    parallel.RecordStream(sys.argv[2:], workers=0).close()
+else:
+    from groupae_cli.app import main
+    sys.argv = ["groupae", *sys.argv[1:]]
+    main()
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the early worker is forked on Linux only")
+def test_the_worker_forked_as_embed_starts_takes_the_first_share(checkpoint, tmp_path):
+    """`groupae embed` forks its first encoding worker before its options are parsed (start-up
+    time: `start_early_worker`). That process takes the stream's first share, and the file is the
+    one a run in one process writes; where the model runs in this process instead, it is stopped."""
+    from groupae_cli.io.parallel import gpu_wanted, usable_cpus
+
+    if usable_cpus() < 2 or gpu_wanted("auto"):
+        pytest.skip("no early worker with fewer than two cores or on a GPU machine")
+    sample = __import__("conftest").SAMPLE
+    inputs = [str(sample / "xyz" / "molecules_10.xyz"), str(sample / "molecules.sdf")]
+    base = ["--model", str(checkpoint), "--device", "cpu", "--quiet", "--batch-size", "8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", EARLY_DRIVER, "embed", *inputs, "-o", str(tmp_path / "early.h5"),
+                          *base, "--workers", "2"], capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "TAKEN True" in run.stderr.splitlines(), run.stderr[-2000:]
+    result = runner.invoke(app, ["embed", *inputs, "-o", str(tmp_path / "serial.h5"), *base, "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    (got, got_failed), (want, want_failed) = records(tmp_path / "early.h5"), records(tmp_path / "serial.h5")
+    assert len(got) == len(want) > 300 and got_failed == want_failed
+    assert_same_records(got, want)
+    unused = subprocess.run([sys.executable, "-c", EARLY_DRIVER, "stream", inputs[0]], capture_output=True, text=True,
+                            timeout=60, env=env, check=False)
+    assert unused.returncode == 0 and "STOPPED True" in unused.stderr.splitlines(), unused.stderr[-2000:]

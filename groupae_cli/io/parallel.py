@@ -7,8 +7,9 @@ i + N w, where i/N is the shard (1 shard: N = 1). Every worker cuts the whole te
 worker in turn gives exactly the shard's items in input order, as a single reader would give them.
 
 Workers start with the stream (before the model is loaded, so the first records are parsed while
-it loads), send chunks of records through bounded queues (memory stays flat), ignore Ctrl-C (the
-main process stops them), and are stopped by `close()`. A worker that dies (killed, or crashed by
+it loads; `groupae embed`'s first encoding worker even before, as the command starts:
+`start_early_worker`), send chunks of records through bounded queues (memory stays flat), ignore
+Ctrl-C (the main process stops them), and are stopped by `close()`. A worker that dies (killed, or crashed by
 a C library on a malformed record) is one line naming the file it was reading, never a hang.
 """
 
@@ -25,15 +26,21 @@ from pathlib import Path
 
 import numpy as np
 
+from groupae_cli.early_worker import (
+    QUEUE_DEPTH,
+    gpu_wanted,
+    release_early_worker,
+    take_early_worker,
+    usable_cpus,
+)
 from groupae_cli.errors import Failure, GroupaeError, UsageError
 from groupae_cli.io import read_items, resolve_inputs
 from groupae_cli.io.formats import STDIN
 from groupae_cli.io.records import Structure
 
 Item = tuple[int, Structure | Failure]  # (file number, record or failure)
-#: Records per message from a worker, and messages a worker may have waiting (per worker).
+#: Records per message from a worker (QUEUE_DEPTH: messages a worker may have waiting)
 CHUNK = 32
-QUEUE_DEPTH = 8
 _POLL_S = 0.5
 
 
@@ -46,16 +53,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not 0 <= i < n:
         raise ValueError(f"--shard {text}: need 0 <= i < N")
     return i, n
-
-
-def gpu_wanted(device: str) -> bool:
-    """Whether --device asks for a GPU: cuda[:i], or auto where an NVIDIA driver is loaded (asked
-    without importing torch)."""
-    return device.startswith("cuda") or (device == "auto" and os.path.exists("/proc/driver/nvidia/version"))
-
-
-def usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def default_workers(paths: list[str], device: str = "cpu", cpus: int | None = None) -> int:
@@ -139,7 +136,7 @@ def _unpacked(packed: tuple) -> list:
     return [(k, number, next(records) if item is None else item) for k, number, item in zip(ks, files, failures)]
 
 
-def _work(paths: list[str], fmt: str | None, residue: int, modulus: int, out, chunk: int,
+def _work(out, paths: list[str], fmt: str | None, residue: int, modulus: int, chunk: int,
           encoder: dict | None = None, geometry_only: bool = False) -> None:
     """A worker: every item numbered residue modulo `modulus` (through the model, with `encoder`;
     read for its geometry alone with `geometry_only` or `encoder`), sent in chunks, then ("done",)."""
@@ -208,6 +205,7 @@ class RecordStream:
         self._queues: list = []
         if self.workers:
             self._start()
+        release_early_worker()  # not taken: the model runs in this process
 
     def _start(self) -> None:
         import multiprocessing
@@ -217,11 +215,14 @@ class RecordStream:
         ctx = multiprocessing.get_context("spawn" if "torch" in sys.modules else "fork")
         i, n = self.shard
         for w in range(self.workers):
-            out = ctx.Queue(QUEUE_DEPTH)
-            proc = ctx.Process(target=_work, args=(self.paths, self.fmt, i + n * w, n * self.workers, out, CHUNK,
-                                                   self.encoder, self.geometry_only),
-                               daemon=True, name=f"groupae-reader-{w}")
-            proc.start()
+            share = (self.paths, self.fmt, i + n * w, n * self.workers, CHUNK, self.encoder, self.geometry_only)
+            taken = take_early_worker(share) if w == 0 and self.encoder is not None else None
+            if taken:
+                proc, out = taken
+            else:
+                out = ctx.Queue(QUEUE_DEPTH)
+                proc = ctx.Process(target=_work, args=(out, *share), daemon=True, name=f"groupae-reader-{w}")
+                proc.start()
             self._procs.append(proc)
             self._queues.append(out)
 
