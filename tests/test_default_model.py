@@ -259,12 +259,33 @@ def test_the_batched_relay_lays_each_structure_on_as_align_refine_does(rng):
     assert renumbered > 10  # the shaken copies are renumbered, not just moved
 
 
+def assert_computes_the_same(ours, theirs) -> None:
+    """Two builds of one model: the same z and group element of sample molecules to the bit, and the
+    same gradients of a training step's loss."""
+    from groupae_cli.embed import encode_batch
+
+    structures, _ = split(read_structures(SAMPLE / "molecules.sdf"))
+    batch = structures[:40:3]
+    mine, other = encode_batch(ours, batch, torch.device("cpu")), encode_batch(theirs, batch, torch.device("cpu"))
+    for key in ("embedding", "rotation", "translation", "degenerate"):
+        assert np.array_equal(mine[key], other[key]), key
+    assert all(np.array_equal(a, b) for a, b in zip(mine["permutation"], other["permutation"]))
+    gradients = []
+    for model in (ours, theirs):
+        model.zero_grad()
+        data, _ = centred_batch(batch, model.config.elements, model.dtype)
+        out = model.train()(data, tau=0.1)
+        out["reconstruction"].square().sum().backward()
+        gradients.append([p.grad for p in model.parameters() if p.grad is not None])
+    assert len(gradients[0]) == len(gradients[1]) > 50
+    assert all(torch.equal(a, b) for a, b in zip(*gradients))
+
+
 def test_the_default_model_computes_the_same_without_the_products_e3nn_throws_away(monkeypatch):
     """e3nn's generated tensor-product code computes outer products its specialised paths never
     read; models drop them when built (`prune_unused_einsums`). Same weights, same molecules: the
     same z and group element to the bit, and the same gradients of a training step's loss."""
     from groupae_cli._api import load_model
-    from groupae_cli.embed import encode_batch
     from groupae_cli.models import autoencoder
 
     def unread(model):
@@ -276,21 +297,27 @@ def test_the_default_model_computes_the_same_without_the_products_e3nn_throws_aw
     whole = load_model("default")
     assert len(unread(whole)) > 20  # what there was to drop
     assert not unread(pruned)
-    structures, _ = split(read_structures(SAMPLE / "molecules.sdf"))
-    batch = structures[:40:3]
-    ours, theirs = encode_batch(pruned, batch, torch.device("cpu")), encode_batch(whole, batch, torch.device("cpu"))
-    for key in ("embedding", "rotation", "translation", "degenerate"):
-        assert np.array_equal(ours[key], theirs[key]), key
-    assert all(np.array_equal(a, b) for a, b in zip(ours["permutation"], theirs["permutation"]))
-    gradients = []
-    for model in (pruned, whole):
-        model.zero_grad()
-        data, _ = centred_batch(batch, model.config.elements, model.dtype)
-        out = model.train()(data, tau=0.1)
-        out["reconstruction"].square().sum().backward()
-        gradients.append([p.grad for p in model.parameters() if p.grad is not None])
-    assert len(gradients[0]) == len(gradients[1]) > 50
-    assert all(torch.equal(a, b) for a, b in zip(*gradients))
+    assert_computes_the_same(pruned, whole)
+
+
+def test_the_default_model_sums_its_messages_in_pieces_to_the_same_numbers(monkeypatch):
+    """The edge tensor products hand their output over in pieces, each summed into the atoms by
+    itself (`output_in_pieces`), instead of one joined (edges, irreps) array: the same z, group
+    element and gradients to the bit."""
+    from groupae_cli._api import load_model
+    from groupae_cli.models import encoder
+
+    pieces = load_model("default")
+    monkeypatch.setattr(encoder, "output_in_pieces", lambda tensor_product: False)
+    joined = load_model("default")
+    assert all(block.in_pieces for block in pieces.encoder.interactions)
+    assert not any(block.in_pieces for block in joined.encoder.interactions)
+    messages = pieces.encoder.interactions[1].tp
+    out = messages(torch.randn(5, messages.irreps_in1.dim, dtype=torch.float64),
+                   torch.randn(5, messages.irreps_in2.dim, dtype=torch.float64),
+                   torch.randn(5, messages.weight_numel, dtype=torch.float64))
+    assert isinstance(out, tuple) and len(out) > 5 and sum(p.shape[1] for p in out) == messages.irreps_out.dim
+    assert_computes_the_same(pieces, joined)
 
 
 def test_a_model_is_built_without_computing_e3nns_activation_moments(monkeypatch):

@@ -23,6 +23,7 @@ from e3nn.math import soft_one_hot_linspace
 from e3nn.nn import FullyConnectedNet, Gate
 from torch import nn
 
+from groupae_cli.models._startup import output_in_pieces
 from groupae_cli.models.config import ModelConfig
 
 
@@ -63,6 +64,8 @@ class Interaction(nn.Module):
         # asked for explicitly, so a quick build (groupae_cli.models._startup) keeps it
         self.tp = o3.TensorProduct(irreps_msg, irreps_sh, o3.Irreps(mid), instructions,
                                    shared_weights=False, internal_weights=False, _optimize_einsums=True)
+        # its output in pieces, each summed into the atoms by itself (`forward`)
+        self.in_pieces = output_in_pieces(self.tp)
         self.radial = FullyConnectedNet([radial_basis, radial_hidden, self.tp.weight_numel], torch.nn.functional.silu)
         self.post = o3.Linear(self.tp.irreps_out, self.gate.irreps_in)
         self.self_connection = o3.Linear(irreps_in, self.gate.irreps_in)
@@ -70,7 +73,10 @@ class Interaction(nn.Module):
 
     def forward(self, h, src, dst, edge_sh, edge_radial):
         messages = self.tp(self.pre(h)[src], edge_sh, self.radial(edge_radial))
-        summed = torch.zeros(len(h), messages.shape[1], dtype=h.dtype, device=h.device).index_add_(0, dst, messages)
+        # each piece of the product's output summed over the edges into the atoms, then joined: the same
+        # numbers as joining first, without copying the (edges, irreps) array (`output_in_pieces`)
+        pieces = messages if self.in_pieces else (messages,)
+        summed = torch.cat([h.new_zeros(len(h), piece.shape[1]).index_add_(0, dst, piece) for piece in pieces], dim=1)
         return self.gate(self.post(summed * self.norm) + self.self_connection(h))
 
 
