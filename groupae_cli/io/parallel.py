@@ -8,9 +8,10 @@ worker in turn gives exactly the shard's items in input order, as a single reade
 
 Workers start with the stream (before the model is loaded, so the first records are parsed while
 it loads; `groupae embed`'s first encoding worker even before, as the command starts:
-`start_early_worker`), send chunks of records through bounded queues (memory stays flat), ignore
-Ctrl-C (the main process stops them), and are stopped by `close()`. A worker that dies (killed, or crashed by
-a C library on a malformed record) is one line naming the file it was reading, never a hang.
+`groupae_cli.early_worker`), send chunks of records through bounded queues (memory stays flat),
+ignore Ctrl-C (the main process stops them), and are stopped by `close()`. A worker that dies
+(killed, or crashed by a C library on a malformed record) is one line naming the file it was
+reading, never a hang.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ not again after every edit of a graph (e3nn's code generator, its einsum optimis
 e3nn does not search einsum contraction orders for its generated code: torch's einsum orders its
 contractions when called, and the search costs about half a second per model.
 
-And every model runs without the products e3nn computes and throws away (`prune_unused_einsums`).
+And every model runs without the products e3nn computes and throws away (`prune_unused_einsums`),
+its message-passing layers taking their tensor products' output in pieces (`output_in_pieces`).
 """
 
 from __future__ import annotations
