@@ -1,6 +1,7 @@
 """`groupae embed`'s first encoding worker, forked as the command starts (`start_for_command_line`,
-from `groupae_cli.app.main`), and what deciding that needs. Nothing heavy is imported here (no
-numpy, no torch): the module is imported before the command line is parsed.
+from `groupae_cli.app.main`), what deciding that needs, and what every worker does first
+(`die_with_parent`). Nothing heavy is imported here (no numpy, no torch): the module is imported
+before the command line is parsed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,26 @@ def gpu_wanted(device: str) -> bool:
 
 def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def die_with_parent() -> None:
+    """In a worker process: have the kernel end it (SIGTERM) when the process that started it ends,
+    however that ends (Linux; strictly, when the thread that started it does: the stream's). A main
+    process killed outright otherwise left its workers blocked for good on a full queue, each
+    holding a model."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    if not sys.platform.startswith("linux") or parent is None:
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent.pid:  # it ended before the call
+        os._exit(1)
 
 
 #: The first encoding worker of a `groupae embed`, forked as the command starts
@@ -55,6 +76,7 @@ def start_early_worker() -> None:
 def _wait_for_share(receive, send, out) -> None:
     send.close()  # the main process's end: with it closed here, the main process's exit is an EOF
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
     with contextlib.suppress(Exception):  # a failure comes again, and is reported, in `_work`
         import groupae_cli.embed  # torch
         import groupae_cli.io.checkpoint

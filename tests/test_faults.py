@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections import namedtuple
 from pathlib import Path
 
@@ -631,3 +632,53 @@ def test_a_shard_that_embeds_nothing_still_writes_its_part(checkpoint, tmp_path)
     assert "0 records embedded" in result.output and "shard 1/2" in result.output
     with h5py.File(out) as f:
         assert f.attrs["complete"] and f.attrs["n_records"] == 0 and f.attrs["shard"] == "1/2"
+
+
+# --- workers outlive nothing ------------------------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the kernel ends the workers with their parent on Linux")
+def test_embed_killed_outright_leaves_no_worker_behind(checkpoint, tmp_path):
+    """A main process killed with SIGKILL cannot stop its workers; the kernel does
+    (`early_worker.die_with_parent`). They stayed, blocked for good on a full queue, each holding a
+    model."""
+    big = tmp_path / "big.sdf"
+    big.write_text(Path(MOLECULES).read_text() * 10)
+    run = subprocess.Popen([sys.executable, "-m", "groupae_cli", "embed", str(big), "-o", str(tmp_path / "out.h5"),
+                            "--model", str(checkpoint), "--device", "cpu", "--workers", "2", "-q"],
+                           stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 60
+    while len(children(run.pid)) < 2 and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = children(run.pid)
+    run.kill()
+    run.wait()
+    assert len(workers) >= 2
+    deadline = time.monotonic() + 30
+    while any(running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in workers if running(pid)]
+    for pid in left:  # not to leave them behind either way
+        os.kill(pid, 9)
+    assert left == []

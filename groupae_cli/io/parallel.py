@@ -29,6 +29,7 @@ import numpy as np
 
 from groupae_cli.early_worker import (
     QUEUE_DEPTH,
+    die_with_parent,
     gpu_wanted,
     release_early_worker,
     take_early_worker,
@@ -142,6 +143,7 @@ def _work(out, paths: list[str], fmt: str | None, residue: int, modulus: int, ch
     """A worker: every item numbered residue modulo `modulus` (through the model, with `encoder`;
     read for its geometry alone with `geometry_only` or `encoder`), sent in chunks, then ("done",)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
     position: list = [None]
 
     def on_bytes(number: int, n: int) -> None:
