@@ -1,6 +1,6 @@
 """`groupae embed`'s first encoding worker, forked as the command starts (`start_for_command_line`,
 from `groupae_cli.app.main`), what deciding that needs, and what every worker does first
-(`die_with_parent`). Nothing heavy is imported here (no numpy, no torch): the module is imported
+(`become_worker`). Nothing heavy is imported here (no numpy, no torch): the module is imported
 before the command line is parsed.
 """
 
@@ -25,13 +25,14 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def die_with_parent() -> None:
-    """In a worker process: have the kernel end it (SIGTERM) when the process that started it ends,
-    however that ends (Linux; strictly, when the thread that started it does: the stream's). A main
-    process killed outright otherwise left its workers blocked for good on a full queue, each
-    holding a model."""
+def become_worker() -> None:
+    """A worker process's first step: ignore Ctrl-C (the main process stops its workers), and have
+    the kernel end it (SIGTERM) when the process that started it ends, however that ends (Linux;
+    strictly, when the thread that started it does: the stream's). A main process killed outright
+    otherwise left its workers blocked for good on a full queue, each holding a model."""
     import multiprocessing
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
     if not sys.platform.startswith("linux") or parent is None:
         return
@@ -75,8 +76,7 @@ def start_early_worker() -> None:
 
 def _wait_for_share(receive, send, out) -> None:
     send.close()  # the main process's end: with it closed here, the main process's exit is an EOF
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent()
+    become_worker()  # (`_work` says it again, to no effect)
     with contextlib.suppress(Exception):  # a failure comes again, and is reported, in `_work`
         import groupae_cli.embed  # torch
         import groupae_cli.io.checkpoint

@@ -661,7 +661,7 @@ def running(pid: int) -> bool:
 @pytest.mark.skipif(sys.platform != "linux", reason="the kernel ends the workers with their parent on Linux")
 def test_embed_killed_outright_leaves_no_worker_behind(checkpoint, tmp_path):
     """A main process killed with SIGKILL cannot stop its workers; the kernel does
-    (`early_worker.die_with_parent`). They stayed, blocked for good on a full queue, each holding a
+    (`early_worker.become_worker`). They stayed, blocked for good on a full queue, each holding a
     model."""
     big = tmp_path / "big.sdf"
     big.write_text(Path(MOLECULES).read_text() * 10)

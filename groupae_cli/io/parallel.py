@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue as queue_module
-import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ import numpy as np
 
 from groupae_cli.early_worker import (
     QUEUE_DEPTH,
-    die_with_parent,
+    become_worker,
     gpu_wanted,
     release_early_worker,
     take_early_worker,
@@ -142,8 +141,7 @@ def _work(out, paths: list[str], fmt: str | None, residue: int, modulus: int, ch
           encoder: dict | None = None, geometry_only: bool = False) -> None:
     """A worker: every item numbered residue modulo `modulus` (through the model, with `encoder`;
     read for its geometry alone with `geometry_only` or `encoder`), sent in chunks, then ("done",)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent()
+    become_worker()
     position: list = [None]
 
     def on_bytes(number: int, n: int) -> None:
