@@ -172,17 +172,17 @@ def main() -> None:
         environments = {"bytecode cached": {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}}
         if os.environ.get("PYTHONDONTWRITEBYTECODE"):
             environments["PYTHONDONTWRITEBYTECODE=1 (no bytecode caches written)"] = dict(os.environ)
-        firsts: dict = {}
+        firsts: dict[str, tuple[list, list]] = {}  # environment: (times to the first record, `import torch` times)
         first_record = [sys.executable, "-c", FIRST_RECORD, "embed", str(one), "-o", f"{tmp}/one.h5", "--quiet",
                         "--model", args.model, "--device", args.device]
         for name, env in environments.items() if not args.no_first_record else ():
             subprocess.run(first_record, capture_output=True, check=True, env=env)  # writes the caches
+            times, torches = firsts[name] = [], []
             for _ in range(5):
                 run = subprocess.run(first_record, capture_output=True, text=True, check=True, env=env)
-                firsts.setdefault(name, []).append(
-                    float(next(line for line in run.stderr.splitlines() if line.startswith("FIRST")).split()[1]))
-                firsts.setdefault(f"{name}, torch", []).append(float(subprocess.run(
-                    [sys.executable, "-c", TORCH], capture_output=True, text=True, check=True, env=env).stdout))
+                times.append(float(next(line for line in run.stderr.splitlines() if line.startswith("FIRST")).split()[1]))
+                torches.append(float(subprocess.run([sys.executable, "-c", TORCH], capture_output=True, text=True,
+                                                    check=True, env=env).stdout))
         for n in args.records:
             path = Path(tmp) / f"mols{n}.sdf"
             with path.open("w") as f:
@@ -210,8 +210,7 @@ def main() -> None:
     print(f"model: {args.model}, device {args.device}, batch size {args.batch_size or 'default'}"
           + (", the model in the worker processes" if args.encode_in_workers else ""))
     print()
-    for name in [name for name in firsts if not name.endswith(", torch")]:
-        times, torches = firsts[name], firsts[f"{name}, torch"]
+    for name, (times, torches) in firsts.items():
         print(f"time to the first record (one-record file, process start to the first HDF5 append), {name}, median "
               f"of 5: {sorted(times)[2]:.2f} s (range {min(times):.2f}-{max(times):.2f}); `import torch` alone: "
               f"{sorted(torches)[2]:.2f} s")
