@@ -94,8 +94,10 @@ class Trainer:
                  train_batches: Callable[[int], Sequence[dict]], val_batches: Callable[[], Sequence[dict]],
                  device: str = "auto", quiet: bool = False, log: Callable[[str], None] | None = None,
                  extra_state: dict | None = None, dist: Distributed | None = None,
-                 init: str | Path | None = None):
+                 init: str | Path | None = None,
+                 extra_loss: Callable[[dict, dict], tuple[torch.Tensor, dict[str, float]]] | None = None):
         self.config = config
+        self.extra_loss = extra_loss  # (out, batch) -> (a term added to the loss, its parts): e.g. distillation
         self.run_dir = Path(run_dir)
         self.device = resolve_device(device)
         self.dist = dist or Distributed(self.device)
@@ -188,6 +190,10 @@ class Trainer:
             out = self.ddp(batch, tau=tau, straight_through=c.straight_through(epoch), tie_noise=c.tie_noise)
             loss, parts = objective(out, batch, c.type_weight, c.entropy_weight, match, c.distance_weight,
                                     c.distance_cutoff, c.frame_weight, c.frame_floor, c.recon_loss)
+            if self.extra_loss is not None:
+                extra, extra_parts = self.extra_loss(out, batch)
+                loss = loss + extra
+                parts = {**parts, **extra_parts, "loss": loss.item()}
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
