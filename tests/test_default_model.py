@@ -361,3 +361,41 @@ def test_the_default_model_built_with_its_graph_code_written_once_runs_the_same_
     assert len(codes(once)) == len(codes(plain)) > 20
     assert codes(once) == codes(plain)
     assert_computes_the_same(once, plain)
+
+
+def test_a_distilled_student_starts_from_its_teachers_weights_and_is_pulled_onto_its_outputs():
+    """recipes/default_model/distill.py: a student that keeps every layer of the shipped model at its
+    cutoff is the teacher (every distillation term exactly 0); the two-layer 4 Å student takes the
+    teacher's first and last layer, heads and decoder, and its terms reach the encoder's weights."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "recipes" / "default_model"))
+    from distill import Distillation, student_weights
+
+    from groupae_cli.io.checkpoint import load_model
+    from groupae_cli.models import GroupAE
+
+    structures, _ = split(read_structures(SAMPLE / "molecules.sdf"))
+    teacher = load_model("default").float()
+    state = read_checkpoint("default")["state_dict"]
+    batch = centred_batch(structures[:12], teacher.config.elements, torch.float32)[0]
+    distil = Distillation(teacher, 1.0, 1.0, 0.1, [batch])
+
+    same = GroupAE(teacher.config)
+    same.load_state_dict(student_weights(state, [0, 1, 2]))
+    with torch.no_grad():
+        loss, parts = distil(same.float().eval().encode(batch), batch)
+    assert float(loss) == 0.0 and set(parts.values()) == {0.0}
+
+    student = GroupAE(teacher.config.replace(layers=2, cutoff=4.0))
+    student.load_state_dict(student_weights(state, [0, 2]))  # strict: every weight named, none left over
+    mine = student.state_dict()
+    for name in ("encoder.interactions.0.tp.weight", "encoder.interactions.1.tp.weight", "decoder.coordinates.weight",
+                 "rotation.vectors.weight"):
+        theirs = name.replace("interactions.1", "interactions.2")
+        assert torch.equal(mine[name], state[theirs].to(mine[name].dtype)), name
+    loss, parts = distil(student.float().train().encode(batch), batch)
+    assert loss.item() > 0 and parts["distil_z"] > 0 and parts["distil_rotation"] > 0
+    loss.backward()
+    reached = {name for name, w in student.named_parameters() if w.grad is not None and w.grad.abs().sum() > 0}
+    assert {"encoder.interactions.0.radial.layer0.weight", "encoder.embed.weight"} <= reached
