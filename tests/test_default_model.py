@@ -5,7 +5,9 @@ from the training run's validation split: molecules the model never saw) must re
 as well as the validation figures recorded in recipes/default_model/validation.json say.
 """
 
+import functools
 import json
+import tempfile
 from pathlib import Path
 
 import h5py
@@ -24,18 +26,21 @@ from groupae_cli.models.symmetry import random_rotations
 ROOT = Path(__file__).resolve().parent.parent
 HELDOUT = Path(__file__).resolve().parent / "data" / "heldout_default.xyz"
 RECORDED = ROOT / "recipes" / "default_model" / "validation.json"
+#: the shipped models and their recorded validation figures (recipes/default_model/evaluate.py)
+SHIPPED = {"default": RECORDED, "fast": RECORDED.with_name("validation_fast.json")}
 runner = CliRunner()
 
 
-def test_default_model_is_shipped_and_self_describing():
-    path = resolve_model_path("default")
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_models_are_self_describing(name):
+    path = resolve_model_path(name)
     assert path.parent.name == "pretrained" and path.stat().st_size < 10e6
-    payload = read_checkpoint("default")  # weights_only: no pickled code
+    payload = read_checkpoint(name)  # weights_only: no pickled code
     assert payload["format_version"] == 1 and "state" not in payload  # no optimizer state shipped
     assert set(payload["config"]["elements"]) >= {1, 5, 6, 7, 8, 9, 15, 16, 17, 35, 53}
     assert payload["config"]["max_atoms"] >= 100
     assert payload["training"]["export"]["recipe"] == "recipes/default_model"
-    shown = runner.invoke(app, ["info", "default", "--json"])
+    shown = runner.invoke(app, ["info", name, "--json"])
     assert shown.exit_code == 0 and json.loads(shown.stdout)["config"] == payload["config"]
 
 
@@ -52,7 +57,8 @@ def test_readme_first_command_embeds_the_sample_molecules(tmp_path):
     assert info.exit_code == 0, info.output
 
 
-def test_moved_copies_embed_alike_with_the_default_model(tmp_path, rng):
+@pytest.mark.parametrize("name", SHIPPED)
+def test_moved_copies_embed_alike_with_each_shipped_model(name, tmp_path, rng):
     structures, _ = split(read_structures(SAMPLE / "molecules.sdf"))
     original = structures[17]
     copies = [original]
@@ -62,13 +68,15 @@ def test_moved_copies_embed_alike_with_the_default_model(tmp_path, rng):
         copies.append(Structure(original.numbers[sigma], positions, f"copy{k}", "", k + 1))
     write_structures(copies, tmp_path / "copies.xyz")
     out = tmp_path / "copies.h5"
-    assert runner.invoke(app, ["embed", str(tmp_path / "copies.xyz"), "-o", str(out), "--quiet"]).exit_code == 0
+    assert runner.invoke(app, ["embed", str(tmp_path / "copies.xyz"), "-o", str(out), "--quiet",
+                               "--model", name]).exit_code == 0
     with h5py.File(out) as f:
         z = f["embedding"][:]
     np.testing.assert_allclose(z[1:], np.repeat(z[:1], 3, axis=0), atol=1e-5 * np.abs(z).max(), rtol=0)
 
 
-def test_the_default_model_takes_silicon_and_selenium(tmp_path, rng):
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_models_take_silicon_and_selenium(name, tmp_path, rng):
     """TMS groups and selenides, as real files have them: embedded, not failed, and a moved copy alike."""
     from rdkit import Chem
     from rdkit.Chem import AllChem
@@ -86,7 +94,7 @@ def test_the_default_model_takes_silicon_and_selenium(tmp_path, rng):
     structures.append(Structure(moved.numbers[sigma], (moved.positions @ rotation.T + 3.0)[sigma], "moved", "", 3))
     write_structures(structures, tmp_path / "sise.xyz")
     out = tmp_path / "sise.h5"
-    result = runner.invoke(app, ["embed", str(tmp_path / "sise.xyz"), "-o", str(out), "--quiet"])
+    result = runner.invoke(app, ["embed", str(tmp_path / "sise.xyz"), "-o", str(out), "--quiet", "--model", name])
     assert result.exit_code == 0, result.output
     with h5py.File(out) as f:
         assert len(f["failed"]) == 0 and f["embedding"].shape[0] == 4
@@ -101,17 +109,26 @@ def held_out_set(structure) -> str:
     return "QM9" if structure.name.startswith("qm9_") else "drug-like"
 
 
-@pytest.mark.parametrize("subset", ["QM9", "drug-like", "Si/Se"])
-def test_held_out_molecules_reconstruct_as_recorded(subset, tmp_path):
-    sets = json.loads(RECORDED.read_text())["sets"]
-    if subset == "Si/Se":  # a model that knows silicon and selenium has held-out molecules with them
-        assert (14 in read_checkpoint("default")["config"]["elements"]) == (subset in sets)
-        if subset not in sets:
-            pytest.skip("the default model knows neither Si nor Se")
-    recorded = sets[subset]
-    result = runner.invoke(app, ["reconstruct", str(HELDOUT), "-o", str(tmp_path / "decoded.xyz"), "--json", "--quiet"])
+@functools.cache
+def _held_out_reconstructed(name: str) -> list[dict]:
+    """`groupae reconstruct --json` rows of the held-out structures with the shipped model `name`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = runner.invoke(app, ["reconstruct", str(HELDOUT), "-o", str(Path(tmp) / "decoded.xyz"), "--json",
+                                     "--quiet", "--model", name])
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.stdout)["records"]
+    return json.loads(result.stdout)["records"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("subset", ["QM9", "drug-like", "Si/Se"])
+def test_held_out_molecules_reconstruct_as_recorded(name, subset):
+    sets = json.loads(SHIPPED[name].read_text())["sets"]
+    if subset == "Si/Se":  # a model that knows silicon and selenium has held-out molecules with them
+        assert (14 in read_checkpoint(name)["config"]["elements"]) == (subset in sets)
+        if subset not in sets:
+            pytest.skip(f"the {name} model knows neither Si nor Se")
+    recorded = sets[subset]
+    rows = _held_out_reconstructed(name)
     which = [held_out_set(s) for s in read_structures(HELDOUT)]
     mine = [r for r, w in zip(rows, which, strict=True) if w == subset]
     assert len(mine) >= 8

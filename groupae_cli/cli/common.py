@@ -17,7 +17,8 @@ Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on 
 Strict = Annotated[bool, typer.Option("--strict", help="Exit 1 if any record fails (default: skip and report).")]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, or cuda[:i].")]
 Model = Annotated[str | None, typer.Option("--model", "-m", help="A checkpoint path, or the name of a model shipped "
-                                              "with groupae (default: the shipped default model).")]
+                                              "with groupae: default (used when not given), or fast "
+                                              "(two encoder layers: about 1.7x the speed on CPU).")]
 FitSteps = Annotated[int, typer.Option(
     "--fit-steps", min=0,
     help="Fit each record's z to it through the decoder by this many Adam steps (records of at most "
