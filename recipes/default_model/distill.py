@@ -105,7 +105,6 @@ def main() -> None:
     p.add_argument("--score-weight", type=float, default=0.1)
     p.add_argument("--val-size", type=int, default=500)
     args = p.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     data = StructureSet.load(args.data / "cache.npz")
     split = json.loads((args.data / "split.json").read_text())
@@ -118,7 +117,7 @@ def main() -> None:
     elements = teacher_config.elements
     sample = Batches(data, list(fixed_batches(np.sort(np.random.default_rng(5).choice(train_idx, 640, replace=False)),
                                               64)), elements)
-    sample = [sample[i] for i in range(len(sample))]
+    sample = list(sample)
     ratio = mean_neighbours(sample, args.cutoff) / mean_neighbours(sample, teacher_config.cutoff)
     config = teacher_config.replace(layers=args.layers, cutoff=args.cutoff,
                                     avg_neighbors=teacher_config.avg_neighbors * ratio)
