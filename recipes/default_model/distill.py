@@ -1,4 +1,4 @@
-"""Distil the shipped default model into a cheaper encoder (fewer layers, shorter cutoff), on CPU.
+"""Distil the shipped default model into a cheaper encoder (fewer layers, shorter cutoff).
 
     python recipes/default_model/distill.py RUN_DIR [--data runs/default_sise] [--layers 2] [--cutoff 4.0]
 
@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from groupae_cli.data import BATCH, N_ATOMS, POSITIONS
+from groupae_cli.data import BATCH, N_ATOMS, POSITIONS, to_device
+from groupae_cli.device import resolve_device
 from groupae_cli.io.checkpoint import load_model, read_checkpoint
 from groupae_cli.models.config import ModelConfig
 from groupae_cli.models.graph import Layout, build_edges
@@ -104,7 +105,9 @@ def main() -> None:
     p.add_argument("--rotation-weight", type=float, default=1.0)
     p.add_argument("--score-weight", type=float, default=0.1)
     p.add_argument("--val-size", type=int, default=500)
+    p.add_argument("--device", default="cpu", help="where teacher and student run: cpu, cuda[:i] or auto")
     args = p.parse_args()
+    device = resolve_device(args.device)
 
     data = StructureSet.load(args.data / "cache.npz")
     split = json.loads((args.data / "split.json").read_text())
@@ -135,11 +138,12 @@ def main() -> None:
     def val_batches():
         return Batches(data, list(fixed_batches(val, 64)), elements)
 
-    teacher = load_model(args.teacher).float().eval()
+    teacher = load_model(args.teacher).float().eval().to(device)
     for weight in teacher.parameters():
         weight.requires_grad_(False)
-    distil = Distillation(teacher, args.z_weight, args.rotation_weight, args.score_weight, sample)
-    trainer = Trainer(config, train, args.run_dir, train_batches, val_batches, device="cpu", extra_loss=distil,
+    distil = Distillation(teacher, args.z_weight, args.rotation_weight, args.score_weight,
+                          [to_device(b, device) for b in sample])
+    trainer = Trainer(config, train, args.run_dir, train_batches, val_batches, device=args.device, extra_loss=distil,
                       extra_state={"teacher": str(args.teacher), "keep": keep,
                                    "recipe": "recipes/default_model/distill.py"})
     trainer.model.load_state_dict(student_weights(start["state_dict"], keep))
