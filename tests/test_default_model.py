@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HELDOUT = Path(__file__).resolve().parent / "data" / "heldout_default.xyz"
 RECORDED = ROOT / "recipes" / "default_model" / "validation.json"
 #: the shipped models and their recorded validation figures (recipes/default_model/evaluate.py)
-SHIPPED = {"default": RECORDED, "fast": RECORDED.with_name("validation_fast.json")}
+SHIPPED = {"default": RECORDED, "default-v1": RECORDED.with_name("validation_default-v1.json")}
 runner = CliRunner()
 
 
@@ -219,9 +219,10 @@ def test_a_fit_whose_middle_sits_at_the_edge_of_stability_stays_equivariant(rng)
     30% of the steps (FIT_LATE) they agreed to about 1e-8 A. With 22 atoms it is now fitted by
     Levenberg-Marquardt (FIT_LM_ATOMS): the copies agree as closely, but it is drawn at 0.67 A
     against Adam's 0.52 (twenty LM steps leave some small structures short of Adam's fit:
-    bench/RESULTS.md, "The split fit, shipped")."""
+    bench/RESULTS.md, "The split fit, shipped"), both with default-v1's decoder; the default's
+    draws it at 0.28 A."""
     mine = _fit_beside_moved_copies("qm9_76302.xyz", 200, 3, 2, rng, atol=1e-6)
-    assert mine.rmsd < 0.7, mine.rmsd
+    assert mine.rmsd < 0.4, mine.rmsd
 
 
 def test_a_small_structure_whose_adam_fit_was_chaotic_is_fitted_alike_for_moved_copies(rng):
@@ -230,9 +231,10 @@ def test_a_small_structure_whose_adam_fit_was_chaotic_is_fitted_alike_for_moved_
     moved, renumbered copies 5e-3 A apart, z 7e-3 of its scale). Structures of at most 24 atoms are
     fitted by Levenberg-Marquardt (FIT_LM_ATOMS), whose steps stay in the decoder Jacobian's row
     space: the copies' reconstructions are the original's, moved and renumbered, to 1e-6 A, and
-    sharper than Adam's (0.31-0.32 A)."""
+    sharper than Adam's (0.31-0.32 A) with default-v1's decoder (whose fits these four tests were
+    written for); the default's draws it at 0.48 A."""
     mine = _fit_beside_moved_copies("qm9_110387.xyz", 200, 3, 3, rng, atol=1e-6)
-    assert mine.rmsd < 0.27, mine.rmsd
+    assert mine.rmsd < 0.55, mine.rmsd
 
 
 def test_the_batched_relay_lays_each_structure_on_as_align_refine_does(rng):
@@ -312,7 +314,7 @@ def test_the_default_model_computes_the_same_without_the_products_e3nn_throws_aw
     pruned = load_model("default")
     monkeypatch.setattr(autoencoder, "prune_unused_einsums", lambda module: 0)
     whole = load_model("default")
-    assert len(unread(whole)) > 20  # what there was to drop
+    assert len(unread(whole)) >= 10  # what there was to drop (20 in the two-layer default)
     assert not unread(pruned)
     assert_computes_the_same(pruned, whole)
 
@@ -381,8 +383,8 @@ def test_the_default_model_built_with_its_graph_code_written_once_runs_the_same_
 
 
 def test_a_distilled_student_starts_from_its_teachers_weights_and_is_pulled_onto_its_outputs():
-    """recipes/default_model/distill.py: a student that keeps every layer of the shipped model at its
-    cutoff is the teacher (every distillation term exactly 0); the two-layer 4 Å student takes the
+    """recipes/default_model/distill.py: a student that keeps every layer of default-v1 (the default's
+    teacher) at its cutoff is the teacher (every distillation term exactly 0); the two-layer 4 Å student takes the
     teacher's first and last layer, heads and decoder, and its terms reach the encoder's weights."""
     import sys
 
@@ -393,8 +395,8 @@ def test_a_distilled_student_starts_from_its_teachers_weights_and_is_pulled_onto
     from groupae_cli.models import GroupAE
 
     structures, _ = split(read_structures(SAMPLE / "molecules.sdf"))
-    teacher = load_model("default").float()
-    state = read_checkpoint("default")["state_dict"]
+    teacher = load_model("default-v1").float()
+    state = read_checkpoint("default-v1")["state_dict"]
     batch = centred_batch(structures[:12], teacher.config.elements, torch.float32)[0]
     distil = Distillation(teacher, 1.0, 1.0, 0.1, [batch])
 

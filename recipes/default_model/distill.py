@@ -1,4 +1,4 @@
-"""Distil the shipped default model into a cheaper encoder (fewer layers, shorter cutoff).
+"""Distil a shipped model into a cheaper encoder (fewer layers, shorter cutoff).
 
     python recipes/default_model/distill.py RUN_DIR [--data runs/default_sise] [--layers 2] [--cutoff 4.0]
 
@@ -11,10 +11,11 @@ cutoffs on the training data, so each message sum starts at the teacher's scale.
 The loss is the recipe's own (reconstruction RMSD through the student's group element) plus terms
 that pull the student's outputs onto the teacher's on the same batch: z (each entry over the
 teacher's spread), the rotation, and the permutation scores (over their spread). The teacher runs
-in float32, without gradients. `--data` holds `cache.npz` and `split.json` of the shipped model's
-run (`groupae train` on the recipe's three files with config.yaml writes them), so the held-out
-molecules stay held out. Issue 12: the two-layer, 4 Å encoder embeds about 1,000 drug-like
-records/s on 2 cores where the shipped three-layer one does about 610 (bench/RESULTS.md).
+in float32, without gradients. `--data` holds `cache.npz` and `split.json` of the teacher's run
+(`groupae train` on the recipe's three files with config.yaml writes them), so the held-out
+molecules stay held out. The shipped default is such a student of `default-v1` (the three-layer,
+5 Å model trained on an H100): it embeds about 1,050 drug-like records/s on 2 cores where its
+teacher does about 610 (issue 12; bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path)
     p.add_argument("--data", type=Path, default=Path("runs/default_sise"), help="folder with cache.npz and split.json")
-    p.add_argument("--teacher", default="default")
+    p.add_argument("--teacher", default="default-v1",
+                   help="a checkpoint or shipped model's name (default-v1: the teacher of today's default)")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--cutoff", type=float, default=4.0)
     p.add_argument("--keep", type=int, nargs="+", default=None,
