@@ -391,6 +391,21 @@ def test_an_embed_file_of_another_model_is_refused(embedded, tmp_path):
     assert not out.exists()
 
 
+def test_an_embed_file_of_the_previous_default_model_names_it(tmp_path):
+    """After the default model changed: a file the previous one wrote says which shipped model decodes it."""
+    source = tmp_path / "three.sdf"
+    source.write_text("$$$$\n".join((SAMPLE / "molecules.sdf").read_text().split("$$$$\n")[:3]) + "$$$$\n")
+    embedded = tmp_path / "old.h5"
+    assert runner.invoke(app, ["embed", str(source), "-o", str(embedded), "--model", "default-v1", "--quiet"]).exit_code == 0
+    out = tmp_path / "out.xyz"
+    result = runner.invoke(app, ["reconstruct", str(embedded), "-o", str(out), "--quiet"])
+    assert result.exit_code == 2
+    one_line_error(result, str(embedded), "it is the shipped model 'default-v1': --model default-v1")
+    assert not out.exists()
+    result = runner.invoke(app, ["reconstruct", str(embedded), "-o", str(out), "--quiet", "--model", "default-v1"])
+    assert result.exit_code == 0 and out.exists()
+
+
 def test_a_nan_record_in_an_embed_file_is_a_failed_record(checkpoint, embedded, tmp_path):
     import h5py
     import numpy as np

@@ -164,3 +164,10 @@ def sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def shipped_name_of(digest: str) -> str | None:
+    """The name of the model shipped with groupae whose file has this sha256, if one has."""
+    if not PRETRAINED_DIR.is_dir():
+        return None
+    return next((p.stem for p in sorted(PRETRAINED_DIR.glob("*.ckpt")) if sha256(p) == digest), None)

@@ -254,12 +254,15 @@ def check_embed_file(f: h5py.File, path: str | Path, model=None) -> None:
     stored = plain(f.attrs.get("model_sha256", ""))
     checkpoint = (getattr(model, "checkpoint", None) or {}).get("path")
     if stored and checkpoint:
-        from groupae_cli.io.checkpoint import sha256
+        from groupae_cli.io.checkpoint import sha256, shipped_name_of
 
         ours = sha256(checkpoint)
         if ours != stored:
+            shipped = shipped_name_of(stored)  # e.g. a file the previous default model wrote
+            advice = (f"it is the shipped model {shipped!r}: --model {shipped}" if shipped else
+                      "decode with the model that wrote them (--model)")
             raise UsageError(f"{path}: written by model {plain(f.attrs.get('model', ''))!r} (sha256 {stored[:12]}...), "
-                             f"not {checkpoint} ({ours[:12]}...); decode with the model that wrote them (--model)")
+                             f"not {checkpoint} ({ours[:12]}...); {advice}")
 
 
 def open_embed_file(path: str | Path, model=None) -> h5py.File:
