@@ -49,6 +49,11 @@ def shipped_model_path(name: str | Path) -> Path:
     return PRETRAINED_DIR / f"{name}.ckpt"
 
 
+def shipped_models() -> list[Path]:
+    """The files of the models shipped with the package, by name (the file's stem)."""
+    return sorted(PRETRAINED_DIR.glob("*.ckpt"), key=lambda p: p.stem) if PRETRAINED_DIR.is_dir() else []
+
+
 __all__ = ["AlignResult", "Embeddings", "Reconstruction", "Structure", "align", "canonical_form", "embed",
            "from_arrays", "from_ase", "from_rdkit", "load_model", "read", "read_embeddings", "reconstruct", "to_ase",
            "to_rdkit", "write"]

@@ -178,10 +178,10 @@ def align(
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise UsageError(f"--device must be auto, cpu or cuda[:i], not {device!r}")
     if model is not None:
-        from groupae_cli import PRETRAINED_DIR, shipped_model_path
+        from groupae_cli import shipped_model_path, shipped_models
 
         if not Path(model).is_file() and not shipped_model_path(model).is_file():
-            known = sorted(p.stem for p in PRETRAINED_DIR.glob("*.ckpt")) if PRETRAINED_DIR.is_dir() else []
+            known = [p.stem for p in shipped_models()]
             raise UsageError(f"--model {model}: no such checkpoint file or shipped model "
                              f"(shipped: {', '.join(known) or 'none'})")
     if pairs is not None and (a is not None or b is not None):

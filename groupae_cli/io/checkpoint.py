@@ -16,7 +16,7 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from groupae_cli import PRETRAINED_DIR, __version__, shipped_model_path
+from groupae_cli import __version__, shipped_model_path, shipped_models
 from groupae_cli.errors import UsageError
 from groupae_cli.io.formats import written_atomically
 
@@ -62,7 +62,7 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     shipped = shipped_model_path(name_or_path)
     if shipped.is_file():
         return shipped
-    known = sorted(p.stem for p in PRETRAINED_DIR.glob("*.ckpt")) if PRETRAINED_DIR.is_dir() else []
+    known = [p.stem for p in shipped_models()]
     raise UsageError(f"{name_or_path}: no such checkpoint file or shipped model (shipped: {', '.join(known) or 'none'})")
 
 
@@ -168,6 +168,4 @@ def sha256(path: str | Path) -> str:
 
 def shipped_name_of(digest: str) -> str | None:
     """The name of the model shipped with groupae whose file has this sha256, if one has."""
-    if not PRETRAINED_DIR.is_dir():
-        return None
-    return next((p.stem for p in sorted(PRETRAINED_DIR.glob("*.ckpt")) if sha256(p) == digest), None)
+    return next((p.stem for p in shipped_models() if sha256(p) == digest), None)
