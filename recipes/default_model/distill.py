@@ -14,7 +14,7 @@ teacher's spread), the rotation, and the permutation scores (over their spread).
 in float32, without gradients. `--data` holds `cache.npz` and `split.json` of the teacher's run
 (`groupae train` on the recipe's three files with config.yaml writes them), so the held-out
 molecules stay held out. The shipped default is such a student of `default-v1` (the three-layer,
-5 Å model trained on an H100): it embeds about 1,050 drug-like records/s on 2 cores where its
+5 Å model trained on an H100): it embeds about 1,000 drug-like records/s on 2 cores where its
 teacher does about 610 (issue 12; bench/RESULTS.md).
 """
 
