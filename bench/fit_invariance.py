@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from groupae_cli.io.checkpoint import load_model
+from groupae_cli.models import autoencoder
 from groupae_cli.models.symmetry import GroupElement
 from groupae_cli.train.dataset import StructureSet, fixed_batches
 from groupae_cli.train.metrics import per_structure
@@ -81,14 +82,18 @@ def measure(args) -> dict:
     data = StructureSet.load(args.run / "cache.npz")
     k, n = map(int, args.shard.split("/"))
     chosen = held_out_of(args.run, data, args.set)[k::n]
+    if args.atoms:
+        low, high = map(int, args.atoms.split("-"))
+        chosen = chosen[(data.sizes[chosen] >= low) & (data.sizes[chosen] <= high)]
     if args.by_size:
         chosen = chosen[np.argsort(data.sizes[chosen], kind="stable")]
     origin = args.run / "origin.json"  # a run written by --subset-to: its structures' indices in the full run
     index = np.array(json.loads(origin.read_text())) if origin.exists() else np.arange(len(data))
     generator = torch.Generator().manual_seed(k)
     started = time.perf_counter()
-    result = {"set": args.set, "shard": args.shard, "fit_steps": args.fit_steps, "model": args.model,
-              "device": args.device, "seconds": 0.0, "index": [], "rmsd": [], "element_acc": [], "drift": []}
+    result = {"set": args.set, "shard": args.shard, "atoms": args.atoms, "fit_steps": args.fit_steps,
+              "fit_lm_atoms": autoencoder.FIT_LM_ATOMS, "model": args.model, "device": args.device,
+              "seconds": 0.0, "index": [], "rmsd": [], "element_acc": [], "drift": []}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     for indices in fixed_batches(chosen, args.batch_size):
         batch, a, b, _ = fit_pair(model, data.batch(indices, model.config.elements, model.dtype), generator,
@@ -118,6 +123,9 @@ def subset(run: Path, name: str, path: Path) -> None:
 
 
 def merge(paths: list[Path]) -> dict:
+    """One Markdown row per set over the outputs at `paths`, in that order: where two outputs hold
+    the same structure (a later run of some structures again, say with --atoms after a change to
+    the fit), the later one's figures replace the earlier one's, and the row says how many did."""
     parts = [json.loads(p.read_text()) for p in paths]
     summary = {}
     print("| held-out set | fit steps | structures | RMSD median / mean / p90 (Å) | element acc. "
@@ -127,18 +135,26 @@ def merge(paths: list[Path]) -> dict:
         mine = [p for p in parts if p["set"] == name]
         if not mine:
             continue
-        rmsd, drift = (np.concatenate([p[key] for p in mine]) for key in ("rmsd", "drift"))
-        acc = np.concatenate([p["element_acc"] for p in mine])
+        rows = {}  # structure index -> (rmsd, element accuracy, drift), the last output's
+        for part in mine:
+            rows.update(zip(part["index"], zip(part["rmsd"], part["element_acc"], part["drift"], strict=True),
+                            strict=True))
+        replaced = sum(len(p["index"]) for p in mine) - len(rows)
+        index = np.array(sorted(rows))
+        rmsd, acc, drift = (np.array([rows[i][k] for i in index]) for k in range(3))
         steps = sorted({p["fit_steps"] for p in mine})
         summary[name] = {"fit_steps": steps, "structures": len(rmsd), "rmsd_median": float(np.median(rmsd)),
                          "rmsd_mean": float(rmsd.mean()), "rmsd_p90": float(np.percentile(rmsd, 90)),
                          "element_acc": float(acc.mean()), "drift_max": float(drift.max()),
                          "drift_past_tolerance": int((drift > TOLERANCE).sum()), "tolerance": TOLERANCE,
+                         "replaced": replaced, "fit_lm_atoms": sorted({p.get("fit_lm_atoms", 24) for p in mine}),
                          "devices": sorted({p.get("device", "cpu") for p in mine}),
                          "seconds": float(sum(p["seconds"] for p in mine))}  # one thread each on the CPU
         print(f"| {name} | {'/'.join(map(str, steps))} | {len(rmsd)} | {np.median(rmsd):.3f} / {rmsd.mean():.3f} / "
               f"{np.percentile(rmsd, 90):.3f} | {acc.mean():.4f} | {drift.max():.1e}, {(drift > TOLERANCE).sum()} |")
-        over = [(i, d) for p in mine for i, d in zip(p["index"], p["drift"], strict=True) if d > TOLERANCE]
+        if replaced:
+            print(f"  {name}: {replaced} structures' figures replaced by a later output's", file=sys.stderr)
+        over = [(i, d) for i, d in zip(index, drift, strict=True) if d > TOLERANCE]
         if over:
             print(f"  {name}: past {TOLERANCE:g}: " + ", ".join(f"{i} ({d:.1e})" for i, d in over), file=sys.stderr)
     return summary
@@ -151,6 +167,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", choices=SETS, default="QM9")
     parser.add_argument("--fit-steps", type=int, default=200)
     parser.add_argument("--shard", default="0/1", help="K/N: every N-th held-out structure from the K-th")
+    parser.add_argument("--atoms", metavar="LO-HI", help="only the shard's structures of LO to HI atoms")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu", help="where the model fits (the copies are drawn on the CPU)")
     parser.add_argument("--by-size", action="store_true",
@@ -159,7 +176,9 @@ def main(argv=None) -> int:
     parser.add_argument("--subset-to", type=Path, metavar="DIR",
                         help="write --run's held-out structures of --set to DIR as a run of their own, and stop")
     parser.add_argument("-o", "--output", type=Path, help="JSON of the per-structure figures")
-    parser.add_argument("--merge", type=Path, nargs="+", help="print the table of these outputs instead")
+    parser.add_argument("--merge", type=Path, nargs="+",
+                        help="print the table of these outputs instead (a later output's figures for a structure "
+                             "replace an earlier one's)")
     parser.add_argument("--json", type=Path, help="with --merge: write the table's figures here")
     args = parser.parse_args(argv)
     if args.merge:
