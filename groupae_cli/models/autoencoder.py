@@ -86,8 +86,9 @@ FIT_LM_DAMPING, FIT_LM_DOWN, FIT_LM_UP = 0.3, 1.5, 2.0
 #: the Levenberg-Marquardt part of a chunk is fitted this many structures at a time: its Jacobian
 #: holds 3n rows of z's size per structure (with what the batched backward pass keeps, about 20 MB
 #: per structure of 24 atoms in float64 on a GPU, measured; growing as 3n times n, so about 30 MB at
-#: 29), so a GPU batch of 1,024 at once would need 20-30 GB, 256 at a time 5-8 GB. On the CPU one
-#: at a time (FIT_LM_CHUNK_CPU): the backward pass batched over the 3n rows is elementwise work on (3n, structures, n, 128) arrays there, bound by memory, and one structure's
+#: 29 by that estimate), so a GPU batch of 1,024 at once would need 20-30 GB, 256 at a time 5-8 GB.
+#: On the CPU one at a time (FIT_LM_CHUNK_CPU): the backward pass batched over the 3n rows is
+#: elementwise work on (3n, structures, n, 128) arrays there, bound by memory, and one structure's
 #: stay in cache: the fit of small structures 1.8x faster than 16 at a time, the same to round-off
 #: (bench/RESULTS.md, "The split fit, shipped")
 FIT_LM_CHUNK, FIT_LM_CHUNK_CPU = 256, 1
