@@ -14,7 +14,8 @@ max |z(X)| over that structure's entries. The shipped model, its inference preci
 
 Shards (K/N: every N-th structure from the K-th, the copies drawn with seed K) run in parallel
 processes; --merge prints one Markdown row per set over the shards given (and with --json writes
-those figures). On a GPU, from a run directory small enough to take along:
+those figures). A run writes its output after every batch; stopped part way, it goes on with
+--resume (the same command). On a GPU, from a run directory small enough to take along:
 
     python bench/fit_invariance.py --run runs/default_sise --set QM9 --subset-to gpu/qm9_held
     python bench/fit_invariance.py --run gpu/qm9_held --set QM9 --device cuda --batch-size 512 \
@@ -89,22 +90,37 @@ def measure(args) -> dict:
         chosen = chosen[np.argsort(data.sizes[chosen], kind="stable")]
     origin = args.run / "origin.json"  # a run written by --subset-to: its structures' indices in the full run
     index = np.array(json.loads(origin.read_text())) if origin.exists() else np.arange(len(data))
-    generator = torch.Generator().manual_seed(k)
-    started = time.perf_counter()
     result = {"set": args.set, "shard": args.shard, "atoms": args.atoms, "fit_steps": args.fit_steps,
               "fit_lm_atoms": autoencoder.FIT_LM_ATOMS, "model": args.model, "device": args.device,
               "seconds": 0.0, "index": [], "rmsd": [], "element_acc": [], "drift": []}
+    if args.resume and args.output.exists():
+        result = resumed(args.output, result)
+        chosen = chosen[~np.isin(index[chosen], result["index"])]
+        print(f"{args.output}: resumed, {len(result['index'])} done, {len(chosen)} to go", file=sys.stderr)
+    # a resumed run draws other copies than its first part did, not the same ones again
+    generator = torch.Generator().manual_seed(k + 1_000_003 * len(result["index"]))
+    started = time.perf_counter() - result["seconds"]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     for indices in fixed_batches(chosen, args.batch_size):
         batch, a, b, _ = fit_pair(model, data.batch(indices, model.config.elements, model.dtype), generator,
                                   args.device)
         add_figures(result, model, batch, a, b)
         result["index"] += [int(i) for i in index[indices]]
-        print(f"{args.set} {args.shard}: {len(result['index'])}/{len(chosen)}, worst drift {max(result['drift']):.1e}",
+        print(f"{args.set} {args.shard}: {len(result['index'])} done, worst drift {max(result['drift']):.1e}",
               file=sys.stderr, flush=True)
         result["seconds"] = time.perf_counter() - started
         args.output.write_text(json.dumps(result))  # after every batch: what a time limit leaves
     return result
+
+
+def resumed(path: Path, fresh: dict) -> dict:
+    """The output at `path` of an earlier run stopped part way, to go on with: its settings must be
+    `fresh`'s (set, shard, atoms, fit steps, model, device and FIT_LM_ATOMS)."""
+    done = json.loads(path.read_text())
+    differ = [key for key in fresh if not isinstance(fresh[key], list | float) and done.get(key) != fresh[key]]
+    if differ:
+        raise SystemExit(f"--resume: {path} was run with other settings ({', '.join(differ)})")
+    return done
 
 
 def subset(run: Path, name: str, path: Path) -> None:
@@ -176,6 +192,9 @@ def main(argv=None) -> int:
     parser.add_argument("--subset-to", type=Path, metavar="DIR",
                         help="write --run's held-out structures of --set to DIR as a run of their own, and stop")
     parser.add_argument("-o", "--output", type=Path, help="JSON of the per-structure figures")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on with -o's structures not yet done, where an earlier run with the same "
+                             "settings stopped")
     parser.add_argument("--merge", type=Path, nargs="+",
                         help="print the table of these outputs instead (a later output's figures for a structure "
                              "replace an earlier one's)")
