@@ -99,14 +99,14 @@ def measure(args) -> dict:
         print(f"{args.output}: resumed, {len(result['index'])} done, {len(chosen)} to go", file=sys.stderr)
     # a resumed run draws other copies than its first part did, not the same ones again
     generator = torch.Generator().manual_seed(k + 1_000_003 * len(result["index"]))
-    started = time.perf_counter() - result["seconds"]
+    started, total = time.perf_counter() - result["seconds"], len(result["index"]) + len(chosen)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     for indices in fixed_batches(chosen, args.batch_size):
         batch, a, b, _ = fit_pair(model, data.batch(indices, model.config.elements, model.dtype), generator,
                                   args.device)
         add_figures(result, model, batch, a, b)
         result["index"] += [int(i) for i in index[indices]]
-        print(f"{args.set} {args.shard}: {len(result['index'])} done, worst drift {max(result['drift']):.1e}",
+        print(f"{args.set} {args.shard}: {len(result['index'])}/{total}, worst drift {max(result['drift']):.1e}",
               file=sys.stderr, flush=True)
         result["seconds"] = time.perf_counter() - started
         args.output.write_text(json.dumps(result))  # after every batch: what a time limit leaves
