@@ -228,9 +228,9 @@ def test_a_fit_whose_middle_sits_at_the_edge_of_stability_stays_equivariant(rng)
 def test_a_small_structure_whose_adam_fit_was_chaotic_is_fitted_alike_for_moved_copies(rng):
     """qm9_110387 (held out, 22 atoms): under Adam, however tuned, copies of it 1e-13 apart part
     about twofold per step from step 30 on and end in different minima (reconstructions of three
-    moved, renumbered copies 5e-3 A apart, z 7e-3 of its scale). Structures of at most 24 atoms (29 now) are
-    fitted by Levenberg-Marquardt (FIT_LM_ATOMS), whose steps stay in the decoder Jacobian's row
-    space: the copies' reconstructions are the original's, moved and renumbered, to 1e-6 A, and
+    moved, renumbered copies 5e-3 A apart, z 7e-3 of its scale). Structures of at most 24 atoms
+    (29 now) are fitted by Levenberg-Marquardt (FIT_LM_ATOMS), whose steps stay in the decoder
+    Jacobian's row space: the copies' reconstructions are the original's, moved and renumbered, to 1e-6 A, and
     sharper than Adam's (0.31-0.32 A) with default-v1's decoder (whose fits these four tests were
     written for); the default's draws it at 0.48 A."""
     mine = _fit_beside_moved_copies("qm9_110387.xyz", 200, 3, 3, rng, atol=1e-6)
@@ -240,9 +240,10 @@ def test_a_small_structure_whose_adam_fit_was_chaotic_is_fitted_alike_for_moved_
 def test_a_25_atom_structure_whose_adam_fit_was_chaotic_with_the_default_is_fitted_alike(rng):
     """qm9_103082 (held out, 25 atoms): the default's decoder, fitted by Adam (then every structure
     of more than 24 atoms), drew a moved, renumbered copy of it with z 4.0e-5 of its scale away
-    (bench/fit_invariance.py), and this copy's reconstruction more than 5e-4 A from the original's, moved and
-    renumbered. Every structure of up to 29 atoms, all of QM9, is now fitted by Levenberg-Marquardt
-    (FIT_LM_ATOMS): they agree to 1e-6 A, and the drawing is sharper (0.42 A against Adam's 0.49)."""
+    (bench/fit_invariance.py), and this copy's reconstruction more than 5e-4 A from the original's,
+    moved and renumbered. Every structure of up to 29 atoms, all of QM9, is now fitted by
+    Levenberg-Marquardt (FIT_LM_ATOMS): they agree to 1e-6 A, and the drawing is sharper (0.42 A
+    against Adam's 0.49)."""
     mine = _fit_beside_moved_copies("qm9_103082.xyz", 200, 1, 4, rng, atol=1e-6)
     assert mine.rmsd < 0.45, mine.rmsd
 
