@@ -248,6 +248,37 @@ def test_a_25_atom_structure_whose_adam_fit_was_chaotic_with_the_default_is_fitt
     assert mine.rmsd < 0.45, mine.rmsd
 
 
+def test_levenberg_marquardt_takes_no_jacobian_twice_and_fits_a_batch_as_one_by_one(monkeypatch):
+    """A Levenberg-Marquardt step that does not lower the error is undone, and that structure's z
+    stays: its drawing and Jacobian are kept, not computed again. Four sample molecules fitted three
+    at a time (as on a GPU, where only the moved ones' rows are computed again) and one by one (the
+    CPU's way): no Jacobian is taken twice at a structure's same z, some steps are undone, and the
+    fitted z agree to round-off."""
+    from groupae_cli.io.checkpoint import load_model
+    from groupae_cli.models import autoencoder as ae
+
+    model = load_model("default", "cpu")
+    model.fit_steps = 100
+    structures, _ = split(read_structures(SAMPLE / "molecules.sdf"))
+    small = sorted(structures, key=lambda s: len(s.numbers))[:12:3]  # 4 of them, up to 16 atoms
+    batch, _ = centred_batch(small, model.config.elements, model.dtype)
+    seen = []  # (z of each structure in one call)
+    jacobian = ae.GroupAE._drawing_and_jacobian
+    monkeypatch.setattr(ae.GroupAE, "_drawing_and_jacobian", lambda self, z, *a: (seen.append(z.clone()),
+                                                                                 jacobian(self, z, *a))[1])
+    fitted = {}
+    for chunk in (3, 1):
+        monkeypatch.setattr(ae, "FIT_LM_CHUNK_CPU", chunk)
+        seen.clear()
+        with torch.no_grad():
+            fitted[chunk] = model(batch)["z"]
+        rows = torch.cat(seen)
+        assert len(torch.unique(rows, dim=0)) == len(rows)  # never the same z twice
+        assert len(rows) < len(small) * model.fit_steps // ae.FIT_LM_RATIO  # some steps were undone
+    scale = fitted[1].abs().amax(1, keepdim=True)
+    assert ((fitted[3] - fitted[1]).abs() / scale).max() < 1e-9
+
+
 def test_the_batched_relay_lays_each_structure_on_as_align_refine_does(rng):
     """On a GPU the fit's relays run for the whole batch at once (`_laid_on_together`); on the CPU one
     by one through `align.refine`. Both, on the CPU: the sample molecules' canonical structures laid

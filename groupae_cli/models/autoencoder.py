@@ -265,11 +265,17 @@ class GroupAE(nn.Module):
         turn, shift, slots = _unmoved(b, n, z)
         damping = torch.full((b,), FIT_LM_DAMPING, dtype=z.dtype, device=z.device)
         eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
+        # a structure whose step was undone keeps its z, so its drawing and Jacobian (which depend on
+        # z alone) are kept too: only the others' are computed again (about 15% of steps are undone)
+        y, jacobian = target.new_empty(b, n, 3), z.new_empty(b, 3 * n, z.shape[1])
+        moved = torch.ones(b, dtype=torch.bool, device=z.device)
         for _ in range(steps):
-            y, jacobian = self._drawing_and_jacobian(z, slot_types, n_atoms)
+            if moved.any():
+                again = torch.nonzero(moved)[:, 0]
+                y[again], jacobian[again] = self._drawing_and_jacobian(z[again], slot_types[again], n_atoms[again])
+                jacobian[again] *= mask[again].repeat_interleave(3, 1)[:, :, None]
             target, turn, shift, slots = _relay(y, target, slot_types, n_atoms, turn, shift, slots)
             residual = ((y - target) * mask[:, :, None]).reshape(b, 3 * n)
-            jacobian = jacobian * mask.repeat_interleave(3, 1)[:, :, None]
             jtj = jacobian.transpose(1, 2) @ jacobian
             scale = jtj.diagonal(dim1=1, dim2=2).mean(1)
             delta = torch.linalg.solve(jtj + (damping * scale)[:, None, None] * eye,
@@ -279,6 +285,7 @@ class GroupAE(nn.Module):
             better = (((tried - target) * mask[:, :, None]) ** 2).sum((1, 2)) < (residual**2).sum(1)
             z = torch.where(better[:, None], z + delta, z)
             damping = torch.where(better, damping / FIT_LM_DOWN, damping * FIT_LM_UP)
+            moved = better
         return z, target, turn, shift, slots
 
     def _drawing_and_jacobian(self, z: torch.Tensor, slot_types: torch.Tensor,
