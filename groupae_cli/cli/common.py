@@ -27,7 +27,7 @@ FitSteps = Annotated[int, typer.Option(
          "29 atoms: a tenth as many Levenberg-Marquardt steps), laying the record onto the decoder's "
          "drawing again as it goes (the group element follows): sharper reconstructions "
          "(200 steps: 0.5-3 s per molecule on one core; at 200 steps z stayed invariant to 1e-5 on "
-         "every held-out molecule checked, 10,797 for the default and all 14,181 for default-v1; "
+         "every held-out molecule, all 14,181 for each shipped model; "
          "other lengths are not checked). "
          "0: the encoder's z.")]
 Format = Annotated[
