@@ -262,7 +262,7 @@ def test_levenberg_marquardt_takes_no_jacobian_twice_and_fits_a_batch_as_one_by_
     structures, _ = split(read_structures(SAMPLE / "molecules.sdf"))
     small = sorted(structures, key=lambda s: len(s.numbers))[:12:3]  # 4 of them, up to 16 atoms
     batch, _ = centred_batch(small, model.config.elements, model.dtype)
-    seen = []  # (z of each structure in one call)
+    seen = []  # the z of every structure whose Jacobian is taken, call by call
     jacobian = ae.GroupAE._drawing_and_jacobian
     monkeypatch.setattr(ae.GroupAE, "_drawing_and_jacobian", lambda self, z, *a: (seen.append(z.clone()),
                                                                                  jacobian(self, z, *a))[1])

@@ -266,7 +266,7 @@ class GroupAE(nn.Module):
         damping = torch.full((b,), FIT_LM_DAMPING, dtype=z.dtype, device=z.device)
         eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
         # a structure whose step was undone keeps its z, so its drawing and Jacobian (which depend on
-        # z alone) are kept too: only the others' are computed again (about 15% of steps are undone)
+        # z alone) are kept too: only the others' are computed again (15-30% of the steps are undone)
         y, jacobian = target.new_empty(b, n, 3), z.new_empty(b, 3 * n, z.shape[1])
         moved = torch.ones(b, dtype=torch.bool, device=z.device)
         for _ in range(steps):
