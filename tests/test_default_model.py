@@ -260,12 +260,16 @@ def test_levenberg_marquardt_takes_no_jacobian_twice_and_fits_a_batch_as_one_by_
     model = load_model("default", "cpu")
     model.fit_steps = 100
     structures, _ = split(read_structures(SAMPLE / "molecules.sdf"))
-    small = sorted(structures, key=lambda s: len(s.numbers))[:12:3]  # 4 of them, up to 16 atoms
+    small = sorted(structures, key=lambda s: len(s.numbers))[:12:3]  # 4 of them, 8 to 12 atoms
     batch, _ = centred_batch(small, model.config.elements, model.dtype)
     seen = []  # the z of every structure whose Jacobian is taken, call by call
     jacobian = ae.GroupAE._drawing_and_jacobian
-    monkeypatch.setattr(ae.GroupAE, "_drawing_and_jacobian", lambda self, z, *a: (seen.append(z.clone()),
-                                                                                 jacobian(self, z, *a))[1])
+
+    def recorded(self, z, *rest):
+        seen.append(z.clone())
+        return jacobian(self, z, *rest)
+
+    monkeypatch.setattr(ae.GroupAE, "_drawing_and_jacobian", recorded)
     fitted = {}
     for chunk in (3, 1):
         monkeypatch.setattr(ae, "FIT_LM_CHUNK_CPU", chunk)

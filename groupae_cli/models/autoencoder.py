@@ -76,8 +76,9 @@ FIT_SMOOTH = 0.05
 #: Up to 29 atoms, all of QM9, since the distilled default: its decoder under Adam parted copies of
 #: two 25-atom QM9 molecules (z 1.8e-4 and 1.6e-5 of its scale apart; issue 10 allows 1e-5), where
 #: Levenberg-Marquardt kept every copy of the 431 held-out structures of 25-29 atoms within 1e-10,
-#: at about 4x Adam's time there and a little less sharp (QM9 0.444 A median against 0.425; "Up to
-#: 29 atoms by Levenberg-Marquardt").
+#: at about 4x Adam's time there (2.5-4x since an undone step's Jacobian is kept) and a little less
+#: sharp (QM9 0.444 A median against 0.425; "Up to 29 atoms by Levenberg-Marquardt", "Every held-out
+#: structure, and the Jacobian kept").
 #: The damping starts at FIT_LM_DAMPING times the mean of diag(J^T J), is divided by FIT_LM_DOWN
 #: after a step that lowers the error and multiplied by FIT_LM_UP otherwise (the step undone). The
 #: atom count is exact, so every copy of a structure is fitted the same way.
