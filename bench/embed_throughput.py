@@ -100,9 +100,9 @@ class TimeFirstAppend(importlib.abc.MetaPathFinder):
         spec.loader.exec_module = exec_module
         return spec
 sys.meta_path.insert(0, TimeFirstAppend())
-from groupae_cli.app import main
+from groupae_cli.early_worker import console_main
 sys.argv = ["groupae", *sys.argv[1:]]
-main()
+console_main()
 """
 
 #: `groupae embed`, then its own CPU seconds (user + system, its threads, not its worker processes)

@@ -1,3 +1,3 @@
-from groupae_cli.app import main
+from groupae_cli.early_worker import console_main
 
-main()
+console_main()

@@ -1,7 +1,8 @@
 """`groupae embed`'s first encoding worker, forked as the command starts (`start_for_command_line`,
 from `groupae_cli.app.main`), what deciding that needs, and what every worker does first
-(`become_worker`). Nothing heavy is imported here (no numpy, no torch): the module is imported
-before the command line is parsed.
+(`become_worker`), and how a worker imports torch (`import_torch_lean`, `complete_torch`). Nothing
+heavy is imported here (no numpy, no torch): the module is imported before the command line is
+parsed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,13 @@ import sys
 
 #: Messages of records a worker may have waiting (per worker)
 QUEUE_DEPTH = 8
+
+#: torch releases (major, minor) whose `import torch` is known to complete with its meta-kernel
+#: registrations held back (`import_torch_lean`); the tests check the release they run on
+LEAN_TORCH_RELEASES = {(2, 13)}
+_META = "torch._meta_registrations"
+#: whether this process imported torch without `_META` and has not imported it since
+_HELD_BACK: list = []
 
 
 def gpu_wanted(device: str) -> bool:
@@ -44,6 +52,55 @@ def become_worker() -> None:
         return
     if os.getppid() != parent.pid:  # it ended before the call
         os._exit(1)
+
+
+def _torch_release() -> tuple[int, int] | None:
+    """(major, minor) of the installed torch, read from its version.py without importing it."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.origin:
+        return None
+    try:
+        with open(os.path.join(os.path.dirname(spec.origin), "version.py")) as f:
+            found = re.search(r"""^__version__\s*=\s*['"](\d+)\.(\d+)""", f.read(), re.MULTILINE)
+    except OSError:
+        return None
+    return (int(found[1]), int(found[2])) if found else None
+
+
+def import_torch_lean() -> None:
+    """Import torch, in a worker that has not yet, without its meta-kernel registrations
+    (`torch._meta_registrations` and the decompositions, references and primitives it imports: a
+    quarter to a third of `import torch`, 0.2-0.3 s on 2 cores). Those kernels serve tensors on the
+    meta device and torch's tracers (torch.compile, torch.export, fake tensors); eager inference on
+    the CPU or a GPU never calls them, and the embeddings are the same to the bit (tests). So the
+    first records come that much sooner, and `complete_torch` imports them once the first are out,
+    before anything else runs: the rest of the work runs under the whole of torch. Only for torch
+    releases in `LEAN_TORCH_RELEASES`, where `import torch` is known to complete without them;
+    elsewhere, and where torch is loaded already, the plain import. (Used where the model runs on
+    the CPU, where it was measured and is tested.)"""
+    import types
+
+    if "torch" in sys.modules or _META in sys.modules or _torch_release() not in LEAN_TORCH_RELEASES:
+        import torch
+        return
+    sys.modules[_META] = types.ModuleType(_META, "held back while torch is imported (groupae_cli.early_worker)")
+    try:
+        import torch  # noqa: F401
+    finally:
+        del sys.modules[_META]
+    _HELD_BACK.append(True)
+
+
+def complete_torch() -> None:
+    """Import what `import_torch_lean` held back, if it did (then this process's torch is whole)."""
+    if _HELD_BACK:
+        _HELD_BACK.clear()
+        import importlib
+
+        importlib.import_module(_META)
 
 
 #: The first encoding worker of a `groupae embed`, forked as the command starts
@@ -78,7 +135,8 @@ def _wait_for_share(receive, send, out) -> None:
     send.close()  # the main process's end: with it closed here, the main process's exit is an EOF
     become_worker()  # (`_work` says it again, to no effect)
     with contextlib.suppress(Exception):  # a failure comes again, and is reported, in `_work`
-        import groupae_cli.embed  # torch
+        import_torch_lean()
+        import groupae_cli.embed
         import groupae_cli.io.checkpoint
         import groupae_cli.models  # noqa: F401  # e3nn
     try:
@@ -119,3 +177,12 @@ def start_for_command_line(argv: list[str]) -> None:
     """`start_early_worker` for an `embed` command line, unless it asks for help or reads stdin."""
     if argv[1:2] == ["embed"] and argv[2:] and not {"-h", "--help", "-"} & set(argv[2:]):
         start_early_worker()
+
+
+def console_main() -> None:
+    """The `groupae` console script: embed's first worker forked before the command line's own
+    imports (typer and every command's module, about 50 ms), then the Typer app."""
+    start_for_command_line(sys.argv)
+    from groupae_cli.app import main
+
+    main()

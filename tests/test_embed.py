@@ -293,6 +293,61 @@ def test_a_parser_process_that_dies_is_one_line():
             list(stream)
 
 
+#: a worker's work (`_work`, encoding, chunks of 4) in a fresh interpreter after `import_torch_lean`,
+#: each message noted with whether torch's meta kernels were loaded when it was sent; then the same
+#: records through a model built afresh under the whole of torch
+LEAN_DRIVER = """
+import json, sys
+import numpy as np
+from groupae_cli.early_worker import LEAN_TORCH_RELEASES, _torch_release, import_torch_lean
+import_torch_lean()
+import torch
+from groupae_cli.io.parallel import _work
+META = "torch._meta_registrations"
+class Noted(list):
+    def put(self, message):
+        self.append((message, META in sys.modules))
+sent = Noted()
+_work(sent, [sys.argv[1]], None, 0, 1, 4, {"model": "default", "batch_size": 4, "threads": 1})
+from groupae_cli.embed import encode_batch
+from groupae_cli.io import Structure, read_structures
+from groupae_cli.io.checkpoint import load_model
+records = [s for s in read_structures(sys.argv[1]) if isinstance(s, Structure)]
+model = load_model("default")
+whole = [encode_batch(model, records[i:i + 4], torch.device("cpu")) for i in range(0, len(records), 4)]
+got = [item for (kind, items, _), _ in sent if kind == "items" for _, _, item in items]
+want = [(b["embedding"][j], b["rotation"][j], b["permutation"][j]) for b in whole for j in range(len(b["rotation"]))]
+same = len(got) == len(want) == len(records) and all(
+    np.array_equal(g.embedding, z) and np.array_equal(g.rotation, r) and np.array_equal(g.permutation, p)
+    for g, (z, r, p) in zip(got, want))
+try:
+    torch.take(torch.empty(4, device="meta"), torch.zeros(2, dtype=torch.long, device="meta"))
+    meta_works = True
+except NotImplementedError:
+    meta_works = False
+print(json.dumps({"lean": _torch_release() in LEAN_TORCH_RELEASES, "kinds": [m[0] for m, _ in sent],
+                  "meta_loaded": [loaded for _, loaded in sent], "same": bool(same), "meta_works": meta_works}))
+"""
+
+
+def test_a_worker_imports_torch_without_its_meta_kernels_until_its_first_records_are_out():
+    """Start-up: an encoding worker imports torch without its meta-kernel registrations (a quarter of
+    `import torch`; `import_torch_lean`) on the torch releases where that is known to work, sends its
+    first records, and only then imports them: the rest runs under the whole of torch, where meta
+    tensors work again. What it sends, first records included, is what a model built under the whole
+    of torch gives, to the bit."""
+    import json
+
+    sample = str(__import__("conftest").SAMPLE / "xyz" / "molecules_10.xyz")
+    run = subprocess.run([sys.executable, "-c", LEAN_DRIVER, sample], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert result["kinds"] == ["ready", "items", "items", "items", "done"], result
+    assert result["same"] and result["meta_works"], result
+    # held back up to the first records, loaded from then on (plain torch: loaded throughout)
+    assert result["meta_loaded"] == [not result["lean"]] * 2 + [True] * 3, result
+
 EARLY_DRIVER = """
 import sys
 import groupae_cli.early_worker as early_worker

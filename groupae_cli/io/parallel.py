@@ -29,7 +29,9 @@ import numpy as np
 from groupae_cli.early_worker import (
     QUEUE_DEPTH,
     become_worker,
+    complete_torch,
     gpu_wanted,
+    import_torch_lean,
     release_early_worker,
     take_early_worker,
     usable_cpus,
@@ -96,6 +98,8 @@ def keep_freed_memory() -> None:
 def _encoded(items, encoder: dict, out):
     """The worker's items through the model (`encoder`: model path, batch size, torch threads,
     fit steps, and the device: the CPU unless it names a GPU)."""
+    if not gpu_wanted(encoder.get("device", "cpu")):  # measured and tested on the CPU
+        import_torch_lean()  # (`_work` completes torch once the first records are out)
     import torch
 
     from groupae_cli.device import resolve_device
@@ -107,6 +111,8 @@ def _encoded(items, encoder: dict, out):
     device = resolve_device(encoder.get("device", "cpu"))
     model = load_model(encoder["model"], device)
     model.fit_steps = encoder.get("fit_steps", 0)
+    if model.fit_steps:  # the fit differentiates through the decoder (torch.func): with the whole of torch
+        complete_torch()
     out.put(("ready", {"embedding_dim": model.config.embedding_dim,
                        "embedding_identity": model.config.embedding_identity}, None))
     pairs = (((k, number), item) for k, number, item in items)
@@ -163,6 +169,7 @@ def _work(out, paths: list[str], fmt: str | None, residue: int, modulus: int, ch
             if len(batch) >= chunk:
                 send(batch)
                 batch = []
+                complete_torch()  # the first records are out (`import_torch_lean`)
         send(batch)
         out.put(("done", None, None))
     except GroupaeError as exc:  # e.g. a checkpoint that cannot be loaded: the main process says it
