@@ -80,7 +80,8 @@ def import_torch_lean() -> None:
     before anything else runs: the rest of the work runs under the whole of torch. Only for torch
     releases in `LEAN_TORCH_RELEASES`, where `import torch` is known to complete without them;
     elsewhere, and where torch is loaded already, the plain import. (Used where the model runs on
-    the CPU, where it was measured and is tested.)"""
+    the CPU without a fit, where it was measured and is tested: in the workers, and in `groupae
+    embed`'s own process where it reads standard input or has no workers.)"""
     import types
 
     if "torch" in sys.modules or _META in sys.modules or _torch_release() not in LEAN_TORCH_RELEASES:
@@ -101,6 +102,15 @@ def complete_torch() -> None:
         import importlib
 
         importlib.import_module(_META)
+
+
+def completing_torch(items, after: int):
+    """`items`, with `complete_torch` called before the one after the first `after` is handed on: in
+    a pipeline that encodes `after` records at a time, once its first batch is encoded."""
+    for i, item in enumerate(items):
+        if i == after:
+            complete_torch()
+        yield item
 
 
 #: The first encoding worker of a `groupae embed`, forked as the command starts

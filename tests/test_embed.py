@@ -348,6 +348,81 @@ def test_a_worker_imports_torch_without_its_meta_kernels_until_its_first_records
     # held back up to the first records, loaded from then on (plain torch: loaded throughout)
     assert result["meta_loaded"] == [not result["lean"]] * 2 + [True] * 3, result
 
+
+def test_torch_is_completed_once_the_first_batch_is_encoded(monkeypatch):
+    """`completing_torch` (embed's own process, standard input): what was held back is imported
+    when the record after the first batch is asked for, after the model has taken a whole batch."""
+    from groupae_cli import early_worker
+
+    handed = []
+    monkeypatch.setattr(early_worker, "complete_torch", lambda: handed.append("complete"))
+    handed.extend(early_worker.completing_torch(iter(range(7)), 3))  # (each item appended as it is handed on)
+    assert handed == [0, 1, 2, "complete", 3, 4, 5, 6]
+    handed.clear()
+    assert list(early_worker.completing_torch(iter(range(3)), 3)) == [0, 1, 2] and handed == []
+
+
+#: `groupae embed` with each call of `encode_batch` noted with whether torch's meta kernels were
+#: loaded (the module is patched as it is imported, so that the command imports torch as it would)
+WATCHED_ENCODE_DRIVER = """
+import atexit, importlib.abc, importlib.machinery, os, sys
+seen = []
+class Watch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "groupae_cli.embed":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            run(module)
+            encode = module.encode_batch
+            def watched(*args, **kwargs):
+                seen.append("torch._meta_registrations" in sys.modules)
+                return encode(*args, **kwargs)
+            module.encode_batch = watched
+        spec.loader.exec_module = exec_module
+        return spec
+sys.meta_path.insert(0, Watch())
+def report():
+    if seen is not None:
+        sys.stderr.write(f"SEEN {' '.join(map(str, seen))}\\n")
+        sys.stderr.flush()
+atexit.register(report)
+exit_now = os._exit
+def reporting_exit(status):
+    report()
+    exit_now(status)
+os._exit = reporting_exit
+from groupae_cli.early_worker import LEAN_TORCH_RELEASES, _torch_release, console_main
+sys.stderr.write(f"LEAN {_torch_release() in LEAN_TORCH_RELEASES}\\n")
+sys.argv = ["groupae", *sys.argv[1:]]
+console_main()
+"""
+
+
+def test_embed_from_standard_input_holds_torchs_meta_kernels_back_for_its_first_batch(tmp_path):
+    """With standard input the model runs in embed's own process; there too torch is imported
+    without its meta kernels (`import_torch_lean`) and completed once the first batch is encoded,
+    and the file is the one a run in the test's process (the whole of torch) writes."""
+    sample = __import__("conftest").SAMPLE / "xyz" / "molecules_10.xyz"
+    base = ["-o", "OUT", "--format", "xyz", "--model", "default", "--device", "cpu", "--batch-size", "4", "--quiet"]
+    with open(sample, "rb") as stdin:
+        run = subprocess.run([sys.executable, "-c", WATCHED_ENCODE_DRIVER, "embed", "-",
+                              *[str(tmp_path / "stdin.h5") if a == "OUT" else a for a in base]],
+                             stdin=stdin, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stderr.splitlines()
+    lean = next(line for line in lines if line.startswith("LEAN")).split()[1] == "True"
+    seen = next(line for line in lines if line.startswith("SEEN")).split()[1:]
+    assert seen == [str(not lean), "True", "True"], run.stderr[-2000:]  # batches of 4, 4 and 2
+    result = runner.invoke(app, ["embed", str(sample), *[str(tmp_path / "file.h5") if a == "OUT" else a
+                                                         for a in base if a not in ("--format", "xyz")]])
+    assert result.exit_code == 0, result.output
+    (got, got_failed), (want, want_failed) = records(tmp_path / "stdin.h5"), records(tmp_path / "file.h5")
+    assert len(got) == len(want) == 10 and got_failed == want_failed == []
+    assert [row.pop("sources") for row in got] == ["-"] * 10  # the rest as read from the file
+    assert_same_records(got, [{k: v for k, v in row.items() if k != "sources"} for row in want])
+
 EARLY_DRIVER = """
 import sys
 import groupae_cli.early_worker as early_worker

@@ -75,6 +75,7 @@ def embed(
     `failed` table and summarised on stderr (--strict: exit 1 if any). When no record can be
     embedded nothing is written and the exit code is 1.
     """
+    from groupae_cli.early_worker import completing_torch, import_torch_lean
     from groupae_cli.errors import EXIT_FAILURES, FailureReport, UsageError
     from groupae_cli.io import resolve_inputs
     from groupae_cli.io.embeddings import provenance, write_embeddings
@@ -116,13 +117,16 @@ def embed(
     else:
         # the parsers start before torch is imported and the model built: the first records are ready when it is
         with RecordStream(paths, fmt, workers, part, geometry_only=True) as stream:
+            lean = not gpu and not fit_steps
+            if lean:  # as the CPU workers do: torch's meta kernels once the first batch is encoded
+                import_torch_lean()
             from groupae_cli.embed import embed_files
 
             net, torch_device, _ = load_for_command(model, device)
             net.fit_steps = fit_steps
             items = stream_progress(stream, quiet, desc="embedding")
-            count = embed_files(items, net, out, attrs, torch_device, batch_size, on_failure=report.add,
-                                keep_empty=part[1] > 1)
+            count = embed_files(completing_torch(items, batch_size) if lean else items, net, out, attrs, torch_device,
+                                batch_size, on_failure=report.add, keep_empty=part[1] > 1)
     allow_quick_exit()  # the output is closed, the parser processes are stopped
     if not quiet:
         report.summarise()
