@@ -1,8 +1,8 @@
 """`groupae embed`'s first encoding worker, forked as the command starts (`start_for_command_line`,
-from `groupae_cli.app.main`), what deciding that needs, and what every worker does first
-(`become_worker`), and how a worker imports torch (`import_torch_lean`, `complete_torch`). Nothing
-heavy is imported here (no numpy, no torch): the module is imported before the command line is
-parsed.
+from the console script `console_main` before anything else is imported), what deciding that needs,
+what every worker does first (`become_worker`), and how a process that encodes on the CPU imports
+torch (`import_torch_lean`, `complete_torch`). Nothing heavy is imported here (no numpy, no torch):
+the module is imported before the command line is parsed.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _torch_release() -> tuple[int, int] | None:
 
 
 def import_torch_lean() -> None:
-    """Import torch, in a worker that has not yet, without its meta-kernel registrations
+    """Import torch, in a process that has not yet, without its meta-kernel registrations
     (`torch._meta_registrations` and the decompositions, references and primitives it imports: a
     quarter to a third of `import torch`, 0.2-0.3 s on 2 cores). Those kernels serve tensors on the
     meta device and torch's tracers (torch.compile, torch.export, fake tensors); eager inference on
