@@ -20,7 +20,7 @@ QUEUE_DEPTH = 8
 LEAN_TORCH_RELEASES = {(2, 13)}
 _META = "torch._meta_registrations"
 #: whether this process imported torch without `_META` and has not imported it since
-_HELD_BACK: list = []
+_held_back = False
 
 
 def gpu_wanted(device: str) -> bool:
@@ -84,6 +84,7 @@ def import_torch_lean() -> None:
     embed`'s own process where it reads standard input or has no workers.)"""
     import types
 
+    global _held_back
     if "torch" in sys.modules or _META in sys.modules or _torch_release() not in LEAN_TORCH_RELEASES:
         import torch
         return
@@ -92,13 +93,14 @@ def import_torch_lean() -> None:
         import torch  # noqa: F401
     finally:
         del sys.modules[_META]
-    _HELD_BACK.append(True)
+    _held_back = True
 
 
 def complete_torch() -> None:
     """Import what `import_torch_lean` held back, if it did (then this process's torch is whole)."""
-    if _HELD_BACK:
-        _HELD_BACK.clear()
+    global _held_back
+    if _held_back:
+        _held_back = False
         import importlib
 
         importlib.import_module(_META)

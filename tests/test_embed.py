@@ -383,10 +383,9 @@ class Watch(importlib.abc.MetaPathFinder):
         spec.loader.exec_module = exec_module
         return spec
 sys.meta_path.insert(0, Watch())
-def report():
-    if seen is not None:
-        sys.stderr.write(f"SEEN {' '.join(map(str, seen))}\\n")
-        sys.stderr.flush()
+def report():  # at exit, or as the command ends by os._exit (then atexit does not run)
+    sys.stderr.write(f"SEEN {' '.join(map(str, seen))}\\n")
+    sys.stderr.flush()
 atexit.register(report)
 exit_now = os._exit
 def reporting_exit(status):
