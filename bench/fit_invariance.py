@@ -79,7 +79,7 @@ def add_figures(rows: dict[str, list], model, batch: dict, a: dict, b: dict) -> 
 def measure(args) -> dict:
     torch.set_num_threads(1)
     model = load_model(args.model, args.device).eval()
-    model.fit_steps = args.fit_steps
+    model.fit_steps, model.fit_hold_identity = args.fit_steps, args.fit_hold_identity
     data = StructureSet.load(args.run / "cache.npz")
     k, n = map(int, args.shard.split("/"))
     chosen = held_out_of(args.run, data, args.set)[k::n]
@@ -91,6 +91,7 @@ def measure(args) -> dict:
     origin = args.run / "origin.json"  # a run written by --subset-to: its structures' indices in the full run
     index = np.array(json.loads(origin.read_text())) if origin.exists() else np.arange(len(data))
     result = {"set": args.set, "shard": args.shard, "atoms": args.atoms, "fit_steps": args.fit_steps,
+              "fit_hold_identity": args.fit_hold_identity,
               "fit_lm_atoms": autoencoder.FIT_LM_ATOMS, "model": args.model, "device": args.device,
               "seconds": 0.0, "index": [], "rmsd": [], "element_acc": [], "drift": []}
     if args.resume and args.output.exists():
@@ -115,7 +116,7 @@ def measure(args) -> dict:
 
 def resumed(path: Path, fresh: dict) -> dict:
     """The output at `path` of an earlier run stopped part way, to go on with: its settings must be
-    `fresh`'s (set, shard, atoms, fit steps, model, device and FIT_LM_ATOMS)."""
+    `fresh`'s (set, shard, atoms, fit steps and what they hold, model, device and FIT_LM_ATOMS)."""
     done = json.loads(path.read_text())
     differ = [key for key in fresh if not isinstance(fresh[key], list | float) and done.get(key) != fresh[key]]
     if differ:
@@ -151,6 +152,9 @@ def merge(paths: list[Path]) -> dict:
         mine = [p for p in parts if p["set"] == name]
         if not mine:
             continue
+        held = sorted({p.get("fit_hold_identity", False) for p in mine})
+        if len(held) > 1:
+            raise SystemExit(f"--merge: {name} has outputs of the fit with and without --fit-hold-identity")
         rows = {}  # structure index -> (rmsd, element accuracy, drift), the last output's
         for part in mine:
             rows.update(zip(part["index"], zip(part["rmsd"], part["element_acc"], part["drift"], strict=True),
@@ -159,7 +163,8 @@ def merge(paths: list[Path]) -> dict:
         index = np.array(sorted(rows))
         rmsd, acc, drift = (np.array([rows[i][k] for i in index]) for k in range(3))
         steps = sorted({p["fit_steps"] for p in mine})
-        summary[name] = {"fit_steps": steps, "structures": len(rmsd), "rmsd_median": float(np.median(rmsd)),
+        summary[name] = {"fit_steps": steps, "fit_hold_identity": held[0], "structures": len(rmsd),
+                         "rmsd_median": float(np.median(rmsd)),
                          "rmsd_mean": float(rmsd.mean()), "rmsd_p90": float(np.percentile(rmsd, 90)),
                          "element_acc": float(acc.mean()), "drift_max": float(drift.max()),
                          "drift_past_tolerance": int((drift > TOLERANCE).sum()), "tolerance": TOLERANCE,
@@ -182,6 +187,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="default", help="a checkpoint path or a shipped model's name")
     parser.add_argument("--set", choices=SETS, default="QM9")
     parser.add_argument("--fit-steps", type=int, default=200)
+    parser.add_argument("--fit-hold-identity", action="store_true",
+                        help="the fit leaves z's frame-free part (its first embedding_identity entries) as the "
+                             "encoder made it")
     parser.add_argument("--shard", default="0/1", help="K/N: every N-th held-out structure from the K-th")
     parser.add_argument("--atoms", metavar="LO-HI", help="only the shard's structures of LO to HI atoms")
     parser.add_argument("--batch-size", type=int, default=64)

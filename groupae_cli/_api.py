@@ -244,7 +244,9 @@ def embed(model, structures, batch_size: int = 64, out: str | Path | None = None
     writes them to that HDF5 file instead (the layout of `groupae embed`, read back with
     `read_embeddings`) and returns its path. ValueError names a structure the model cannot take
     (an element it was not trained on, too many atoms). With `model.fit_steps = k`, each z is first
-    fitted to its structure by k steps through the decoder (recorded in the file as `fit_steps`).
+    fitted to its structure by k steps through the decoder (recorded in the file as `fit_steps`;
+    with `model.fit_hold_identity`, z's frame-free part is left as the encoder made it:
+    `fit_hold_identity` 1).
     """
     from groupae_cli.embed import embed_files, encode_batch, provenance
 
@@ -255,7 +257,7 @@ def embed(model, structures, batch_size: int = 64, out: str | Path | None = None
         files = {s: k for k, s in enumerate(dict.fromkeys(s.source for s in items))}
         checkpoint = getattr(model, "checkpoint", {}).get("path")
         attrs = provenance(checkpoint, Path(checkpoint).stem if checkpoint else None, list(files), (0, 1), "Python API",
-                           model.fit_steps)
+                           model.fit_steps, model.fit_hold_identity)
         embed_files(((files[s.source], s) for s in items), model, out, attrs, device, batch_size)
         return Path(out)
     parts = [encode_batch(model, batch, device) for batch in _batches(items, batch_size)]

@@ -172,6 +172,39 @@ def test_fitting_z_sharpens_held_out_reconstructions(tmp_path):
     assert len(refused.output.strip().splitlines()) == 1 and not (tmp_path / "again.xyz").exists()
 
 
+def test_a_fit_that_holds_the_frame_free_part_leaves_the_encoders_descriptor(tmp_path):
+    """--fit-hold-identity: embed's fitted z keeps the encoder's frame-free part (the file says so:
+    fit_hold_identity 1), in the worker processes as in embed's own, and fits only the rest, which
+    still draws held-out QM9 molecules sharper than the encoder's z (reconstruct)."""
+    qm9 = [s for s in read_structures(HELDOUT) if held_out_set(s) == "QM9"][:6]
+    source = tmp_path / "qm9.xyz"
+    write_structures(qm9, source)
+    files = {}
+    for name, options in {"plain": ["--workers", "0"], "main": ["--workers", "0", "--fit-steps", "10"],
+                          "workers": ["--workers", "2", "--fit-steps", "10"]}.items():
+        files[name] = tmp_path / f"{name}.h5"
+        held = ["--fit-hold-identity"] if name != "plain" else []
+        result = runner.invoke(app, ["embed", str(source), "-o", str(files[name]), "--quiet", *options, *held])
+        assert result.exit_code == 0, result.output
+    z = {}
+    for name, path in files.items():
+        with h5py.File(path) as f:
+            assert f.attrs["fit_hold_identity"] == (name != "plain")
+            z[name], identity = f["embedding"][:], int(f.attrs["embedding_identity"])
+    assert identity > 0
+    for name in ("main", "workers"):
+        np.testing.assert_allclose(z[name][:, :identity], z["plain"][:, :identity], rtol=0, atol=1e-6)
+        assert (np.abs(z[name][:, identity:] - z["plain"][:, identity:]).max(1) > 1e-2).all()
+    np.testing.assert_allclose(z["workers"], z["main"], rtol=0, atol=1e-5)
+    rmsd = {}
+    for options in ([], ["--fit-steps", "10", "--fit-hold-identity"]):
+        result = runner.invoke(app, ["reconstruct", str(source), "-o", str(tmp_path / "back.xyz"), "--json", "--quiet",
+                                     *options])
+        assert result.exit_code == 0, result.output
+        rmsd[bool(options)] = np.array([r["rmsd"] for r in json.loads(result.stdout)["records"]])
+    assert np.median(rmsd[True]) < 0.8 * np.median(rmsd[False]), rmsd
+
+
 def _fit_beside_moved_copies(name, steps, count, seed, rng, atol=1e-7):
     """Reconstruct tests/data/NAME with z fitted by `steps`, in one batch with `count` rotated,
     translated and renumbered copies, and check that each copy's reconstruction is the original's,

@@ -84,7 +84,7 @@ def shared(dtype, seed=0, name="tiny", **changes):
     key = (dtype, seed, repr(preset(name, **changes)))
     if key not in _SHARED:
         _SHARED[key] = model(dtype, seed, name, **changes)
-    assert _SHARED[key].fit_steps == 0
+    assert _SHARED[key].fit_steps == 0 and not _SHARED[key].fit_hold_identity
     return _SHARED[key]
 
 
@@ -153,14 +153,14 @@ def test_batched_equals_one_by_one(molecules, dtype, design):
     assert_batched_equals_one_by_one(molecules, dtype, design)
 
 
-def assert_batched_equals_one_by_one(molecules, dtype, design, fit_steps=0):
+def assert_batched_equals_one_by_one(molecules, dtype, design, fit_steps=0, hold=False):
     m = shared(dtype, **DESIGNS[design])
-    m.fit_steps = fit_steps
+    m.fit_steps, m.fit_hold_identity = fit_steps, hold
     try:
         together = m(collate(molecules, m.config.elements, dtype=dtype))
         alone = [m(collate([s], m.config.elements, dtype=dtype)) for s in molecules]
     finally:
-        m.fit_steps = 0
+        m.fit_steps, m.fit_hold_identity = 0, False
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     for i, (s, one) in enumerate(zip(molecules, alone)):
         n = len(s)
@@ -450,6 +450,37 @@ def test_z_fitted_to_the_structure_keeps_the_contract(molecules, monkeypatch, de
     assert error.sum() < ((plain["reconstruction"] - batch["positions"]) ** 2).sum(-1).sum()
     assert_contract(errors, torch.float64)
     assert_batched_equals_one_by_one(molecules[::2], torch.float64, design, fit_steps=10)
+
+
+def test_a_fit_that_holds_the_frame_free_part_moves_only_the_rest_and_keeps_the_contract(molecules, monkeypatch):
+    """fit_hold_identity: the fit leaves z[:, :embedding_identity] as the encoder made it, to the
+    bit, in both of its ways (Levenberg-Marquardt for small structures, Adam for large ones); the rest
+    of z moves and draws the structures closer; z stays exactly invariant, the reconstruction
+    equivariant, and a batch fits as its structures one by one."""
+    from groupae_cli.models import autoencoder
+
+    monkeypatch.setattr(autoencoder, "FIT_CHUNK", 5)
+    sizes = sorted(len(s) for s in molecules)
+    assert sizes[0] <= autoencoder.FIT_LM_ATOMS < sizes[-1]  # both ways
+    m = shared(torch.float64, **DESIGNS["canonical"])
+    identity = m.config.embedding_identity
+    batch = collate(molecules, m.config.elements, dtype=torch.float64)
+    plain = m(batch)
+    m.fit_steps, m.fit_hold_identity = 30, True
+    try:
+        fitted = m(batch)
+        errors = symmetry_errors(m, batch, GroupElement.random(batch, generator=torch.Generator().manual_seed(1)))
+        m.fit_hold_identity = False
+        whole = m(batch)
+    finally:
+        m.fit_steps, m.fit_hold_identity = 0, False
+    torch.testing.assert_close(fitted["z"][:, :identity], plain["z"][:, :identity], rtol=0, atol=0)
+    assert (whole["z"][:, :identity] - plain["z"][:, :identity]).abs().amax(1).gt(1e-3).all()  # the whole fit moves it
+    assert (fitted["z"][:, identity:] - plain["z"][:, identity:]).abs().amax(1).gt(1e-3).all()
+    error = ((fitted["reconstruction"] - batch["positions"]) ** 2).sum(-1)
+    assert error.sum() < ((plain["reconstruction"] - batch["positions"]) ** 2).sum(-1).sum()
+    assert_contract(errors, torch.float64)
+    assert_batched_equals_one_by_one(molecules[::2], torch.float64, "canonical", fit_steps=10, hold=True)
 
 
 def test_the_fit_relays_the_structure_onto_the_drawing(molecules):

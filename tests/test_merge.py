@@ -154,6 +154,19 @@ def test_parts_of_other_runs_are_refused(run, tmp_path):
     with h5py.File(fitted, "a") as f:
         f.attrs["fit_steps"] = 10
     refused(merge([*parts[:2], fitted], out), out, "not shards of one run: different fit steps", fitted)
+    copies = [tmp_path / f"fitted{k}.h5" for k in range(3)]  # the three shards, fitted alike
+    for part, copy in zip(parts, copies, strict=True):
+        shutil.copy(part, copy)
+        with h5py.File(copy, "a") as f:
+            f.attrs["fit_steps"] = 10
+    held = tmp_path / "held.h5"  # the last one with the frame-free part held (embed --fit-hold-identity)
+    shutil.copy(copies[2], held)
+    with h5py.File(held, "a") as f:
+        f.attrs["fit_hold_identity"] = 1
+    refused(merge([*copies[:2], held], out), out, "different fits (the frame-free part held or fitted) (0 vs 1)", held)
+    with h5py.File(copies[0], "a") as f:  # a file written before groupae wrote the attribute: a whole fit
+        del f.attrs["fit_hold_identity"]
+    assert merge(copies, out).exit_code == 0
 
 
 def test_an_incomplete_or_overlapping_part_is_refused_and_leaves_no_file(run, tmp_path):

@@ -30,6 +30,12 @@ FitSteps = Annotated[int, typer.Option(
          "every held-out molecule, all 14,181 for each shipped model; "
          "other lengths are not checked). "
          "0: the encoder's z.")]
+FitHold = Annotated[bool, typer.Option(
+    "--fit-hold-identity/--fit-whole-z",
+    help="With --fit-steps: leave z's frame-free part (its first embedding_identity entries, the "
+         "part that describes the molecule best) as the encoder made it and fit only the rest, or "
+         "fit the whole of z (the sharpest reconstructions; its frame-free part then describes "
+         "the molecule worse than the Coulomb-matrix eigenspectrum: bench/RESULTS.md).")]
 Format = Annotated[
     str | None,
     typer.Option("--format", "-f", help="Input format (xyz, sdf, ply, pdb, mol2) when the extension does not tell, e.g. for '-'."),

@@ -9,6 +9,7 @@ import typer
 
 from groupae_cli.cli.common import (
     Device,
+    FitHold,
     FitSteps,
     Format,
     Model,
@@ -65,6 +66,7 @@ def embed(
         "--encode-in-workers", help="On a GPU, have the worker processes run the model too, each with a "
                                     "CUDA context of its own, instead of the main process (as on CPU).")] = False,
     fit_steps: FitSteps = 0,
+    fit_hold_identity: FitHold = False,
     fmt: Format = None,
     strict: Strict = False,
     quiet: Quiet = False,
@@ -104,11 +106,12 @@ def embed(
         batch_size = GPU_BATCH if gpu else CPU_BATCH
     model_path = model_path_for(model)
     attrs = provenance(model_path, Path(model_path).stem if model is None else str(model), paths, part, "embed",
-                       fit_steps)
+                       fit_steps, fit_hold_identity)
     if workers and (gpu and encode_in_workers or device in ("cpu", "auto") and not gpu):
         # the workers parse and encode (on CPU one torch thread each); this process only writes
         encoder = {"model": str(model_path), "batch_size": batch_size, "threads": max(1, usable_cpus() // workers),
-                   "fit_steps": fit_steps, "device": device if gpu else "cpu"}
+                   "fit_steps": fit_steps, "fit_hold_identity": fit_hold_identity,
+                   "device": device if gpu else "cpu"}
         with RecordStream(paths, fmt, workers, part, encoder=encoder) as stream:
             items = stream_progress(stream, quiet, desc="embedding")
             count = write_embeddings(items, out, lambda: (stream.model_info["embedding_dim"],
@@ -123,7 +126,7 @@ def embed(
             from groupae_cli.embed import embed_files
 
             net, torch_device, _ = load_for_command(model, device)
-            net.fit_steps = fit_steps
+            net.fit_steps, net.fit_hold_identity = fit_steps, fit_hold_identity
             items = stream_progress(stream, quiet, desc="embedding")
             count = embed_files(completing_torch(items, batch_size) if lean else items, net, out, attrs, torch_device,
                                 batch_size, on_failure=report.add, keep_empty=part[1] > 1)

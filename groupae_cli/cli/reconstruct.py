@@ -9,6 +9,7 @@ import typer
 
 from groupae_cli.cli.common import (
     Device,
+    FitHold,
     FitSteps,
     Format,
     Json,
@@ -33,6 +34,7 @@ def reconstruct(
     batch_size: Annotated[int, typer.Option(help="Structures per batch.", min=1)] = 64,
     device: Device = "auto",
     fit_steps: FitSteps = 0,
+    fit_hold_identity: FitHold = False,
     json: Json = False,
     fmt: Format = None,
     strict: Strict = False,
@@ -73,7 +75,7 @@ def reconstruct(
     if out != "-":
         check_output(out, [source])
     net, torch_device, _ = load_for_command(model, device)
-    net.fit_steps = fit_steps
+    net.fit_steps, net.fit_hold_identity = fit_steps, fit_hold_identity
     report = FailureReport(strict=strict)
     if from_h5:
         results = progress(decode_embeddings(net, source, torch_device, batch_size), quiet, desc="decoding",

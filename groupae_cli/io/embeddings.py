@@ -40,9 +40,10 @@ class Encoded:
 
 
 def provenance(model_path, model_name: str | None, input_files: list[str], shard: tuple[int, int],
-               command: str, fit_steps: int = 0) -> dict:
+               command: str, fit_steps: int = 0, fit_hold_identity: bool = False) -> dict:
     """The attributes an embed file carries: the model (name, sha256), the inputs, the shard, the
-    steps z was fitted by, what its datasets mean and what wrote it."""
+    steps z was fitted by (and whether its frame-free part was held), what its datasets mean and
+    what wrote it."""
     from groupae_cli import __version__
     from groupae_cli.io.checkpoint import sha256
 
@@ -51,6 +52,8 @@ def provenance(model_path, model_name: str | None, input_files: list[str], shard
         "input_files": input_files,
         "shard": f"{shard[0]}/{shard[1]}",
         "fit_steps": int(fit_steps),
+        # 1: the fit left embedding[:, :embedding_identity] as the encoder made it (0 without a fit)
+        "fit_hold_identity": int(bool(fit_steps and fit_hold_identity)),
         "permutation_convention": "permutation[offsets[i] + k] is the input atom of record i in canonical slot k",
         "degenerate_meaning": "the input's symmetry cancels the learned frame vectors; anchor atoms define it",
         "command": f"groupae {__version__} {command}",

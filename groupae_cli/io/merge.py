@@ -42,8 +42,11 @@ SHARED = (
     ("embedding_dim", "embedding sizes"),
     ("embedding_identity", "embedding_identity"),
     ("fit_steps", "fit steps"),
+    ("fit_hold_identity", "fits (the frame-free part held or fitted)"),
     ("groupae_version", "groupae versions"),
 )
+#: what a shared attribute means in a file written before groupae wrote it
+_UNWRITTEN = {"fit_hold_identity": 0}
 #: attributes of one writing of the file, not of its contents: the merged file gets its own
 _OWN = ("shard", "command", "created", "complete", "n_records", "n_failed")
 _FAILED_FIELDS = ("source_file", "source_index", "name", "reason")
@@ -119,9 +122,9 @@ def check_parts(parts: Sequence[Part]) -> None:
     each shard i/N of the same N exactly once."""
     first = parts[0]
     for name, what in SHARED:
-        ours = plain(first.file.attrs.get(name))
+        ours = plain(first.file.attrs.get(name, _UNWRITTEN.get(name)))
         for part in parts[1:]:
-            theirs = plain(part.file.attrs.get(name))
+            theirs = plain(part.file.attrs.get(name, _UNWRITTEN.get(name)))
             if theirs != ours:
                 raise UsageError(f"{first.path} and {part.path} are not shards of one run: different {what} "
                                  f"({_shown(ours)} vs {_shown(theirs)})")

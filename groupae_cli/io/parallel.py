@@ -110,7 +110,7 @@ def _encoded(items, encoder: dict, out):
     keep_freed_memory()
     device = resolve_device(encoder.get("device", "cpu"))
     model = load_model(encoder["model"], device)
-    model.fit_steps = encoder.get("fit_steps", 0)
+    model.fit_steps, model.fit_hold_identity = encoder.get("fit_steps", 0), encoder.get("fit_hold_identity", False)
     if model.fit_steps:  # the fit differentiates through the decoder (torch.func): with the whole of torch
         complete_torch()
     out.put(("ready", {"embedding_dim": model.config.embedding_dim,

@@ -5,7 +5,8 @@ decode(z, n) -> canonical coordinates Y and element logits
 reconstruction: X_hat = P^T (Y R^T) + t, in the input's frame and order.
 model.fit_steps = k: z then fitted to the structure through the decoder (k Adam steps; structures of
 at most 29 atoms k / 10 Levenberg-Marquardt steps), the structure laid onto the decoder's drawing
-again as it goes (pose and order: the group element too).
+again as it goes (pose and order: the group element too). With model.fit_hold_identity the fit
+leaves z's first `embedding_identity` entries (its frame-free part) as the encoder made them.
 """
 
 from __future__ import annotations
@@ -112,6 +113,10 @@ class GroupAE(nn.Module):
         #: an inference setting, not part of the checkpoint: encode fits z to each structure by this
         #: many steps (`fit`); training leaves it at 0
         self.fit_steps = 0
+        #: with `fit_steps`: the fit moves only z[:, embedding_identity:] and leaves the frame-free
+        #: part as the encoder made it (a better descriptor than the fully fitted z: bench/RESULTS.md,
+        #: "A fit that holds the frame-free part")
+        self.fit_hold_identity = False
 
     @property
     def dtype(self) -> torch.dtype:
@@ -125,7 +130,8 @@ class GroupAE(nn.Module):
         input atom in each canonical slot; padding last), canonical (B, N, 3) ((X - t) R in input
         order), frame_degenerate (B,), frame_conditioning (B,) (see RotationHead), ties (B,), and
         the layout. `tie_noise` (training only) jitters the scores to break ties at random. With
-        `self.fit_steps`, z is then fitted to the structure (`fit`).
+        `self.fit_steps`, z is then fitted to the structure (`fit`; with `self.fit_hold_identity`
+        its frame-free part is held).
         """
         c = self.config
         x, types = batch[POSITIONS], batch[TYPES]
@@ -151,7 +157,8 @@ class GroupAE(nn.Module):
         if len(self.refiners):
             z = self.refine(z, canonical, types, order, layout)
         if self.fit_steps:
-            z, turn, shift, slots = self.fit(z, canonical, types, order, layout, self.fit_steps)
+            hold = c.embedding_identity if self.fit_hold_identity else 0
+            z, turn, shift, slots = self.fit(z, canonical, types, order, layout, self.fit_steps, hold=hold)
             # the fit's corrections are invariant (they come from z and the canonical structure),
             # so the group element they amend stays equivariant: (X - t') R' = ((X - t) R - shift) turn
             translation = translation + torch.einsum("bj,bij->bi", shift, rotation)
@@ -174,14 +181,15 @@ class GroupAE(nn.Module):
         return z
 
     def fit(self, z: torch.Tensor, canonical: torch.Tensor, types: torch.Tensor, order: torch.Tensor,
-            layout: Layout, steps: int, lr: float = FIT_LR) -> tuple[torch.Tensor, ...]:
+            layout: Layout, steps: int, lr: float = FIT_LR, hold: int = 0) -> tuple[torch.Tensor, ...]:
         """z fitted to each structure from the encoder's guess (which the weights alone cannot make
         exact: bench/decoder_reach.py): the code from which the decoder draws the structure in its
         canonical pose and order most closely. Structures of more than `FIT_LM_ATOMS` atoms take
         `steps` Adam steps (step size falling linearly from `lr` to 0) on the RMSD between the
         drawing and the structure (smoothed at 0: `FIT_SMOOTH`); the others ceil(steps /
         `FIT_LM_RATIO`) Levenberg-Marquardt steps on the squared distances. Before every step and
-        after the last, the structure is laid again onto the drawing (`_relay`).
+        after the last, the structure is laid again onto the drawing (`_relay`). The first `hold`
+        entries of z are held as given: only z[:, hold:] is fitted.
 
         Returns (z, turn (B, 3, 3), shift (B, 3), slots (B, N)): the structure in its canonical
         pose and order, C, becomes (C[slots] - shift) turn, a proper rigid motion and a renumbering
@@ -201,7 +209,8 @@ class GroupAE(nn.Module):
                 n_max = int(n_atoms[chunk].max())
                 # copies: tensors made under inference mode cannot be saved for the backward pass
                 parts.append(self._fit_chunk(z[chunk].clone(), slot_types[chunk, :n_max].clone(),
-                                             target[chunk, :n_max].clone(), n_atoms[chunk].clone(), steps, lr))
+                                             target[chunk, :n_max].clone(), n_atoms[chunk].clone(), steps, lr,
+                                             hold))
         back = torch.argsort(by_size)  # back in the batch's order
         z, turn, shift = (torch.cat([part[k] for part in parts])[back] for k in range(3))
         slots = torch.arange(layout.n_max, device=z.device).repeat(len(z), 1)
@@ -210,15 +219,15 @@ class GroupAE(nn.Module):
         return z, turn, shift, slots
 
     def _fit_chunk(self, z: torch.Tensor, slot_types: torch.Tensor, target: torch.Tensor, n_atoms: torch.Tensor,
-                   steps: int, lr: float) -> tuple[torch.Tensor, ...]:
+                   steps: int, lr: float, hold: int) -> tuple[torch.Tensor, ...]:
         """`fit` on one chunk: its structures of at most `FIT_LM_ATOMS` atoms by `_lm_fit`
         (`FIT_LM_CHUNK` at a time, on the CPU `FIT_LM_CHUNK_CPU`), the others by `_adam_fit`, each
         part padded to its own largest structure and laid once more onto its last drawing."""
         b, width = target.shape[:2]
         small = torch.nonzero(n_atoms <= FIT_LM_ATOMS)[:, 0]
-        parts = [(idx, lambda *a: self._lm_fit(*a, math.ceil(steps / FIT_LM_RATIO)))
+        parts = [(idx, lambda *a: self._lm_fit(*a, math.ceil(steps / FIT_LM_RATIO), hold))
                  for idx in small.split(FIT_LM_CHUNK if z.is_cuda else FIT_LM_CHUNK_CPU)]
-        parts.append((torch.nonzero(n_atoms > FIT_LM_ATOMS)[:, 0], lambda *a: self._adam_fit(*a, steps, lr)))
+        parts.append((torch.nonzero(n_atoms > FIT_LM_ATOMS)[:, 0], lambda *a: self._adam_fit(*a, steps, lr, hold)))
         fitted, turn, shift = torch.empty_like(z), z.new_empty(b, 3, 3), z.new_empty(b, 3)
         slots = torch.arange(width, device=z.device).repeat(b, 1)
         for idx, fit in parts:
@@ -234,46 +243,47 @@ class GroupAE(nn.Module):
         return fitted, turn, shift, slots
 
     def _adam_fit(self, z: torch.Tensor, slot_types: torch.Tensor, target: torch.Tensor, n_atoms: torch.Tensor,
-                  steps: int, lr: float) -> tuple[torch.Tensor, ...]:
-        """`_fit_chunk`'s Adam part: Adam steps on the smoothed RMSD, the structure laid on before each
-        step. Returns (z, the structure as last laid on, turn, shift, slots)."""
-        z = z.detach().requires_grad_(True)
+                  steps: int, lr: float, hold: int = 0) -> tuple[torch.Tensor, ...]:
+        """`_fit_chunk`'s Adam part: Adam steps on the smoothed RMSD of z[:, hold:], the structure laid
+        on before each step. Returns (z, the structure as last laid on, turn, shift, slots)."""
+        held, free = z[:, :hold].detach(), z[:, hold:].detach().requires_grad_(True)
         b, n = target.shape[:2]
         mask = torch.arange(n, device=z.device)[None, :] < n_atoms[:, None]
         turn, shift, slots = _unmoved(b, n, z)
-        optimizer = torch.optim.Adam([z], lr=lr, eps=FIT_EPS, betas=FIT_BETAS)
+        optimizer = torch.optim.Adam([free], lr=lr, eps=FIT_EPS, betas=FIT_BETAS)
         schedule = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, 0.0, total_iters=steps)
         late = math.ceil(FIT_LATE * steps - 1e-9)
         for step in range(steps):
             if step == late:
                 optimizer.param_groups[0]["betas"] = (FIT_LATE_BETA1, FIT_BETAS[1])
-            y, _, _ = self.decoder.slots(z, n_atoms, n, slot_types)
+            y, _, _ = self.decoder.slots(torch.cat([held, free], 1), n_atoms, n, slot_types)
             target, turn, shift, slots = _relay(y.detach(), target, slot_types, n_atoms, turn, shift, slots)
             mse = (((y - target) ** 2).sum(-1) * mask).sum(1) / n_atoms
-            (z.grad,) = torch.autograd.grad((mse + FIT_SMOOTH**2).sqrt().sum(), z)
+            (free.grad,) = torch.autograd.grad((mse + FIT_SMOOTH**2).sqrt().sum(), free)
             with torch.device("cpu"):  # torch < 2.13's Adam makes its step counter on the default device
                 optimizer.step()
             schedule.step()
-        return z.detach(), target, turn, shift, slots
+        return torch.cat([held, free.detach()], 1), target, turn, shift, slots
 
     def _lm_fit(self, z: torch.Tensor, slot_types: torch.Tensor, target: torch.Tensor, n_atoms: torch.Tensor,
-                steps: int) -> tuple[torch.Tensor, ...]:
-        """`_fit_chunk`'s Levenberg-Marquardt part: damped Gauss-Newton steps on the squared distances
-        between the drawing and the structure, laid on before each step. Returns as `_adam_fit`."""
+                steps: int, hold: int = 0) -> tuple[torch.Tensor, ...]:
+        """`_fit_chunk`'s Levenberg-Marquardt part: damped Gauss-Newton steps in z[:, hold:] on the
+        squared distances between the drawing and the structure, laid on before each step. Returns
+        as `_adam_fit`."""
         b, n = target.shape[:2]
         z = z.detach().clone()
         mask = (torch.arange(n, device=z.device)[None, :] < n_atoms[:, None]).to(z.dtype)
         turn, shift, slots = _unmoved(b, n, z)
         damping = torch.full((b,), FIT_LM_DAMPING, dtype=z.dtype, device=z.device)
-        eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
+        eye = torch.eye(z.shape[1] - hold, dtype=z.dtype, device=z.device)
         # a structure whose step was undone keeps its z, so its drawing and Jacobian (which depend on
         # z alone) are kept too: only the others' are computed again (15-30% of the steps are undone)
-        y, jacobian = target.new_empty(b, n, 3), z.new_empty(b, 3 * n, z.shape[1])
+        y, jacobian = target.new_empty(b, n, 3), z.new_empty(b, 3 * n, z.shape[1] - hold)
         moved = torch.ones(b, dtype=torch.bool, device=z.device)
         for _ in range(steps):
             if moved.any():
                 again = torch.nonzero(moved)[:, 0]
-                y[again], jacobian[again] = self._drawing_and_jacobian(z[again], slot_types[again], n_atoms[again])
+                y[again], jacobian[again] = self._drawing_and_jacobian(z[again], slot_types[again], n_atoms[again], hold)
                 jacobian[again] *= mask[again].repeat_interleave(3, 1)[:, :, None]
             target, turn, shift, slots = _relay(y, target, slot_types, n_atoms, turn, shift, slots)
             residual = ((y - target) * mask[:, :, None]).reshape(b, 3 * n)
@@ -281,6 +291,7 @@ class GroupAE(nn.Module):
             scale = jtj.diagonal(dim1=1, dim2=2).mean(1)
             delta = torch.linalg.solve(jtj + (damping * scale)[:, None, None] * eye,
                                        -(jacobian.transpose(1, 2) @ residual[:, :, None])[:, :, 0])
+            delta = torch.cat([delta.new_zeros(b, hold), delta], 1)
             with torch.no_grad():
                 tried, _, _ = self.decoder.slots(z + delta, n_atoms, n, slot_types)
             better = (((tried - target) * mask[:, :, None]) ** 2).sum((1, 2)) < (residual**2).sum(1)
@@ -289,15 +300,15 @@ class GroupAE(nn.Module):
             moved = better
         return z, target, turn, shift, slots
 
-    def _drawing_and_jacobian(self, z: torch.Tensor, slot_types: torch.Tensor,
-                              n_atoms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _drawing_and_jacobian(self, z: torch.Tensor, slot_types: torch.Tensor, n_atoms: torch.Tensor,
+                              hold: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """What the decoder draws of z, (B, N, 3), and the Jacobian of its coordinates, flattened, in
-        z, (B, 3N, D): one backward pass, batched over the 3N rows (`is_grads_batched`)."""
+        z[:, hold:], (B, 3N, D - hold): one backward pass, batched over the 3N rows (`is_grads_batched`)."""
         b, n = slot_types.shape
-        z = z.detach().clone().requires_grad_(True)
-        y, _, _ = self.decoder.slots(z, n_atoms, n, slot_types)
+        free = z[:, hold:].detach().clone().requires_grad_(True)
+        y, _, _ = self.decoder.slots(torch.cat([z[:, :hold].detach(), free], 1), n_atoms, n, slot_types)
         rows = torch.eye(3 * n, dtype=z.dtype, device=z.device).reshape(3 * n, 1, n, 3).expand(3 * n, b, n, 3)
-        (grads,) = torch.autograd.grad(y, z, rows, is_grads_batched=True)
+        (grads,) = torch.autograd.grad(y, free, rows, is_grads_batched=True)
         return y.detach(), grads.transpose(0, 1)
 
     def decode(self, z: torch.Tensor, n_atoms: torch.Tensor,
