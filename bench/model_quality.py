@@ -4,6 +4,8 @@ the usefulness of z as a descriptor, side by side with classical invariants.
     pip install -e '.[train,bench]' && python recipes/default_model/make_data.py   # the data, once
     python bench/model_quality.py --design bench/designs/mean.yaml        # train + evaluate a design
     python bench/model_quality.py --model default                         # evaluate a checkpoint only
+    python bench/model_quality.py --model default --split name --fit-steps 200 --fit-hold-identity \
+        --usefulness-only --workers 2                                     # z fitted first (CPU hours)
 
 Data (fixed, so that rows compare): the default model's files (QM9 + drug-like conformers), split
 exactly as the default-model recipe splits them (`StructureSet.split(0.1, seed 0)` over both files
@@ -28,11 +30,16 @@ Reported per design (one row; the JSON beside it has the per-size table):
   z has a frame-free block (`embedding_identity`), the same figures for that block alone (a second row);
 - the same usefulness figures for the Coulomb-matrix eigenspectrum and averaged SOAP (dscribe),
   computed once and cached.
+
+With `--fit-steps K` (and `--fit-hold-identity`) every z is first fitted to its structure, as
+`groupae embed --fit-steps K` does; the fitted z of the usefulness sets are computed by `--workers`
+processes and kept in the run directory (`z_fit.npz`), so a second run reuses them.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -197,6 +204,40 @@ def embeddings(model, data, indices: np.ndarray, device) -> np.ndarray:
     return np.concatenate(out)
 
 
+_WORKER = {}  # in each process of fitted_embeddings: the model and the data, loaded once
+
+
+def _fitted_part(checkpoint: str, fit: tuple[int, bool], device: str, indices: np.ndarray) -> np.ndarray:
+    """One part of `fitted_embeddings`, in a worker process (one torch thread)."""
+    from groupae_cli.io.checkpoint import load_model
+
+    if not _WORKER:
+        torch.set_num_threads(1)
+        _WORKER["model"] = load_model(checkpoint, device).eval()
+        _WORKER["model"].fit_steps, _WORKER["model"].fit_hold_identity = fit
+        _WORKER["data"] = load_data(ROOT / "runs" / "model_quality")["set"]
+    return embeddings(_WORKER["model"], _WORKER["data"], indices, device)
+
+
+def fitted_embeddings(checkpoint: str, fit: tuple[int, bool], device: str, indices: np.ndarray, workers: int,
+                      label: str, done: np.ndarray | None = None, keep=None) -> np.ndarray:
+    """z of the structures at `indices`, each fitted (`fit`: steps, whether the frame-free part is
+    held), by `workers` processes over parts of 32 in turn, in the order given. `done`: the first
+    rows, from an earlier run; `keep(rows)` is called with the rows so far after every part."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    out = [done] if done is not None and len(done) else []
+    parts = [indices[k : k + 32] for k in range(sum(map(len, out)), len(indices), 32)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for z in pool.map(_fitted_part, *zip(*((checkpoint, fit, device, p) for p in parts), strict=True)):
+            out.append(z)
+            if keep:
+                keep(np.concatenate(out))
+            print(f"{label}: {sum(map(len, out))}/{len(indices)} fitted", file=sys.stderr, flush=True)
+    return np.concatenate(out)
+
+
 def key_of(sets: dict, indices: np.ndarray) -> str:
     """Which of the fixed index sets `indices` is."""
     return next(key for key, chosen in sets.items() if chosen is indices)
@@ -261,6 +302,9 @@ def row(name: str, result: dict) -> str:
             f"| {mae['gap']:.3f} | {mae['dipole']:.3f} | {mae['u0']:.3f} | {mae['polarizability']:.2f} |")
 
 
+#: the reconstruction figures of a row that has none
+DASH = {"rmsd_median": np.nan, "rmsd_mean": np.nan, "matched_median": np.nan, "element_acc": np.nan,
+        "bonds_within_0.1": np.nan, "invariance_max": np.nan}
 HEADER = ("| design | QM9 RMSD median / mean (Å) | drug-like RMSD median / mean (Å) | matched RMSD median QM9 / drug (Å) "
           "| element acc. QM9 / drug | bonds within 0.1 Å QM9 / drug | z invariance (max rel.) | retrieval top-1 "
           "| gap MAE (eV) | dipole MAE (D) | U0 MAE (eV) | polarizability MAE (bohr³) |\n"
@@ -278,6 +322,13 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=6, help="validation points over the budget")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-peers", action="store_true", help="skip the classical descriptors")
+    parser.add_argument("--fit-steps", type=int, default=0, help="fit each z to its structure first (groupae embed "
+                                                                 "--fit-steps)")
+    parser.add_argument("--fit-hold-identity", action="store_true",
+                        help="with --fit-steps: the fit leaves z's frame-free part as the encoder made it")
+    parser.add_argument("--workers", type=int, default=1, help="processes for the fitted z of the usefulness sets")
+    parser.add_argument("--usefulness-only", action="store_true",
+                        help="skip the reconstruction figures (with --fit-steps they take hours on a CPU)")
     parser.add_argument("--split", choices=("random", "name"), default="random",
                         help="which molecules are held out: the split the model was trained under (TrainConfig.split); "
                              "rows compare only within one split")
@@ -291,42 +342,64 @@ def main(argv=None) -> int:
     sets = subsets(data, args.split)
     started = time.perf_counter()
     stem = args.design.stem if args.design else Path(args.model).stem
-    out = args.out or cache_dir / (stem if args.split == "random" else f"{stem}_{args.split}")
+    fit = (args.fit_steps, args.fit_hold_identity and args.fit_steps > 0)
+    fitted = f"_fit{fit[0]}{'_held' if fit[1] else ''}" if fit[0] else ""
+    out = args.out or cache_dir / (stem + fitted if args.split == "random" else f"{stem}_{args.split}{fitted}")
     if args.design:
         name = stem
         checkpoint = train_design(data, sets, args.design, out, args.steps, args.batch_size, args.epochs, args.device)
     else:
         name, checkpoint = args.model, args.model
+    if fit[0]:
+        name += f" --fit-steps {fit[0]}" + (" --fit-hold-identity" if fit[1] else "")
     train_seconds = time.perf_counter() - started
     model = load_model(checkpoint, args.device).eval()
+    model.fit_steps, model.fit_hold_identity = fit
     result = {"design": name, "checkpoint": str(checkpoint), "train_seconds": train_seconds,
               "parameters": sum(p.numel() for p in model.parameters()), "config": model.config.to_dict(),
               "steps": args.steps if args.design else None, "batch_size": args.batch_size,
               "command": "python bench/model_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    result["qm9"] = reconstruction(model, data, loaded["bonds"], loaded["bond_offsets"], sets["held_qm9"], args.device)
-    result["drug"] = reconstruction(model, data, loaded["bonds"], loaded["bond_offsets"], sets["held_drug"], args.device)
+    if not args.usefulness_only:
+        for key, held in (("qm9", "held_qm9"), ("drug", "held_drug")):
+            result[key] = reconstruction(model, data, loaded["bonds"], loaded["bond_offsets"], sets[held], args.device)
     inputs = usefulness_inputs(data, sets)
-    z = {key: embeddings(model, data, sets[key], args.device) for key in ("held_drug", "probe_qm9")}
+    if fit[0]:
+        kept = out / "z_fit.npz"  # the fitted z so far, of an earlier run with the same settings: it goes on
+        z = dict(np.load(kept)) if kept.exists() else {}
+        if z and (int(z.pop("fit_steps")), bool(z.pop("hold"))) != fit:
+            raise SystemExit(f"{kept}: fitted with other settings; remove it or give --out")
+        out.mkdir(parents=True, exist_ok=True)
+
+        def keep(rows, key):
+            z[key] = rows
+            np.savez(out / "z_fit.part.npz", fit_steps=fit[0], hold=fit[1], **z)
+            (out / "z_fit.part.npz").replace(kept)  # whole or not at all, if stopped while writing
+
+        for key in ("held_drug", "probe_qm9"):
+            if len(z.get(key, ())) < len(sets[key]):
+                z[key] = fitted_embeddings(str(checkpoint), fit, args.device, sets[key], args.workers, key,
+                                           z.get(key), functools.partial(keep, key=key))
+    else:
+        z = {key: embeddings(model, data, sets[key], args.device) for key in ("held_drug", "probe_qm9")}
     result["usefulness"] = usefulness(lambda idx: z[key_of(sets, idx)], sets, inputs)
     identity = model.config.embedding_identity
     if identity:  # the frame-free block alone: what the molecule is, whatever its conformation
         result["usefulness_identity"] = usefulness(lambda idx: z[key_of(sets, idx)][:, :identity], sets, inputs)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps(result, indent=2))
+    shown = result if not args.usefulness_only else {**result, "qm9": DASH, "drug": DASH}
     print(HEADER)
-    print(row(name, result))
+    print(row(name, shown).replace("nan", "-"))
     if identity:
         print(row(f"{name}: z[:, :{identity}] alone (the frame-free block)",
-                  {**result, "usefulness": result["usefulness_identity"]}))
+                  {**shown, "usefulness": result["usefulness_identity"]}).replace("nan", "-"))
     if not args.no_peers:
         known = peers(data, sets, inputs, cache_dir, args.split)
         print(f"probe MAE of predicting the training mean: {known['mean_baseline']['probe_mae']}")
         for peer, figures in known.items():
             if peer == "mean_baseline":
                 continue
-            dash = {"rmsd_median": np.nan, "rmsd_mean": np.nan, "matched_median": np.nan, "element_acc": np.nan,
-                    "bonds_within_0.1": np.nan, "invariance_max": np.nan}
-            print(row(peer, {"qm9": dash, "drug": dash, "usefulness": figures}).replace("nan", "-"))
+            print(row(peer, {"qm9": DASH, "drug": DASH, "usefulness": figures}).replace("nan", "-"))
     return 0
 
 
