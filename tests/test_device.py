@@ -124,16 +124,18 @@ def test_training_runs_and_validates_on_cuda(tmp_path, head):
     torch.testing.assert_close(z_gpu, cpu.encode(batch)["z"], rtol=1e-4, atol=1e-4)
 
 
-def test_the_z_fit_and_its_relays_stay_on_the_batch_device(model_and_batch):
+@pytest.mark.parametrize("hold", [False, True])
+def test_the_z_fit_and_its_relays_stay_on_the_batch_device(model_and_batch, hold):
     """--fit-steps: the fit, and the group element its relays amend, on the batch's device (the
-    relays solve their assignments in numpy and bring the answers back)."""
+    relays solve their assignments in numpy and bring the answers back); with the frame-free part
+    of z held (--fit-hold-identity) too."""
     model, batch = model_and_batch
-    model.eval().fit_steps = 6
+    model.eval().fit_steps, model.fit_hold_identity = 6, hold
     try:
         with stray_tensors_go_to_meta(), torch.no_grad():
             out = model.encode(batch)
     finally:
-        model.fit_steps = 0
+        model.fit_steps, model.fit_hold_identity = 0, False
     assert {t.device for t in _tensors(out)} == {batch["positions"].device}
 
 
