@@ -34,8 +34,10 @@ FitHold = Annotated[bool, typer.Option(
     "--fit-hold-identity/--fit-whole-z",
     help="With --fit-steps: leave z's frame-free part (its first embedding_identity entries, the "
          "part that describes the molecule best) as the encoder made it and fit only the rest, or "
-         "fit the whole of z (the sharpest reconstructions; its frame-free part then describes "
-         "the molecule worse than the Coulomb-matrix eigenspectrum: bench/RESULTS.md).")]
+         "fit the whole of z (the default: the sharpest reconstructions, but a z that describes the "
+         "molecule worse than the Coulomb-matrix eigenspectrum). Held, on every held-out drug-like "
+         "molecule: 0.61 A median at 200 steps, 0.57 at 400 (whole: 0.53 at 200); z invariant to "
+         "1e-6 (bench/RESULTS.md).")]
 Format = Annotated[
     str | None,
     typer.Option("--format", "-f", help="Input format (xyz, sdf, ply, pdb, mol2) when the extension does not tell, e.g. for '-'."),
