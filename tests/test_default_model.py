@@ -203,6 +203,11 @@ def test_a_fit_that_holds_the_frame_free_part_leaves_the_encoders_descriptor(tmp
         assert result.exit_code == 0, result.output
         rmsd[bool(options)] = np.array([r["rmsd"] for r in json.loads(result.stdout)["records"]])
     assert np.median(rmsd[True]) < 0.8 * np.median(rmsd[False]), rmsd
+    for command in ("embed", "reconstruct"):  # without a fit to hold part of z in: one line, nothing written
+        out = tmp_path / ("alone.h5" if command == "embed" else "alone.xyz")
+        alone = runner.invoke(app, [command, str(source), "-o", str(out), "--fit-hold-identity"])
+        assert alone.exit_code == 2 and "give --fit-steps too" in alone.output, alone.output
+        assert len(alone.output.strip().splitlines()) == 1 and not out.exists()
 
 
 def _fit_beside_moved_copies(name, steps, count, seed, rng, atol=1e-7):

@@ -44,6 +44,14 @@ Format = Annotated[
 ]
 
 
+def check_fit_options(fit_steps: int, fit_hold_identity: bool) -> None:
+    """UsageError for --fit-hold-identity without --fit-steps (it would do nothing)."""
+    from groupae_cli.errors import UsageError
+
+    if fit_hold_identity and not fit_steps:
+        raise UsageError("--fit-hold-identity holds part of z during the fit: give --fit-steps too")
+
+
 def handle_errors(command):
     """Turn library errors into one line on stderr and an exit code, never a traceback."""
 

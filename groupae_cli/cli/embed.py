@@ -16,6 +16,7 @@ from groupae_cli.cli.common import (
     Quiet,
     Strict,
     allow_quick_exit,
+    check_fit_options,
     handle_errors,
     stream_progress,
 )
@@ -90,6 +91,7 @@ def embed(
         usable_cpus,
     )
 
+    check_fit_options(fit_steps, fit_hold_identity)
     try:
         part = parse_shard(shard) if shard else (0, 1)
     except ValueError as exc:

@@ -16,6 +16,7 @@ from groupae_cli.cli.common import (
     Model,
     Quiet,
     Strict,
+    check_fit_options,
     handle_errors,
     print_json,
     progress,
@@ -63,6 +64,7 @@ def reconstruct(
     from_h5 = source != "-" and Path(source).suffix.lower() in (".h5", ".hdf5")
     if from_h5 and not Path(source).is_file():
         raise UsageError(f"{source}: no such file")
+    check_fit_options(fit_steps, fit_hold_identity)
     if from_h5 and fit_steps:
         raise UsageError(f"{source}: --fit-steps needs the structures; an embed file's z is decoded as stored "
                          "(fit it when embedding: groupae embed --fit-steps)")
