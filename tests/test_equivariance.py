@@ -470,12 +470,9 @@ def test_a_fit_that_holds_the_frame_free_part_moves_only_the_rest_and_keeps_the_
     try:
         fitted = m(batch)
         errors = symmetry_errors(m, batch, GroupElement.random(batch, generator=torch.Generator().manual_seed(1)))
-        m.fit_hold_identity = False
-        whole = m(batch)
     finally:
         m.fit_steps, m.fit_hold_identity = 0, False
     torch.testing.assert_close(fitted["z"][:, :identity], plain["z"][:, :identity], rtol=0, atol=0)
-    assert (whole["z"][:, :identity] - plain["z"][:, :identity]).abs().amax(1).gt(1e-3).all()  # the whole fit moves it
     assert (fitted["z"][:, identity:] - plain["z"][:, identity:]).abs().amax(1).gt(1e-3).all()
     error = ((fitted["reconstruction"] - batch["positions"]) ** 2).sum(-1)
     assert error.sum() < ((plain["reconstruction"] - batch["positions"]) ** 2).sum(-1).sum()
