@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from groupae_cli.data import centred_batch, to_device
-from groupae_cli.errors import Failure
+from groupae_cli.errors import Failure, UsageError
 from groupae_cli.io.embeddings import Encoded, provenance, write_embeddings
 from groupae_cli.io.parallel import parse_shard
 from groupae_cli.io.records import Structure
@@ -22,6 +22,16 @@ from groupae_cli.io.records import Structure
 K = TypeVar("K")
 
 NON_FINITE = "the model gave NaN or Inf for it"
+
+
+def check_fit_hold(model, name: str) -> None:
+    """UsageError naming the model `name` where its fit is asked to hold a part of z it does not
+    have (`fit_hold_refusal`): before any record is read, so nothing is written."""
+    from groupae_cli.models.autoencoder import fit_hold_refusal
+
+    refused = fit_hold_refusal(model)
+    if refused:
+        raise UsageError(f"{name}: {refused}")
 
 
 def usable(structure: Structure, model) -> str | None:

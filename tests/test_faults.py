@@ -697,3 +697,27 @@ def test_embed_killed_outright_leaves_no_worker_behind(checkpoint, tmp_path):
     for pid in left:  # not to leave them behind either way
         os.kill(pid, 9)
     assert left == []
+
+
+def test_holding_a_frame_free_part_the_model_lacks_is_one_line(checkpoint, tmp_path):
+    """--fit-hold-identity with a model whose z has no separate frame-free part (the tiny mean-pooled
+    one: embedding_identity 0) would move the whole z while the file said part was held: one line
+    naming the model, nothing written, whether embed's workers or its own process load the model,
+    and in reconstruct; from Python, a ValueError. The whole-z fit of that model still runs."""
+    import groupae_cli as g
+    from groupae_cli.io import read_structures
+
+    for command, out, workers in (("embed", "w.h5", ["--workers", "2"]), ("embed", "m.h5", ["--workers", "0"]),
+                                  ("reconstruct", "r.xyz", [])):
+        result = runner.invoke(app, [command, XYZ10, "-o", str(tmp_path / out), "--model", str(checkpoint),
+                                     "--fit-steps", "2", "--fit-hold-identity", "--quiet", *workers])
+        assert result.exit_code == 2, result.output
+        one_line_error(result, str(checkpoint), "nothing to hold", "--fit-whole-z")
+        assert not (tmp_path / out).exists() and not leftovers(tmp_path)
+    model = g.load_model(str(checkpoint), device="cpu")
+    model.fit_steps, model.fit_hold_identity = 2, True
+    structures = list(read_structures(XYZ10))[:2]
+    with pytest.raises(ValueError, match="nothing to hold"):
+        g.embed(model, structures)
+    model.fit_hold_identity = False
+    assert len(g.embed(model, structures)) == 2

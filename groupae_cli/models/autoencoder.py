@@ -96,6 +96,17 @@ FIT_LM_DAMPING, FIT_LM_DOWN, FIT_LM_UP = 0.3, 1.5, 2.0
 FIT_LM_CHUNK, FIT_LM_CHUNK_CPU = 256, 1
 
 
+def fit_hold_refusal(model) -> str | None:
+    """Why `model` cannot fit with `fit_hold_identity` as set, or None: holding z's frame-free part
+    needs a model whose z has one apart from the rest (`embedding_identity` > 0). Without it
+    (a mean-pooled z is frame-free throughout; a canonical one has no frame-free entries) there
+    is no part to hold, and the fit would quietly move the whole z while saying it held part."""
+    if model.fit_steps and model.fit_hold_identity and not model.config.embedding_identity:
+        return ("--fit-hold-identity: this model's z has no separate frame-free part (embedding_identity 0), "
+                "so there is nothing to hold; fit the whole z (--fit-whole-z)")
+    return None
+
+
 class GroupAE(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -157,6 +168,9 @@ class GroupAE(nn.Module):
         if len(self.refiners):
             z = self.refine(z, canonical, types, order, layout)
         if self.fit_steps:
+            refused = fit_hold_refusal(self)
+            if refused:
+                raise ValueError(refused)
             hold = c.embedding_identity if self.fit_hold_identity else 0
             z, turn, shift, slots = self.fit(z, canonical, types, order, layout, self.fit_steps, hold=hold)
             # the fit's corrections are invariant (they come from z and the canonical structure),
