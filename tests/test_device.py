@@ -128,9 +128,16 @@ def test_training_runs_and_validates_on_cuda(tmp_path, head):
 def test_the_z_fit_and_its_relays_stay_on_the_batch_device(model_and_batch, hold):
     """--fit-steps: the fit, and the group element its relays amend, on the batch's device (the
     relays solve their assignments in numpy and bring the answers back); with the frame-free part
-    of z held (--fit-hold-identity) too."""
+    of z held (--fit-hold-identity) too, where the model's z has one (elsewhere that is refused)."""
     model, batch = model_and_batch
     model.eval().fit_steps, model.fit_hold_identity = 6, hold
+    if hold and not model.config.embedding_identity:
+        try:
+            with pytest.raises(ValueError, match="nothing to hold"), torch.no_grad():
+                model.encode(batch)
+        finally:
+            model.fit_steps, model.fit_hold_identity = 0, False
+        return
     try:
         with stray_tensors_go_to_meta(), torch.no_grad():
             out = model.encode(batch)
