@@ -24,11 +24,13 @@ K = TypeVar("K")
 NON_FINITE = "the model gave NaN or Inf for it"
 
 
-def check_fit_hold(model, name: str) -> None:
-    """UsageError naming the model `name` where its fit is asked to hold a part of z it does not
-    have (`fit_hold_refusal`): before any record is read, so nothing is written."""
+def set_fit(model, fit_steps: int, fit_hold_identity: bool, name: str) -> None:
+    """Have `model` fit z (`fit_steps`, `fit_hold_identity`); a UsageError naming the model `name`
+    where the fit is asked to hold a part of z the model does not have (`fit_hold_refusal`): said
+    before any record is read, so nothing is written."""
     from groupae_cli.models.autoencoder import fit_hold_refusal
 
+    model.fit_steps, model.fit_hold_identity = fit_steps, fit_hold_identity
     refused = fit_hold_refusal(model)
     if refused:
         raise UsageError(f"{name}: {refused}")

@@ -125,11 +125,10 @@ def embed(
             lean = not gpu and not fit_steps
             if lean:  # as the CPU workers do: torch's meta kernels once the first batch is encoded
                 import_torch_lean()
-            from groupae_cli.embed import check_fit_hold, embed_files
+            from groupae_cli.embed import embed_files, set_fit
 
             net, torch_device, _ = load_for_command(model, device)
-            net.fit_steps, net.fit_hold_identity = fit_steps, fit_hold_identity
-            check_fit_hold(net, str(model or "default"))
+            set_fit(net, fit_steps, fit_hold_identity, str(model or "default"))
             items = stream_progress(stream, quiet, desc="embedding")
             count = embed_files(completing_torch(items, batch_size) if lean else items, net, out, attrs, torch_device,
                                 batch_size, on_failure=report.add, keep_empty=part[1] > 1)

@@ -51,7 +51,7 @@ def reconstruct(
     import itertools
 
     from groupae_cli.cli.embed import load_for_command
-    from groupae_cli.embed import check_fit_hold
+    from groupae_cli.embed import set_fit
     from groupae_cli.errors import EXIT_FAILURES, Failure, FailureReport, UsageError
     from groupae_cli.io import write_structures
     from groupae_cli.io.formats import check_output, format_from_name, resolve
@@ -78,8 +78,7 @@ def reconstruct(
     if out != "-":
         check_output(out, [source])
     net, torch_device, _ = load_for_command(model, device)
-    net.fit_steps, net.fit_hold_identity = fit_steps, fit_hold_identity
-    check_fit_hold(net, str(model or "default"))
+    set_fit(net, fit_steps, fit_hold_identity, str(model or "default"))
     report = FailureReport(strict=strict)
     if from_h5:
         results = progress(decode_embeddings(net, source, torch_device, batch_size), quiet, desc="decoding",

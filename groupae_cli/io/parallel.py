@@ -103,15 +103,14 @@ def _encoded(items, encoder: dict, out):
     import torch
 
     from groupae_cli.device import resolve_device
-    from groupae_cli.embed import check_fit_hold, encode_items
+    from groupae_cli.embed import encode_items, set_fit
     from groupae_cli.io.checkpoint import load_model
 
     torch.set_num_threads(encoder["threads"])
     keep_freed_memory()
     device = resolve_device(encoder.get("device", "cpu"))
     model = load_model(encoder["model"], device)
-    model.fit_steps, model.fit_hold_identity = encoder.get("fit_steps", 0), encoder.get("fit_hold_identity", False)
-    check_fit_hold(model, encoder["model"])
+    set_fit(model, encoder.get("fit_steps", 0), encoder.get("fit_hold_identity", False), encoder["model"])
     if model.fit_steps:  # the fit differentiates through the decoder (torch.func): with the whole of torch
         complete_torch()
     out.put(("ready", {"embedding_dim": model.config.embedding_dim,
