@@ -502,3 +502,39 @@ def test_a_distilled_student_starts_from_its_teachers_weights_and_is_pulled_onto
     loss.backward()
     reached = {name for name, w in student.named_parameters() if w.grad is not None and w.grad.abs().sum() > 0}
     assert {"encoder.interactions.0.radial.layer0.weight", "encoder.embed.weight"} <= reached
+
+
+def test_a_student_with_another_split_of_z_starts_from_the_block_it_shares_with_its_teacher():
+    """distill.py --identity: a student of the default whose z has 120 frame-free entries starts with
+    the teacher's 64 (the same values) and new ones; one with 32 starts with the teacher's 64
+    canonical-frame entries at z's end. `--z-entries 64` pulls only the shared block."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "recipes" / "default_model"))
+    from distill import Distillation, resized, student_weights
+
+    from groupae_cli.io.checkpoint import load_model
+    from groupae_cli.models import GroupAE
+
+    structures, _ = split(read_structures(SAMPLE / "molecules.sdf"))
+    teacher = load_model("default").float().eval()
+    state = student_weights(read_checkpoint("default")["state_dict"], [0, 1])
+    batch = centred_batch(structures[:12], teacher.config.elements, torch.float32)[0]
+    with torch.no_grad():
+        z = teacher.encode(batch)["z"]
+    assert teacher.config.embedding_identity == 64 and z.shape[1] == 128
+
+    def student_z(identity):
+        student = GroupAE(teacher.config.replace(embedding_identity=identity)).float()
+        student.load_state_dict(resized(student.state_dict(), state))  # strict: every weight named
+        with torch.no_grad():
+            return student.eval().encode(batch)
+
+    grown, shrunk = student_z(120), student_z(32)
+    scale = z.abs().max()
+    assert (grown["z"][:, :64] - z[:, :64]).abs().max() <= 1e-5 * scale
+    assert (grown["z"][:, 64:120] - z[:, 64:120]).abs().max() > 0.1 * scale  # new entries, not the teacher's
+    assert (shrunk["z"][:, -64:] - z[:, -64:]).abs().max() <= 1e-5 * scale
+    shared = Distillation(teacher, 1.0, 0.0, 0.0, [batch], z_entries=64)
+    assert shared(grown, batch)[1]["distil_z"] <= 1e-8
+    assert Distillation(teacher, 1.0, 0.0, 0.0, [batch])(grown, batch)[1]["distil_z"] > 0.1
