@@ -524,13 +524,13 @@ def test_a_student_with_another_split_of_z_starts_from_the_block_it_shares_with_
         z = teacher.encode(batch)["z"]
     assert teacher.config.embedding_identity == 64 and z.shape[1] == 128
 
-    def student_z(identity):
+    def student_encoded(identity):
         student = GroupAE(teacher.config.replace(embedding_identity=identity)).float()
         student.load_state_dict(resized(student.state_dict(), state))  # strict: every weight named
         with torch.no_grad():
             return student.eval().encode(batch)
 
-    grown, shrunk = student_z(120), student_z(32)
+    grown, shrunk = student_encoded(120), student_encoded(32)
     scale = z.abs().max()
     assert (grown["z"][:, :64] - z[:, :64]).abs().max() <= 1e-5 * scale
     assert (grown["z"][:, 64:120] - z[:, 64:120]).abs().max() > 0.1 * scale  # new entries, not the teacher's

@@ -8,10 +8,10 @@ layers `--keep` (by default the first and the last, so the heads still read what
 last layer wrote). `avg_neighbors` is scaled by the ratio of the mean neighbour counts at the two
 cutoffs on the training data, so each message sum starts at the teacher's scale.
 
-`--identity K` gives the student a z whose first K entries are frame-free (`embedding_identity`)
-where the teacher's has fewer: the student keeps the teacher's frame-free MLP as part of a wider
-one (z's first entries start exactly as the teacher's) and the last outputs of its canonical-frame
-MLP (`resized`); `--z-entries N` pulls only z's first N entries onto the teacher's.
+`--identity K` gives the student a z whose first K entries are frame-free (`embedding_identity`),
+not the teacher's share: it starts from the block of z the two share (`resized`: grown, z's first
+entries start exactly as the teacher's; shrunk, its last ones). `--z-entries N` pulls only z's
+first N entries onto the teacher's.
 
 The loss is the recipe's own (reconstruction RMSD through the student's group element) plus terms
 that pull the student's outputs onto the teacher's on the same batch: z (each entry over the
