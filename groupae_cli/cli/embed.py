@@ -128,7 +128,7 @@ def embed(
             from groupae_cli.embed import embed_files, set_fit
 
             net, torch_device, _ = load_for_command(model, device)
-            set_fit(net, fit_steps, fit_hold_identity, str(model or "default"))
+            set_fit(net, fit_steps, fit_hold_identity, str(model_path))
             items = stream_progress(stream, quiet, desc="embedding")
             count = embed_files(completing_torch(items, batch_size) if lean else items, net, out, attrs, torch_device,
                                 batch_size, on_failure=report.add, keep_empty=part[1] > 1)

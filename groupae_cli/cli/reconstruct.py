@@ -77,8 +77,8 @@ def reconstruct(
         resolve(source, fmt)
     if out != "-":
         check_output(out, [source])
-    net, torch_device, _ = load_for_command(model, device)
-    set_fit(net, fit_steps, fit_hold_identity, str(model or "default"))
+    net, torch_device, model_path = load_for_command(model, device)
+    set_fit(net, fit_steps, fit_hold_identity, str(model_path))
     report = FailureReport(strict=strict)
     if from_h5:
         results = progress(decode_embeddings(net, source, torch_device, batch_size), quiet, desc="decoding",
