@@ -164,6 +164,25 @@ def test_cli_train_and_bad_options(subset, tmp_path):
     assert nothing.exit_code == 2 and "no input files" in nothing.stderr
 
 
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("grad_clip: -1", "grad_clip must be > 0"),  # would scale every gradient by a negative number: uphill
+    ('augment: "no"', "augment: expected true or false, not 'no'"),  # a string, true for `if`
+    ("batch_size: 2.5", "batch_size: expected an integer, not 2.5"),
+    ("lr: .nan", "lr: expected a finite number, not nan"),
+    ("warmup_epochs: -3", "warmup_epochs must be >= 0"),
+])
+def test_a_training_config_value_of_the_wrong_type_or_range_is_one_line_before_any_work(subset, tmp_path, line,
+                                                                                          message):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"train:\n  {line}\n")
+    run = runner.invoke(app, ["train", str(subset), "-o", str(tmp_path / "run"), "--preset", "tiny",
+                              "--config", str(config), "--quiet"])
+    assert run.exit_code == 2 and message in run.stderr and "Traceback" not in run.output, run.output
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        TrainConfig(lr=-1.0)
+
 # the suite's longest test (two processes each importing torch and e3nn, about 10 s on 2 quiet cores),
 # kept in the default suite: CI is the only place the DistributedDataParallel path runs
 def test_torchrun_two_processes_train_one_checkpoint(subset, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from groupae_cli.models.config import check_keys
@@ -61,6 +62,24 @@ class TrainConfig:
     augment: bool = False
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):  # a YAML config's values: "no" is a string, 2.5 not an int
+            value = getattr(self, field.name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            expected = {"int": ("an integer", number and isinstance(value, int)),
+                        "float": ("a finite number", number and math.isfinite(value)),
+                        "bool": ("true or false", isinstance(value, bool)),
+                        "str": ("a string", isinstance(value, str))}[field.type]
+            if not expected[1]:
+                raise ValueError(f"training config {field.name}: expected {expected[0]}, not {value!r}")
+        not_positive = [name for name in ("lr", "grad_clip", "distance_cutoff") if not getattr(self, name) > 0]
+        if not_positive:  # a negative grad_clip turns every step uphill
+            raise ValueError(f"{', '.join(not_positive)} must be > 0")
+        negative = [name for name in ("weight_decay", "warmup_epochs", "seed", "tie_noise", "entropy_weight",
+                                      "type_weight", "distance_weight", "frame_weight", "frame_floor",
+                                      "match_fraction", "curriculum_fraction", "straight_through_from")
+                    if getattr(self, name) < 0]
+        if negative:
+            raise ValueError(f"{', '.join(negative)} must be >= 0")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
         if self.epoch_size < 0 or self.val_size < 0:
