@@ -164,7 +164,6 @@ def test_cli_train_and_bad_options(subset, tmp_path):
     assert nothing.exit_code == 2 and "no input files" in nothing.stderr
 
 
-
 @pytest.mark.parametrize(("line", "message"), [
     ("grad_clip: -1", "grad_clip must be > 0"),  # would scale every gradient by a negative number: uphill
     ('augment: "no"', "augment: expected true or false, not 'no'"),  # a string, true for `if`
@@ -182,6 +181,7 @@ def test_a_training_config_value_of_the_wrong_type_or_range_is_one_line_before_a
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="lr must be > 0"):
         TrainConfig(lr=-1.0)
+
 
 # the suite's longest test (two processes each importing torch and e3nn, about 10 s on 2 quiet cores),
 # kept in the default suite: CI is the only place the DistributedDataParallel path runs

@@ -74,16 +74,14 @@ class TrainConfig:
         not_positive = [name for name in ("lr", "grad_clip", "distance_cutoff") if not getattr(self, name) > 0]
         if not_positive:  # a negative grad_clip turns every step uphill
             raise ValueError(f"{', '.join(not_positive)} must be > 0")
-        negative = [name for name in ("weight_decay", "warmup_epochs", "seed", "tie_noise", "entropy_weight",
-                                      "type_weight", "distance_weight", "frame_weight", "frame_floor",
-                                      "match_fraction", "curriculum_fraction", "straight_through_from")
+        negative = [name for name in ("epoch_size", "val_size", "weight_decay", "warmup_epochs", "seed", "tie_noise",
+                                      "entropy_weight", "type_weight", "distance_weight", "frame_weight",
+                                      "frame_floor", "match_fraction", "curriculum_fraction", "straight_through_from")
                     if getattr(self, name) < 0]
         if negative:
             raise ValueError(f"{', '.join(negative)} must be >= 0")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
-        if self.epoch_size < 0 or self.val_size < 0:
-            raise ValueError("epoch_size and val_size must be >= 0")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
         if not 0.0 <= self.ema < 1.0:
